@@ -1,0 +1,46 @@
+# Two commands do all the set-up on a fresh machine with Python 3.11+:
+#   make demo   - creates .venv, installs the package, starts an embedded PostgreSQL, runs the demo
+#   make test   - creates .venv, installs everything, runs the whole suite (embedded PostgreSQL, or
+#                 the server in TEST_DATABASE_URL when set)
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+
+.PHONY: demo test reliability lint typecheck benchmark clean validator
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[test]'
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/runbook demo
+
+validator:
+	@if command -v npm >/dev/null 2>&1 && [ -f tests/prisma_validator/package.json ]; then \
+	  (cd tests/prisma_validator && npm install --silent --no-audit --no-fund >/dev/null 2>&1) \
+	  || echo "note: could not install the Prisma schema validator; its tests will be skipped"; \
+	else echo "note: Node/npm not found; the Prisma schema validator tests will be skipped"; fi
+
+test: $(STAMP) validator
+	$(BIN)/ruff check runbook_lib tests benchmarks
+	$(BIN)/mypy
+	$(BIN)/pytest -m "not slow" $(PYTEST_ARGS)
+
+# pytest exits 5 when the marker selects no test: not a failure
+reliability: $(STAMP)
+	$(BIN)/pytest -m slow -s $(PYTEST_ARGS); rc=$$?; if [ $$rc -eq 5 ]; then exit 0; else exit $$rc; fi
+
+lint: $(STAMP)
+	$(BIN)/ruff check runbook_lib tests benchmarks
+
+typecheck: $(STAMP)
+	$(BIN)/mypy
+
+benchmark: $(STAMP)
+	$(BIN)/python benchmarks/bench_token_reversal.py
+
+clean:
+	rm -rf $(VENV) .runbook incidents .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,206 @@
+"""The target database: connection from the environment, transactions with timeouts, server facts."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.exc import DBAPIError, OperationalError
+
+from .errors import ConcurrentRunError, LockTimeoutError, ParameterError, RunbookError, TargetError
+from .redact import redact_text, redact_url
+
+ENV_VAR = "DATABASE_URL"
+
+
+def database_url(env_var: str = ENV_VAR) -> str:
+    """The target's connection URL, read from the environment (never from parameters)."""
+    value = os.environ.get(env_var, "").strip()
+    if not value:
+        raise TargetError(
+            f"{env_var} is not set: export the target database URL, e.g. "
+            f"postgresql://user@host:5432/dbname (the password from PGPASSWORD or ~/.pgpass)"
+        )
+    return normalize_url(value)
+
+
+def normalize_url(value: str) -> str:
+    if value.startswith("postgres://"):
+        value = "postgresql://" + value[len("postgres://") :]
+    if value.startswith("postgresql://"):
+        value = "postgresql+psycopg2://" + value[len("postgresql://") :]
+    try:
+        u = sa.engine.make_url(value)
+    except Exception as exc:
+        raise TargetError(f"the database URL is not valid: {redact_url(value)}") from None
+    if not u.drivername.startswith("postgresql"):
+        raise TargetError(f"the target must be PostgreSQL, got {u.drivername!r}")
+    return value
+
+
+def make_engine(url: str | None = None, application_name: str = "runbook") -> Engine:
+    """An engine for the target; nothing connects until first use."""
+    return sa.create_engine(
+        url or database_url(),
+        pool_pre_ping=True,
+        connect_args={"application_name": application_name, "connect_timeout": 10},
+    )
+
+
+def translate_error(exc: BaseException, url: str | None = None) -> RunbookError:
+    """Map a driver error to the matching RunbookError, its text redacted and on one line."""
+    orig = getattr(exc, "orig", exc)
+    code = getattr(orig, "pgcode", None)
+    text = redact_text(" ".join(str(orig).split()))
+    where = f" ({redact_url(url)})" if url else ""
+    if code == "55P03":
+        return LockTimeoutError(f"could not lock the rows within lock_timeout: another session holds them; nothing was changed: {text}")
+    if code == "57014":
+        return LockTimeoutError(f"statement_timeout reached; the transaction was rolled back: {text}", status="aborted")
+    if code == "25006":
+        return TargetError(f"the database is read-only (a standby or default_transaction_read_only): {text}")
+    if code in ("28P01", "28000") or "password authentication failed" in text or "no password supplied" in text:
+        return TargetError(f"authentication failed for the target database{where}: check the user and password")
+    if code == "3D000" or ("database" in text and "does not exist" in text):
+        return TargetError(f"the target database does not exist{where}: {text}")
+    if isinstance(exc, OperationalError) or code is None and "could not connect" in text:
+        return TargetError(f"cannot reach the target database{where}: {text}")
+    return RunbookError(text)
+
+
+@contextlib.contextmanager
+def connect(engine: Engine) -> Iterator[Connection]:
+    try:
+        conn = engine.connect()
+    except DBAPIError as exc:
+        raise translate_error(exc, engine.url.render_as_string(hide_password=True)) from None
+    try:
+        yield conn
+    finally:
+        conn.close()
+
+
+@contextlib.contextmanager
+def read_only(engine: Engine) -> Iterator[Connection]:
+    """A REPEATABLE READ, READ ONLY transaction: one consistent snapshot, no writes possible.
+
+    It is always rolled back: review mode cannot write even by mistake.
+    """
+    with connect(engine) as raw:
+        conn = raw.execution_options(isolation_level="REPEATABLE READ", postgresql_readonly=True)
+        tx = conn.begin()
+        try:
+            yield conn
+        except DBAPIError as exc:
+            raise translate_error(exc) from None
+        finally:
+            if tx.is_active:
+                tx.rollback()
+
+
+_DURATION = re.compile(r"^\s*(\d+)\s*(ms|s|min|h)?\s*$")
+
+
+def duration_ms(value: str | int | float, name: str) -> int:
+    """'5s', '500ms', '2min', 3000 -> milliseconds; 0 and garbage are refused."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        ms = int(value)
+    else:
+        m = _DURATION.match(str(value))
+        if not m:
+            raise ParameterError(f"parameter {name!r}: {value!r} is not a duration such as '5s', '500ms' or '2min'", name)
+        ms = int(m.group(1)) * {"ms": 1, "s": 1000, "min": 60_000, "h": 3_600_000, None: 1}[m.group(2)]
+    if ms <= 0 or ms > 24 * 3_600_000:
+        raise ParameterError(f"parameter {name!r}: {value!r} must be between 1ms and 24h", name)
+    return ms
+
+
+@contextlib.contextmanager
+def write_transaction(
+    engine: Engine,
+    *,
+    lock_timeout_ms: int,
+    statement_timeout_ms: int,
+    exclusive_key: str | None = None,
+) -> Iterator[Connection]:
+    """One READ COMMITTED transaction with lock/statement timeouts, committed only if the body returns.
+
+    ``exclusive_key`` takes a transaction-level advisory lock so that two operators cannot execute
+    the same procedure on the same database at once: the second gets ConcurrentRunError.
+    Any exception rolls back; driver errors are translated to RunbookErrors.
+    """
+    with connect(engine) as raw:
+        conn = raw.execution_options(isolation_level="READ COMMITTED")
+        tx = conn.begin()
+        try:
+            conn.exec_driver_sql(f"SET LOCAL lock_timeout = {int(lock_timeout_ms)}")
+            conn.exec_driver_sql(f"SET LOCAL statement_timeout = {int(statement_timeout_ms)}")
+            if exclusive_key:
+                got = conn.execute(
+                    sa.text("select pg_try_advisory_xact_lock(hashtextextended(:k, 0))"), {"k": exclusive_key}
+                ).scalar_one()
+                if not got:
+                    raise ConcurrentRunError(
+                        f"another operator is executing {exclusive_key!r} on this database right now; "
+                        "wait for it to finish, then review again"
+                    )
+            yield conn
+        except BaseException as exc:
+            if tx.is_active:
+                with contextlib.suppress(Exception):
+                    tx.rollback()
+            if isinstance(exc, DBAPIError):
+                raise translate_error(exc) from None
+            raise
+        else:
+            try:
+                tx.commit()
+            except DBAPIError as exc:
+                raise translate_error(exc) from None
+
+
+@dataclass(frozen=True)
+class ServerInfo:
+    database: str
+    server_version: str
+    user: str
+    fingerprint: str
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"database": self.database, "server_version": self.server_version, "user": self.user,
+                "fingerprint": self.fingerprint}
+
+
+def server_info(conn: Connection) -> ServerInfo:
+    """Database name, server version, user, and a non-secret fingerprint of the target.
+
+    The fingerprint hashes the cluster's system identifier (when readable), the database's oid and
+    name, so evidence can show two runs hit the same database without revealing where it is.
+    """
+    row = conn.execute(
+        sa.text(
+            "select current_database(), current_setting('server_version'), current_user, "
+            "(select oid from pg_database where datname = current_database())"
+        )
+    ).one()
+    ident = ""
+    try:
+        with conn.begin_nested():
+            ident = str(conn.execute(sa.text("select system_identifier from pg_control_system()")).scalar_one())
+    except DBAPIError:
+        ident = str(conn.execute(sa.text("select coalesce(inet_server_addr()::text,'socket') || ':' || "
+                                         "current_setting('port')")).scalar_one())
+    fp = hashlib.sha256(f"{ident}/{row[3]}/{row[0]}".encode()).hexdigest()[:16]
+    return ServerInfo(database=row[0], server_version=row[1], user=row[2], fingerprint=fp)
+
+
+def quote_ident(name: str) -> str:
+    """Quote an identifier for PostgreSQL (names come from schema.prisma or the catalog, never raw input)."""
+    return '"' + name.replace('"', '""') + '"'

@@ -1,0 +1,201 @@
+"""Typed, validated parameters. Every procedure's parameters are a pydantic model; bad input stops here.
+
+Sources are merged in one fixed order (later wins): the model's defaults, parameter files (``-f``,
+in the order given), then ``-p NAME VALUE`` pairs. Unknown names and ill-typed values are errors,
+never warnings (papermill itself only warns and checks no types).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+from pathlib import Path
+from typing import Any, ClassVar, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
+
+from .errors import ParameterError
+
+Mode = Literal["review", "execute"]
+_PLAN_ID = re.compile(r"^[0-9a-f]{16,64}$")
+
+
+class _NoTimestampLoader(yaml.SafeLoader):
+    """YAML loader that keeps timestamps as strings, so naive ones can be refused by name."""
+
+
+_NoTimestampLoader.yaml_implicit_resolvers = {
+    k: [(tag, rx) for tag, rx in v if tag != "tag:yaml.org,2002:timestamp"]
+    for k, v in yaml.SafeLoader.yaml_implicit_resolvers.copy().items()
+}
+
+
+def load_yaml(text: str) -> Any:
+    return yaml.load(text, Loader=_NoTimestampLoader)  # noqa: S506 - a SafeLoader subclass
+
+
+def parse_aware_datetime(value: Any, name: str) -> dt.datetime | None:
+    """ISO-8601 with an explicit zone -> aware datetime (UTC). Naive or unparseable input is refused."""
+    if value is None or value == "":
+        return None
+    if isinstance(value, dt.datetime):
+        parsed = value
+    elif isinstance(value, str):
+        text = value.strip()
+        if text.endswith(("Z", "z")):
+            text = text[:-1] + "+00:00"
+        try:
+            parsed = dt.datetime.fromisoformat(text)
+        except ValueError:
+            raise ParameterError(
+                f"parameter {name!r}: {value!r} is not an ISO-8601 timestamp such as 2025-12-01T00:00:00Z", name
+            ) from None
+    else:
+        raise ParameterError(f"parameter {name!r}: expected an ISO-8601 timestamp string, got {type(value).__name__}", name)
+    if parsed.tzinfo is None or parsed.utcoffset() is None:
+        raise ParameterError(
+            f"parameter {name!r}: timestamp {value!r} has no time zone; add one, e.g. {str(value).strip()}Z or +00:00",
+            name,
+        )
+    return parsed.astimezone(dt.UTC)
+
+
+class CommonParams(BaseModel):
+    """Parameters every procedure takes. Connection strings are never parameters: see DATABASE_URL."""
+
+    model_config = ConfigDict(extra="forbid", validate_default=True, str_strip_whitespace=True)
+
+    #: procedure name, set by subclasses
+    procedure: ClassVar[str] = ""
+
+    mode: Mode = "review"
+    approved_plan: str | None = None
+    lock_timeout: str = "5s"
+    statement_timeout: str = "300s"
+    prisma_schema: str | None = None
+    db_schema: str = "public"
+    table_map: dict[str, str] = {}
+    column_map: dict[str, str] = {}
+    evidence_dir: str | None = None
+    sample_rows: int = 20
+    confirm_target: str | None = None
+
+    @field_validator("approved_plan")
+    @classmethod
+    def _plan_id(cls, v: str | None) -> str | None:
+        if v in (None, ""):
+            return None
+        if not _PLAN_ID.match(v):
+            raise ValueError(f"{v!r} is not a plan id (hex digits, as printed by the review run)")
+        return v
+
+    @field_validator("prisma_schema")
+    @classmethod
+    def _schema_path(cls, v: str | None) -> str | None:
+        if v in (None, ""):
+            return None
+        if not Path(v).is_file():
+            raise ValueError(f"schema file {v!r} does not exist")
+        return v
+
+    @field_validator("sample_rows")
+    @classmethod
+    def _sample(cls, v: int) -> int:
+        if not 1 <= v <= 1000:
+            raise ValueError("must be between 1 and 1000")
+        return v
+
+    @field_validator("db_schema")
+    @classmethod
+    def _ident(cls, v: str) -> str:
+        if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_$]{0,62}", v):
+            raise ValueError(f"{v!r} is not a valid schema name")
+        return v
+
+    @field_validator("table_map", "column_map")
+    @classmethod
+    def _maps(cls, v: dict[str, str]) -> dict[str, str]:
+        for k, val in v.items():
+            if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_.]{0,126}", str(k)) or not re.fullmatch(
+                r"[A-Za-z_][A-Za-z0-9_$]{0,62}", str(val)
+            ):
+                raise ValueError(f"{k!r}: {val!r} is not a valid model.field -> identifier mapping")
+        return v
+
+    def lock_timeout_ms(self) -> int:
+        from .db import duration_ms
+
+        return duration_ms(self.lock_timeout, "lock_timeout")
+
+    def statement_timeout_ms(self) -> int:
+        from .db import duration_ms
+
+        return duration_ms(self.statement_timeout, "statement_timeout")
+
+    def public_dict(self) -> dict[str, Any]:
+        """Parameters as JSON-able values, for manifests and papermill (no secrets exist here)."""
+        return self.model_dump(mode="json")
+
+
+def _one_line(exc: ValidationError) -> str:
+    parts = []
+    for err in exc.errors():
+        loc = ".".join(str(x) for x in err["loc"]) or "parameters"
+        msg = err["msg"].removeprefix("Value error, ")
+        if err["type"] == "extra_forbidden":
+            msg = "unknown parameter (check its spelling; 'runbook list --parameters' shows the valid ones)"
+        parts.append(f"parameter {loc!r}: {msg}")
+    return "; ".join(parts)
+
+
+def validate(model: type[CommonParams], values: dict[str, Any]) -> CommonParams:
+    """Build ``model`` from ``values`` or raise one ParameterError naming every problem on one line."""
+    try:
+        params = model.model_validate(values)
+    except ParameterError:
+        raise
+    except ValidationError as exc:
+        first = exc.errors()[0]["loc"]
+        raise ParameterError(_one_line(exc), str(first[0]) if first else None) from None
+    params.lock_timeout_ms()
+    params.statement_timeout_ms()
+    return params
+
+
+def read_parameter_file(path: str | Path) -> dict[str, Any]:
+    p = Path(path)
+    if not p.is_file():
+        raise ParameterError(f"parameter file {str(p)!r} does not exist", "parameters_file")
+    try:
+        data = load_yaml(p.read_text())
+    except yaml.YAMLError as exc:
+        raise ParameterError(f"parameter file {str(p)!r} is not valid YAML: {' '.join(str(exc).split())}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ParameterError(f"parameter file {str(p)!r} must hold a mapping of name: value")
+    return data
+
+
+def parse_cli_value(raw: str) -> Any:
+    """``-p name value``: YAML scalars and flow lists (``[a, b]``), timestamps kept as text."""
+    try:
+        return load_yaml(raw)
+    except yaml.YAMLError:
+        return raw
+
+
+def merge_sources(
+    files: list[str | Path] | None = None,
+    pairs: list[tuple[str, str]] | None = None,
+    overrides: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Merge parameter sources in the documented order: files (in order), then -p pairs, then overrides."""
+    merged: dict[str, Any] = {}
+    for f in files or []:
+        merged.update(read_parameter_file(f))
+    for name, raw in pairs or []:
+        merged[name] = parse_cli_value(raw)
+    merged.update({k: v for k, v in (overrides or {}).items() if v is not None})
+    return merged

@@ -1,0 +1,591 @@
+"""Token reversal: the guide's "Token Transaction Rollback", done so that every number still adds up.
+
+Where the guide is wrong, and what this procedure does instead:
+
+* ``UPDATE "UserTokenBalance" … FROM "TokenTransaction"`` joins one balance row to *several* ledger rows;
+  PostgreSQL applies only one of them per target row, so a user with three voucher grants gets one
+  reversed. Here the ledger rows are aggregated per user first, and each balance moves by its total.
+* Deleting the ledger rows erases the record of what happened. The default ``ledger_mode=compensate``
+  writes one reversing row per affected row (amount negated, linked through ``reversalOfId``, running
+  balance filled) and keeps the originals; ``ledger_mode=delete`` is the guide's behaviour, still with the
+  balances adjusted in the same transaction.
+* Tokens already spent make balances negative. The review lists them; ``negative_policy`` decides:
+  ``allow`` (flagged), ``clamp`` to zero (the shortfall is written to the ledger as an adjustment row so the
+  ledger still sums to the balance), ``skip`` those users, or ``abort``.
+* Rows already reversed (a ledger row points to them through ``reversalOfId``) or already deleted are not
+  reversed again, so a second execute changes nothing.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Literal
+
+import pandas as pd
+import sqlalchemy as sa
+from pydantic import field_validator, model_validator
+from sqlalchemy.engine import Connection
+
+from .. import names as nmod
+from ..errors import InvariantError, NotFoundError, ParameterError, PolicyAbort, SchemaMismatchError
+from ..names import NameMap
+from ..params import CommonParams, parse_aware_datetime
+from .base import ApplyResult, Plan, VerifyResult, plan_hash
+
+NAME = "token-reversal"
+NOTEBOOK = "token_reversal.ipynb"
+TITLE = "Reverse voucher token grants in a time window: balances and ledger, in one transaction"
+GUIDE_SECTION = "Token Transaction Rollback"
+writes = True
+destructive = False  # compensate mode keeps the ledger; delete mode is destructive (see is_destructive)
+tables = ["TokenTransaction", "UserTokenBalance"]
+
+LedgerMode = Literal["compensate", "delete"]
+NegativePolicy = Literal["allow", "clamp", "skip", "abort"]
+
+LEDGER_NEEDS = ["id", "userId", "amount", "source", "createdAt"]
+BALANCE_NEEDS = ["userId", "balance"]
+
+
+class Params(CommonParams):
+    procedure: ClassVar[str] = NAME
+
+    since: str | None = None
+    until: str | None = None
+    source: str = "voucher_redemption"
+    voucher_codes: list[str] = []
+    user_ids: list[str] = []
+    ledger_mode: LedgerMode = "compensate"
+    negative_policy: NegativePolicy = "allow"
+    reversal_type: str = "REVERSAL"
+    reversal_source: str = "voucher_reversal"
+    top_users: int = 50
+
+    @field_validator("since", "until", mode="before")
+    @classmethod
+    def _aware(cls, v: Any, info: Any) -> str | None:
+        parsed = parse_aware_datetime(v, info.field_name)
+        return parsed.isoformat() if parsed else None
+
+    @field_validator("voucher_codes", "user_ids", mode="before")
+    @classmethod
+    def _list(cls, v: Any, info: Any) -> list[str]:
+        if v is None or v == "":
+            return []
+        if isinstance(v, str):
+            v = [s for s in (x.strip() for x in v.split(",")) if s]
+        if not isinstance(v, list) or not all(isinstance(x, (str, int)) and str(x).strip() for x in v):
+            raise ValueError("must be a list of non-empty strings")
+        if len(v) > 100_000:
+            raise ValueError(f"{len(v)} entries is too many for one run (at most 100000)")
+        return [str(x).strip() for x in v]
+
+    @field_validator("source", "reversal_source", "reversal_type")
+    @classmethod
+    def _nonempty(cls, v: str) -> str:
+        if not v or len(v) > 200:
+            raise ValueError("must be a non-empty string of at most 200 characters")
+        return v
+
+    @field_validator("top_users")
+    @classmethod
+    def _top(cls, v: int) -> int:
+        if not 1 <= v <= 1000:
+            raise ValueError("must be between 1 and 1000")
+        return v
+
+    @model_validator(mode="after")
+    def _window(self) -> Params:
+        if not self.since:
+            raise ValueError("'since' is required: the start of the incident window, e.g. 2025-12-01T00:00:00Z")
+        if self.until and self.until <= self.since:
+            raise ValueError(f"'since' ({self.since}) must be before 'until' ({self.until})")
+        if self.reversal_source == self.source:
+            raise ValueError("'reversal_source' must differ from 'source', or reversals would be reversed again")
+        return self
+
+    def since_dt(self) -> dt.datetime:
+        assert self.since
+        return dt.datetime.fromisoformat(self.since)
+
+    def until_dt(self) -> dt.datetime | None:
+        return dt.datetime.fromisoformat(self.until) if self.until else None
+
+
+def is_destructive(params: Params) -> bool:
+    return params.ledger_mode == "delete"
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The reusable core: any selection of ledger rows (partial rollback reuses it)
+# ---------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class ReversalPlan:
+    """The reversal of the ledger rows matching ``where_sql`` (a condition on the ledger aliased ``tt``)."""
+
+    where_sql: str
+    where_params: dict[str, Any]
+    ledger_mode: str
+    negative_policy: str
+    reversal_type: str
+    reversal_source: str
+    summary: dict[str, Any]
+    digest: dict[str, Any]
+    frames: dict[str, pd.DataFrame] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
+    has_balance_after: bool = False
+    has_link: bool = False
+    has_type: bool = False
+    has_source_id: bool = False
+    has_description: bool = False
+    type_is_enum: bool = False
+
+
+def _n(names: NameMap) -> dict[str, str]:
+    """Quoted identifiers for the SQL templates."""
+    L, B = "TokenTransaction", "UserTokenBalance"
+    return {
+        "ledger": names.t(L), "bal": names.t(B),
+        "id": names.c(L, "id"), "uid": names.c(L, "userId"), "amt": names.c(L, "amount"),
+        "src": names.c(L, "source"), "ts": names.c(L, "createdAt"), "link": names.c(L, "reversalOfId"),
+        "type": names.c(L, "type"), "sid": names.c(L, "sourceId"), "desc": names.c(L, "description"),
+        "ba": names.c(L, "balanceAfter"),
+        "b_uid": names.c(B, "userId"), "b_bal": names.c(B, "balance"), "b_upd": names.c(B, "updatedAt"),
+    }
+
+
+def _affected_cte(q: dict[str, str], where_sql: str, has_link: bool) -> str:
+    not_reversed = (
+        f"and not exists (select 1 from {q['ledger']} r where r.{q['link']} = tt.{q['id']})" if has_link else ""
+    )
+    return (
+        f"affected as (select tt.{q['id']} as id, tt.{q['uid']} as user_id, tt.{q['amt']}::bigint as amount, "
+        f"tt.{q['ts']} as created_at from {q['ledger']} tt where ({where_sql}) {not_reversed})"
+    )
+
+
+def _decision_sql(q: dict[str, str], policy: str) -> str:
+    """Per user: count, total, balance before, included?, new balance, shortfall (clamp)."""
+    raw_after = "(b.bal - p.total)"
+    if policy == "clamp":
+        new_bal, shortfall = f"greatest({raw_after}, 0)", f"greatest(-{raw_after}, 0)"
+    else:
+        new_bal, shortfall = raw_after, "0"
+    include = "b.bal is not null" + (f" and {raw_after} >= 0" if policy == "skip" else "")
+    return (
+        "per_user as (select user_id, count(*)::bigint as n, sum(amount)::bigint as total from affected "
+        "group by user_id), "
+        f"decided as (select p.user_id, p.n, p.total, b.bal as before, {raw_after} as raw_after, "
+        f"({include}) as included, {new_bal} as new_balance, {shortfall} as shortfall "
+        f"from per_user p left join (select {q['b_uid']} as uid, {q['b_bal']}::bigint as bal from {q['bal']}) b "
+        "on b.uid = p.user_id)"
+    )
+
+
+def plan_reversal(
+    conn: Connection,
+    names: NameMap,
+    *,
+    where_sql: str,
+    where_params: dict[str, Any],
+    ledger_mode: str = "compensate",
+    negative_policy: str = "allow",
+    reversal_type: str = "REVERSAL",
+    reversal_source: str = "voucher_reversal",
+    sample_rows: int = 20,
+    top_users: int = 50,
+) -> ReversalPlan:
+    """Compute what reversing the matching ledger rows would do, with aggregated, set-based queries."""
+    L = "TokenTransaction"
+    nmod.require(conn, names, {L: LEDGER_NEEDS, "UserTokenBalance": BALANCE_NEEDS})
+    q = _n(names)
+    has = {f: nmod.has_column(conn, names, L, f) for f in ("reversalOfId", "balanceAfter", "type", "sourceId",
+                                                          "description")}
+    if ledger_mode == "compensate" and not has["reversalOfId"]:
+        raise SchemaMismatchError(
+            f'ledger_mode=compensate needs a column linking a reversal to its original ({L}.reversalOfId, '
+            f'looked for "{names.column(L, "reversalOfId")}"); map it with column_map or use ledger_mode=delete'
+        )
+    type_is_enum = False
+    if has["type"]:
+        ctype = nmod.column_type(conn, names, L, "type")
+        if ctype == "USER-DEFINED":
+            type_is_enum = True
+            allowed = _type_enum_values(conn, names)
+            if reversal_type not in allowed:
+                raise ParameterError(
+                    f"parameter 'reversal_type': {reversal_type!r} is not a value of the ledger's type enum; "
+                    f"allowed: {', '.join(allowed)}",
+                    "reversal_type",
+                )
+    base = f"with {_affected_cte(q, where_sql, has['reversalOfId'])}, {_decision_sql(q, negative_policy)} "
+    totals = conn.execute(sa.text(base + """
+        select count(*) as users, coalesce(sum(n),0) as rows, coalesce(sum(total),0) as tokens,
+          count(*) filter (where raw_after < 0 and before is not null) as users_negative,
+          coalesce(sum(-raw_after) filter (where raw_after < 0 and before is not null),0) as negative_tokens,
+          count(*) filter (where before is null) as users_without_balance,
+          count(*) filter (where not included) as users_excluded,
+          coalesce(sum(n) filter (where included),0) as rows_to_reverse,
+          coalesce(sum(total) filter (where included),0) as tokens_to_reverse,
+          coalesce(sum(shortfall) filter (where included),0) as clamp_shortfall,
+          coalesce(sum(before) filter (where included),0) as balance_before_total,
+          coalesce(sum(new_balance) filter (where included),0) as balance_after_total,
+          md5(coalesce(string_agg(user_id || ':' || coalesce(before::text,'-'), ',' order by user_id),'')) as bal_digest
+        from decided"""), where_params).mappings().one()
+    rows_digest = conn.execute(sa.text(
+        f"with {_affected_cte(q, where_sql, has['reversalOfId'])} select "
+        "md5(coalesce(string_agg(id || ':' || user_id || ':' || amount, ',' order by id),'')) from affected"),
+        where_params
+    ).scalar_one()
+    summary = {k: (int(v) if k != "bal_digest" else v) for k, v in totals.items() if k != "bal_digest"}
+    already = 0
+    if has["reversalOfId"]:
+        already = int(conn.execute(sa.text(
+            f"select count(*) from {q['ledger']} tt where ({where_sql}) and exists "
+            f"(select 1 from {q['ledger']} r where r.{q['link']} = tt.{q['id']})"), where_params).scalar_one())
+    summary["rows_already_reversed"] = already
+    summary["nothing_to_do"] = summary["rows_to_reverse"] == 0
+    digest = {"rows": rows_digest, "balances": totals["bal_digest"], "mode": ledger_mode,
+              "policy": negative_policy, "type": reversal_type, "source": reversal_source, "where": where_sql,
+              "params": {k: (sorted(v) if isinstance(v, list) else v) for k, v in where_params.items()}}
+    rp = ReversalPlan(
+        where_sql=where_sql, where_params=where_params, ledger_mode=ledger_mode, negative_policy=negative_policy,
+        reversal_type=reversal_type, reversal_source=reversal_source, summary=summary, digest=digest,
+        has_balance_after=has["balanceAfter"], has_link=has["reversalOfId"], has_type=has["type"],
+        has_source_id=has["sourceId"], has_description=has["description"], type_is_enum=type_is_enum,
+    )
+    rp.frames["balances"] = pd.DataFrame(conn.execute(sa.text(base + """
+        select user_id as "userId", n as "rows", total as "reversed", before as "balance_before",
+          case when included then new_balance else before end as "balance_after",
+          case when before is null then 'no balance row: skipped'
+               when not included then 'skipped (would go negative)'
+               when raw_after < 0 and shortfall > 0 then 'clamped to 0, shortfall ' || shortfall
+               when raw_after < 0 then 'NEGATIVE' else '' end as "flag"
+        from decided order by total desc, user_id limit :top"""), {**where_params, "top": top_users}).mappings().all())
+    rp.frames["negative"] = pd.DataFrame(conn.execute(sa.text(base + """
+        select user_id as "userId", n as "rows", total as "reversed", before as "balance_before",
+          raw_after as "balance_if_reversed", shortfall as "clamp_shortfall", included as "reversed_by_policy"
+        from decided where raw_after < 0 or before is null order by raw_after nulls first, user_id
+        limit :top"""), {**where_params, "top": top_users}).mappings().all())
+    rp.frames["sample"] = pd.DataFrame(conn.execute(sa.text(
+        f"with {_affected_cte(q, where_sql, has['reversalOfId'])} select id, user_id as \"userId\", amount, "
+        "created_at as \"createdAt\" from affected order by created_at, id limit :lim"),
+        {**where_params, "lim": sample_rows}).mappings().all())
+    rp.frames["by_day"] = pd.DataFrame(conn.execute(sa.text(
+        f"with {_affected_cte(q, where_sql, has['reversalOfId'])} select date_trunc('day', created_at)::date as day, "
+        "count(*) as rows, sum(amount) as tokens from affected group by 1 order by 1"), where_params).mappings().all())
+    rp.frames["histogram"] = _histogram(conn, base, where_params)
+    if has["sourceId"] and _voucher_tables_exist(conn, names):
+        V, R = "Voucher", "VoucherRedemption"
+        rp.frames["by_voucher"] = pd.DataFrame(conn.execute(sa.text(
+            f"with {_affected_cte(q, where_sql, has['reversalOfId'])} "
+            f"select coalesce(v.{names.c(V, 'code')}, '(no voucher)') as voucher, count(*) as rows, "
+            f"sum(a.amount) as tokens from affected a join {q['ledger']} tt on tt.{q['id']} = a.id "
+            f"left join {names.t(R)} r on r.{names.c(R, 'id')} = tt.{q['sid']} "
+            f"left join {names.t(V)} v on v.{names.c(V, 'id')} = r.{names.c(R, 'voucherId')} "
+            "group by 1 order by 3 desc limit 50"), where_params).mappings().all())
+    if summary["users_negative"]:
+        rp.warnings.append(
+            f"{summary['users_negative']} users already spent granted tokens: reversing all would leave them "
+            f"{summary['negative_tokens']} tokens below zero in total (policy: {negative_policy})")
+    if summary["users_without_balance"]:
+        rp.warnings.append(f"{summary['users_without_balance']} users have ledger rows but no balance row; "
+                           "they are skipped and listed")
+    if already:
+        rp.warnings.append(f"{already} matching rows were already reversed by an earlier run and are left alone")
+    return rp
+
+
+def _histogram(conn: Connection, base: str, where_params: dict[str, Any], bins: int = 30) -> pd.DataFrame:
+    """Exact before/after balance distribution of the affected users, binned in the database."""
+    rows = conn.execute(sa.text(base + """
+        , vals as (select before as v, 'before' as k from decided where before is not null
+                   union all select case when included then new_balance else before end, 'after' from decided
+                   where before is not null),
+          bounds as (select min(v) as lo, max(v) as hi from vals)
+        select k as "state", width_bucket(v, lo, hi + 1, :bins) as bucket,
+               lo + (hi + 1 - lo) * (width_bucket(v, lo, hi + 1, :bins) - 1) / :bins as "from",
+               count(*) as users
+        from vals, bounds group by 1, 2, 3 order by 1, 2"""), {**where_params, "bins": bins}).mappings().all()
+    return pd.DataFrame(rows, columns=["state", "bucket", "from", "users"])
+
+
+def _voucher_tables_exist(conn: Connection, names: NameMap) -> bool:
+    return all(conn.execute(sa.text("select to_regclass(:t)"), {"t": names.t(m)}).scalar() is not None
+               for m in ("Voucher", "VoucherRedemption"))
+
+
+def _type_enum_values(conn: Connection, names: NameMap) -> list[str]:
+    L = "TokenTransaction"
+    return [r[0] for r in conn.execute(sa.text(
+        "select e.enumlabel from pg_attribute a join pg_enum e on e.enumtypid = a.atttypid "
+        "where a.attrelid = to_regclass(:t) and a.attname = :c order by e.enumsortorder"),
+        {"t": names.t(L), "c": names.column(L, "type")})]
+
+
+def lock_reversal(conn: Connection, names: NameMap, where_sql: str, where_params: dict[str, Any]) -> int:
+    """Lock the affected ledger rows and their users' balance rows, in id order (no deadlocks)."""
+    q = _n(names)
+    conn.execute(sa.text(
+        f"select 1 from {q['ledger']} tt where ({where_sql}) order by tt.{q['id']} for update of tt"), where_params)
+    return len(conn.execute(sa.text(
+        f"select 1 from {q['bal']} b where b.{q['b_uid']} in (select tt.{q['uid']} from {q['ledger']} tt "
+        f"where ({where_sql})) order by b.{q['b_uid']} for update"), where_params).all())
+
+
+def apply_reversal(conn: Connection, names: NameMap, rp: ReversalPlan) -> dict[str, int]:
+    """Reverse the planned rows with set-based statements; balances move by per-user totals."""
+    q = _n(names)
+    conn.execute(sa.text("drop table if exists rb_affected, rb_users"))
+    conn.execute(sa.text(
+        f"create temp table rb_users on commit drop as with {_affected_cte(q, rp.where_sql, rp.has_link)}, "
+        f"{_decision_sql(q, rp.negative_policy)} select * from decided"), rp.where_params)
+    conn.execute(sa.text(
+        f"create temp table rb_affected on commit drop as with {_affected_cte(q, rp.where_sql, rp.has_link)} "
+        "select a.* from affected a join rb_users u on u.user_id = a.user_id where u.included"), rp.where_params)
+    conn.execute(sa.text("create index on rb_affected (id); create index on rb_users (user_id); "
+                         "analyze rb_affected; analyze rb_users"))
+    counts: dict[str, int] = {}
+    now = "(now() at time zone 'utc')"
+    if rp.ledger_mode == "compensate":
+        cols = [q["id"], q["uid"], q["amt"], q["src"], q["ts"], q["link"]]
+        vals = ["'rev_' || a.id", "a.user_id", "-a.amount", ":rsource", now, "a.id"]
+        type_expr = "cast(:rtype as " + _enum_type_of(conn, names) + ")" if rp.type_is_enum else ":rtype"
+        if rp.has_type:
+            cols.append(q["type"])
+            vals.append(type_expr)
+        if rp.has_source_id:
+            cols.append(q["sid"])
+            vals.append(f"tt.{q['sid']}")
+        if rp.has_description:
+            cols.append(q["desc"])
+            vals.append("'Reversal of ' || a.id || ' (voucher incident runbook)'")
+        if rp.has_balance_after:
+            cols.append(q["ba"])
+            vals.append("u.before - sum(a.amount) over (partition by a.user_id order by a.created_at, a.id)")
+        counts["ledger_rows_inserted"] = conn.execute(sa.text(
+            f"insert into {q['ledger']} ({', '.join(cols)}) select {', '.join(vals)} from rb_affected a "
+            f"join rb_users u on u.user_id = a.user_id join {q['ledger']} tt on tt.{q['id']} = a.id"),
+            {"rsource": rp.reversal_source, "rtype": rp.reversal_type}).rowcount
+        counts["ledger_rows_deleted"] = 0
+    else:
+        counts["ledger_rows_deleted"] = conn.execute(sa.text(
+            f"delete from {q['ledger']} tt using rb_affected a where tt.{q['id']} = a.id")).rowcount
+        counts["ledger_rows_inserted"] = 0
+    if rp.negative_policy == "clamp":
+        cols = [q["id"], q["uid"], q["amt"], q["src"], q["ts"]]
+        vals = ["'clamp_' || md5(u.user_id || :rsource || now()::text)", "u.user_id", "u.shortfall", ":rsource", now]
+        if rp.has_type:
+            cols.append(q["type"])
+            vals.append("cast(:rtype as " + _enum_type_of(conn, names) + ")" if rp.type_is_enum else ":rtype")
+        if rp.has_description:
+            cols.append(q["desc"])
+            vals.append("'Clamp to zero after voucher reversal: shortfall ' || u.shortfall")
+        if rp.has_balance_after:
+            cols.append(q["ba"])
+            vals.append("u.new_balance")
+        counts["clamp_rows_inserted"] = conn.execute(sa.text(
+            f"insert into {q['ledger']} ({', '.join(cols)}) select {', '.join(vals)} from rb_users u "
+            "where u.included and u.shortfall > 0"), {"rsource": rp.reversal_source, "rtype": rp.reversal_type}).rowcount
+    upd = f", {q['b_upd']} = {now}" if nmod.has_column(conn, names, "UserTokenBalance", "updatedAt") else ""
+    counts["balances_updated"] = conn.execute(sa.text(
+        f"update {q['bal']} b set {q['b_bal']} = u.new_balance{upd} from rb_users u "
+        f"where b.{q['b_uid']} = u.user_id and u.included")).rowcount
+    counts["rows_reversed"] = int(conn.execute(sa.text("select count(*) from rb_affected")).scalar_one())
+    counts["tokens_reversed"] = int(conn.execute(sa.text("select coalesce(sum(amount),0) from rb_affected")).scalar_one())
+    counts["users_affected"] = int(conn.execute(sa.text("select count(*) from rb_users where included")).scalar_one())
+    counts["users_left_negative"] = int(conn.execute(sa.text(
+        "select count(*) from rb_users where included and new_balance < 0")).scalar_one())
+    counts["clamp_shortfall"] = int(conn.execute(sa.text(
+        "select coalesce(sum(shortfall),0) from rb_users where included")).scalar_one())
+    return counts
+
+
+def _enum_type_of(conn: Connection, names: NameMap) -> str:
+    L = "TokenTransaction"
+    return str(conn.execute(sa.text(
+        "select format_type(a.atttypid, a.atttypmod) from pg_attribute a "
+        "where a.attrelid = to_regclass(:t) and a.attname = :c"),
+        {"t": names.t(L), "c": names.column(L, "type")}).scalar_one())
+
+
+def check_reversal(conn: Connection, names: NameMap, rp: ReversalPlan, counts: dict[str, int]) -> None:
+    """Invariants before COMMIT, recomputed from the database; raise InvariantError (-> ROLLBACK)."""
+    q = _n(names)
+    problems: list[str] = []
+    wrong_balance = conn.execute(sa.text(
+        f"select count(*) from rb_users u join {q['bal']} b on b.{q['b_uid']} = u.user_id "
+        f"where u.included and b.{q['b_bal']} <> u.before - u.total + u.shortfall")).scalar_one()
+    if wrong_balance:
+        problems.append(f"{wrong_balance} balances differ from before - reversed total (+ clamp shortfall)")
+    if rp.ledger_mode == "compensate":
+        unreversed = conn.execute(sa.text(
+            f"select count(*) from rb_affected a where (select count(*) from {q['ledger']} r "
+            f"where r.{q['link']} = a.id and r.{q['amt']} = -a.amount) <> 1")).scalar_one()
+    else:
+        unreversed = conn.execute(sa.text(
+            f"select count(*) from rb_affected a join {q['ledger']} tt on tt.{q['id']} = a.id")).scalar_one()
+    if unreversed:
+        problems.append(f"{unreversed} affected ledger rows are not reversed exactly once")
+    if counts["balances_updated"] != counts["users_affected"]:
+        problems.append(f"{counts['balances_updated']} balance rows updated for {counts['users_affected']} users")
+    if rp.negative_policy in ("clamp", "skip") and counts["users_left_negative"]:
+        problems.append(f"{counts['users_left_negative']} balances negative despite policy {rp.negative_policy}")
+    expected_rows = rp.summary["rows_to_reverse"]
+    if counts["rows_reversed"] != expected_rows:
+        problems.append(f"reversed {counts['rows_reversed']} rows, the plan said {expected_rows}")
+    if problems:
+        raise InvariantError("invariant failed before COMMIT, rolled back: " + "; ".join(problems), problems=problems)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The procedure
+# ---------------------------------------------------------------------------------------------------------
+
+
+def selection(conn: Connection, params: Params, names: NameMap) -> tuple[str, dict[str, Any]]:
+    """The ledger rows the parameters select, as a SQL condition on ``tt`` plus bind values."""
+    L = "TokenTransaction"
+    nmod.require(conn, names, {L: LEDGER_NEEDS})
+    q = _n(names)
+    ts_type = nmod.column_type(conn, names, L, "createdAt") or ""
+    since = params.since_dt()
+    until = params.until_dt()
+    if "without time zone" in ts_type:  # Prisma stores UTC in timestamp(3) without time zone
+        since = since.astimezone(dt.UTC).replace(tzinfo=None)
+        until = until.astimezone(dt.UTC).replace(tzinfo=None) if until else None
+    where = [f"tt.{q['src']} = :source", f"tt.{q['ts']} >= :since"]
+    values: dict[str, Any] = {"source": params.source, "since": since}
+    if until:
+        where.append(f"tt.{q['ts']} < :until")
+        values["until"] = until
+    if params.user_ids:
+        User = "User"
+        if conn.execute(sa.text("select to_regclass(:t)"), {"t": names.t(User)}).scalar() is not None:
+            known = {r[0] for r in conn.execute(sa.text(
+                f"select {names.c(User, 'id')} from {names.t(User)} where {names.c(User, 'id')} = any(:ids)"),
+                {"ids": params.user_ids})}
+        else:
+            known = {r[0] for r in conn.execute(sa.text(
+                f"select distinct {q['uid']} from {q['ledger']} where {q['uid']} = any(:ids)"), {"ids": params.user_ids})}
+        unknown = sorted(set(params.user_ids) - known)
+        if unknown:
+            raise NotFoundError(f"unknown user ids ({len(unknown)}): {', '.join(unknown[:10])}"
+                                + (" …" if len(unknown) > 10 else ""), unknown=unknown)
+        where.append(f"tt.{q['uid']} = any(:user_ids)")
+        values["user_ids"] = params.user_ids
+    if params.voucher_codes:
+        V, R = "Voucher", "VoucherRedemption"
+        nmod.require(conn, names, {V: ["id", "code"], R: ["id", "voucherId"], L: ["sourceId"]})
+        known = {r[0] for r in conn.execute(sa.text(
+            f"select {names.c(V, 'code')} from {names.t(V)} where {names.c(V, 'code')} = any(:codes)"),
+            {"codes": params.voucher_codes})}
+        unknown = sorted(set(params.voucher_codes) - known)
+        if unknown:
+            raise NotFoundError(f"unknown voucher codes ({len(unknown)}): {', '.join(unknown[:10])}"
+                                + (" …" if len(unknown) > 10 else ""), unknown=unknown)
+        where.append(
+            f"tt.{q['sid']} in (select r.{names.c(R, 'id')} from {names.t(R)} r join {names.t(V)} v "
+            f"on v.{names.c(V, 'id')} = r.{names.c(R, 'voucherId')} where v.{names.c(V, 'code')} = any(:codes))")
+        values["codes"] = params.voucher_codes
+    return " and ".join(where), values
+
+
+def _to_plan(rp: ReversalPlan, params: Params) -> Plan:
+    s = rp.summary
+    summary = {
+        "ledger rows to reverse": s["rows_to_reverse"],
+        "users affected": s["users"] - s["users_excluded"],
+        "tokens to reverse": s["tokens_to_reverse"],
+        "users left negative": s["users_negative"] if params.negative_policy == "allow" else 0,
+        "users going negative (before policy)": s["users_negative"],
+        "users skipped": s["users_excluded"],
+        "clamp shortfall": s["clamp_shortfall"],
+        "rows already reversed": s["rows_already_reversed"],
+        "ledger mode": params.ledger_mode,
+        "negative policy": params.negative_policy,
+        "nothing_to_do": s["nothing_to_do"],
+    }
+    return Plan(
+        procedure=NAME,
+        plan_id=plan_hash(NAME, rp.digest),
+        summary=summary,
+        frames=rp.frames,
+        warnings=rp.warnings,
+        details={"reversal": rp, "raw": s},
+    )
+
+
+def plan(conn: Connection, params: Params, names: NameMap) -> Plan:
+    where_sql, where_params = selection(conn, params, names)
+    rp = plan_reversal(
+        conn, names, where_sql=where_sql, where_params=where_params, ledger_mode=params.ledger_mode,
+        negative_policy=params.negative_policy, reversal_type=params.reversal_type,
+        reversal_source=params.reversal_source, sample_rows=params.sample_rows, top_users=params.top_users,
+    )
+    p = _to_plan(rp, params)
+    q = _n(names)
+    p.exports = {
+        "affected_rows": (
+            f"with {_affected_cte(q, where_sql, rp.has_link)} select * from affected order by created_at, id",
+            where_params),
+        "per_user_before_after": (
+            f"with {_affected_cte(q, where_sql, rp.has_link)}, {_decision_sql(q, params.negative_policy)} "
+            "select * from decided order by user_id", where_params),
+    }
+    return p
+
+
+def lock(conn: Connection, params: Params, names: NameMap) -> None:
+    where_sql, where_params = selection(conn, params, names)
+    lock_reversal(conn, names, where_sql, where_params)
+
+
+def apply(conn: Connection, params: Params, names: NameMap, plan: Plan) -> ApplyResult:
+    rp: ReversalPlan = plan.details["reversal"]
+    if params.negative_policy == "abort" and rp.summary["users_negative"]:
+        raise PolicyAbort(
+            f"negative_policy=abort: {rp.summary['users_negative']} users would go below zero "
+            f"({rp.summary['negative_tokens']} tokens); nothing was changed. Review the list, then choose "
+            "allow, clamp or skip")
+    if rp.summary["nothing_to_do"]:
+        return ApplyResult(changed=False, counts={"rows_reversed": 0},
+                           messages=["nothing to reverse: every matching row is already reversed or gone"])
+    counts = apply_reversal(conn, names, rp)
+    return ApplyResult(changed=True, counts=counts, messages=[
+        f"reversed {counts['rows_reversed']} ledger rows of {counts['users_affected']} users "
+        f"({counts['tokens_reversed']} tokens, mode {rp.ledger_mode}, policy {rp.negative_policy})"])
+
+
+def check(conn: Connection, params: Params, names: NameMap, plan: Plan, result: ApplyResult) -> None:
+    if result.changed:
+        check_reversal(conn, names, plan.details["reversal"], result.counts)
+
+
+def verify(conn: Connection, params: Params, names: NameMap, plan: Plan | None) -> VerifyResult:
+    """After execute: nothing in the selection is left unreversed; balances equal the plan's after-figures."""
+    from .base import Check
+
+    where_sql, where_params = selection(conn, params, names)
+    q = _n(names)
+    has_link = nmod.has_column(conn, names, "TokenTransaction", "reversalOfId")
+    left = int(conn.execute(sa.text(
+        f"with {_affected_cte(q, where_sql, has_link)} select count(*) from affected"), where_params).scalar_one())
+    checks = [Check("no selected ledger row left unreversed", left == 0 or params.negative_policy == "skip", left,
+                    "rows in the selection without a reversal" + (" (skipped users keep theirs)"
+                                                                   if params.negative_policy == "skip" else ""))]
+    if plan is not None and plan.details.get("after_expected") is not None:
+        exp: pd.DataFrame = plan.details["after_expected"]
+        if len(exp):
+            now = pd.DataFrame(conn.execute(sa.text(
+                f"select {q['b_uid']} as user_id, {q['b_bal']}::bigint as balance from {q['bal']} "
+                f"where {q['b_uid']} = any(:ids)"), {"ids": list(exp["user_id"])}).mappings().all())
+            merged = exp.merge(now, on="user_id", how="left")
+            bad = merged[merged["balance"] != merged["new_balance"]]
+            checks.append(Check("balances equal the plan's after-figures", bad.empty, len(bad),
+                                "affected users whose balance differs from before - reversed (+ shortfall)",
+                                bad.head(20) if not bad.empty else None))
+    return VerifyResult(checks=checks)

@@ -1,0 +1,72 @@
+"""Keep secrets out of every output: URLs with passwords, secret-looking environment values."""
+
+from __future__ import annotations
+
+import os
+import re
+from typing import Any
+
+from sqlalchemy.engine import make_url
+
+_SECRET_NAME = re.compile(r"(PASS|SECRET|TOKEN|KEY|CREDENTIAL|AUTH|DATABASE_URL|DSN|PRIVATE)", re.I)
+# scheme://user:password@host  -> scheme://user:***@host
+_URL_PASSWORD = re.compile(r"(?P<head>\b[a-z][a-z0-9+.\-]*://[^:/@\s'\"]*:)(?P<pw>[^@\s'\"]+)(?P<tail>@)", re.I)
+# key=value pairs in libpq connection strings and error texts: password=secret
+_KV_PASSWORD = re.compile(r"(?P<head>\b(password|passwd|pwd)\s*[=:]\s*['\"]?)(?P<pw>[^\s'\",;&]+)", re.I)
+
+MASK = "***"
+
+
+def _known_secrets() -> list[str]:
+    """Secret values currently in the environment (passwords in URLs, values of secret-named vars)."""
+    found: list[str] = []
+    for name, value in os.environ.items():
+        if not value:
+            continue
+        if "://" in value:
+            try:
+                pw = make_url(value).password
+            except Exception:  # noqa: BLE001 - not a URL after all
+                pw = None
+            if pw and len(str(pw)) >= 3:
+                found.append(str(pw))
+        elif _SECRET_NAME.search(name) and len(value) >= 6 and name not in _NOT_SECRET:
+            found.append(value)
+    return sorted(set(found), key=len, reverse=True)
+
+
+_NOT_SECRET = {"PGHOST", "PGPORT", "PGDATABASE", "PGUSER", "TEST_DATABASE_URL_SCHEMA", "KEYTIMEOUT"}
+
+
+def redact_text(text: str, extra_secrets: list[str] | None = None) -> str:
+    """Mask passwords in URLs and key=value pairs, and every known secret value, in ``text``."""
+    if not text:
+        return text
+    out = _URL_PASSWORD.sub(lambda m: m.group("head") + MASK + m.group("tail"), text)
+    out = _KV_PASSWORD.sub(lambda m: m.group("head") + MASK, out)
+    for secret in [*(extra_secrets or []), *_known_secrets()]:
+        if secret and len(secret) >= 3:
+            out = out.replace(secret, MASK)
+    return out
+
+
+def redact_url(url: str) -> str:
+    """A connection URL with its password masked (never raises)."""
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:  # noqa: BLE001
+        return redact_text(url)
+
+
+def redact_obj(obj: Any) -> Any:
+    """Recursively redact strings inside dicts/lists; secret-named keys lose their values."""
+    if isinstance(obj, dict):
+        return {
+            k: (MASK if isinstance(k, str) and _SECRET_NAME.search(k) and v not in (None, "", [], {}) else redact_obj(v))
+            for k, v in obj.items()
+        }
+    if isinstance(obj, (list, tuple)):
+        return [redact_obj(v) for v in obj]
+    if isinstance(obj, str):
+        return redact_text(obj)
+    return obj

@@ -1,0 +1,165 @@
+"""Run a procedure's notebook headlessly with papermill into a new evidence folder, then archive it.
+
+``run_procedure`` is the one library call behind ``runbook run``: parameters are validated first (bad
+input stops before anything runs or is written), the notebook is executed into
+``<evidence_root>/<incident>/<NNN>_<time>_<procedure>_<mode>/``, and the folder is finalized (redacted,
+hashed, chained, indexed) whatever the outcome. The exit status comes from the error the notebook met.
+"""
+
+from __future__ import annotations
+
+import getpass
+import json
+import os
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from . import db, procedures
+from . import params as params_mod
+from .errors import EvidenceError, RunbookError
+from .redact import redact_obj, redact_text
+from .run import STATE_FILE
+
+DEFAULT_EVIDENCE_ROOT = Path("incidents")
+
+
+def notebooks_dir() -> Path:
+    env = os.environ.get("RUNBOOK_NOTEBOOKS")
+    if env:
+        return Path(env)
+    return Path(__file__).resolve().parent.parent / "notebooks"
+
+
+@dataclass
+class RunOutcome:
+    procedure: str
+    mode: str
+    status: str
+    exit_code: int
+    run_dir: Path
+    plan_id: str | None = None
+    summary: dict[str, Any] = field(default_factory=dict)
+    counts: dict[str, Any] = field(default_factory=dict)
+    error: str | None = None
+    manifest: dict[str, Any] = field(default_factory=dict)
+
+
+def operator_name(explicit: str | None = None) -> str:
+    if explicit:
+        return explicit
+    try:
+        return getpass.getuser()
+    except Exception:  # noqa: BLE001
+        return "unknown"
+
+
+def validate_parameters(procedure: str, values: dict[str, Any]) -> params_mod.CommonParams:
+    """Validate before anything runs: unknown names, types, dates, consistency."""
+    proc = procedures.get(procedure)
+    return params_mod.validate(proc.Params, values)
+
+
+def run_procedure(
+    procedure: str,
+    parameters: dict[str, Any],
+    *,
+    incident: str = "adhoc",
+    evidence_root: str | Path = DEFAULT_EVIDENCE_ROOT,
+    operator: str | None = None,
+    progress_bar: bool = True,
+    log_output: bool = False,
+) -> RunOutcome:
+    import papermill as pm
+
+    from . import evidence
+
+    proc = procedures.get(procedure)
+    params = validate_parameters(proc.NAME, {k: v for k, v in parameters.items() if k != "evidence_dir"})
+    db.database_url()  # fail fast, before any folder is made, when the target is not configured
+    nb_in = notebooks_dir() / proc.NOTEBOOK
+    if not nb_in.is_file():
+        raise EvidenceError(f"notebook {nb_in} is missing from this installation")
+    run_dir = evidence.new_run_dir(Path(evidence_root), incident, proc.NAME, params.mode)
+    nb_out = run_dir / proc.NOTEBOOK
+    injected = {**params.public_dict(), "evidence_dir": str(run_dir)}
+    papermill_error: str | None = None
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            pm.execute_notebook(
+                str(nb_in), str(nb_out), parameters=injected, progress_bar=progress_bar, log_output=log_output,
+                kernel_name="python3", cwd=str(Path.cwd()), report_mode=False,
+            )
+        except pm.PapermillExecutionError as exc:
+            papermill_error = f"{exc.ename}: {exc.evalue}"
+        except Exception as exc:  # noqa: BLE001 - kernel death etc.: archived, then reported
+            papermill_error = f"{type(exc).__name__}: {exc}"
+    state = _read_state(run_dir)
+    status = state.get("status", "failed")
+    err = state.get("error") or {}
+    exit_code = 0
+    if papermill_error or status not in ("succeeded",):
+        exit_code = int(err.get("exit_code") or 1)
+        if status in ("running", "succeeded"):
+            status = "failed"
+    error_line = err.get("message") or (redact_text(papermill_error) if papermill_error else None)
+    if exit_code and not error_line:
+        error_line = "the notebook did not finish; see the executed notebook"
+    manifest = {
+        "procedure": proc.NAME,
+        "mode": params.mode,
+        "status": status,
+        "plan_id": state.get("plan_id"),
+        "plan_id_at_execute": state.get("plan_id_at_execute"),
+        "incident": incident,
+        "operator": operator_name(operator),
+        "parameters": redact_obj(injected),
+        "summary": state.get("summary"),
+        "counts": state.get("counts"),
+        "warnings": state.get("warnings"),
+        "committed": state.get("committed"),
+        "rolled_back": state.get("rolled_back"),
+        "verification": state.get("verification"),
+        "verification_passed": state.get("verification_passed"),
+        "exports": state.get("exports"),
+        "database": state.get("database"),
+        "names": state.get("names"),
+        "backup": state.get("backup"),
+        "started_at": state.get("started_at"),
+        "finished_at": state.get("finished_at"),
+        "error": {"message": error_line, "type": err.get("type"), "step": err.get("step"),
+                  "exit_code": exit_code} if exit_code else None,
+        "notebook": nb_out.name,
+    }
+    try:
+        if nb_out.is_file():
+            evidence.render_html(nb_out)
+    except Exception as exc:  # noqa: BLE001 - the HTML copy is a convenience; its absence is recorded
+        manifest["html_error"] = redact_text(str(exc))[:300]
+    final = evidence.finalize_run(run_dir, manifest)
+    return RunOutcome(
+        procedure=proc.NAME, mode=params.mode, status=status, exit_code=exit_code, run_dir=run_dir,
+        plan_id=state.get("plan_id"), summary=state.get("summary") or {}, counts=state.get("counts") or {},
+        error=error_line, manifest=final,
+    )
+
+
+def _read_state(run_dir: Path) -> dict[str, Any]:
+    p = run_dir / STATE_FILE
+    if not p.is_file():
+        return {}
+    try:
+        data: dict[str, Any] = json.loads(p.read_text())
+        return data
+    except json.JSONDecodeError:
+        return {}
+
+
+def raise_for(outcome: RunOutcome) -> None:
+    """Raise the outcome's error as a RunbookError (library callers who prefer exceptions)."""
+    if outcome.exit_code:
+        err = RunbookError(outcome.error or "failed")
+        err.exit_code = outcome.exit_code
+        raise err

@@ -1,0 +1,217 @@
+"""Token reversal against real PostgreSQL: every balance compared with an independent expectation."""
+
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+import sqlalchemy as sa
+
+from runbook_lib.errors import (
+    ApprovalError,
+    NotFoundError,
+    ParameterError,
+    PolicyAbort,
+    SchemaMismatchError,
+)
+from runbook_lib.run import Run
+
+SINCE, UNTIL = "2025-12-01T00:00:00Z", "2025-12-03T00:00:00Z"
+WINDOW = {"since": SINCE, "until": UNTIL}
+
+
+def snapshot(eng: sa.engine.Engine) -> tuple[pd.DataFrame, pd.DataFrame]:
+    with eng.connect() as c:
+        bal = pd.read_sql('select "userId", balance from "UserTokenBalance" order by 1', c).set_index("userId")
+        led = pd.read_sql('select * from "TokenTransaction" order by id', c)
+    return bal, led
+
+
+def expected_after(bal: pd.DataFrame, led: pd.DataFrame, policy: str = "allow") -> pd.Series:
+    """Independent expectation in pandas: every in-window voucher grant reversed, per-user totals."""
+    ts = pd.to_datetime(led["createdAt"])
+    sel = led[(led["source"] == "voucher_redemption") & (ts >= "2025-12-01") & (ts < "2025-12-03")]
+    reversed_ids = set(led["reversalOfId"].dropna())
+    sel = sel[~sel["id"].isin(reversed_ids)]
+    totals = sel.groupby("userId")["amount"].sum()
+    after = bal["balance"].copy()
+    for uid, total in totals.items():
+        if uid not in after.index:
+            continue
+        new = after[uid] - total
+        if policy == "clamp":
+            new = max(new, 0)
+        elif policy == "skip" and new < 0:
+            continue
+        after[uid] = new
+    return after
+
+
+def review_then_execute(**params):
+    review = Run("token-reversal", {**WINDOW, **params})
+    plan = review.review()
+    ex = Run("token-reversal", {**WINDOW, **params, "mode": "execute", "approved_plan": plan.plan_id})
+    result = ex.execute()
+    return plan, result, ex
+
+
+@pytest.mark.parametrize("policy", ["allow", "clamp", "skip"])
+@pytest.mark.parametrize("ledger_mode", ["compensate", "delete"])
+def test_every_balance_matches_independent_expectation(incident_db, engine_for, target_env, policy, ledger_mode):
+    target_env(incident_db)
+    eng = engine_for(incident_db)
+    bal0, led0 = snapshot(eng)
+    expected = expected_after(bal0, led0, policy)
+    plan, result, _ = review_then_execute(negative_policy=policy, ledger_mode=ledger_mode)
+    assert result is not None and result.changed
+    bal1, led1 = snapshot(eng)
+    pd.testing.assert_series_equal(bal1["balance"].sort_index(), expected.sort_index(), check_names=False)
+    # users with several grants in the window got all of them reversed (the guide's UPDATE…FROM got one)
+    assert plan.summary["ledger rows to reverse"] > plan.summary["users affected"]
+    if ledger_mode == "compensate":
+        rev = led1[led1["reversalOfId"].notna()]
+        assert len(rev) == result.counts["rows_reversed"]
+        assert (rev["type"] == "REVERSAL").all()
+        # originals kept, each linked reversal negates it
+        joined = rev.merge(led1[["id", "amount"]], left_on="reversalOfId", right_on="id", suffixes=("", "_orig"))
+        assert (joined["amount"] == -joined["amount_orig"]).all()
+    else:
+        assert len(led1) == len(led0) - result.counts["rows_reversed"] + result.counts.get("clamp_rows_inserted", 0)
+    if policy == "allow":
+        assert result.counts["users_left_negative"] == plan.summary["users going negative (before policy)"] > 0
+    else:
+        assert (bal1["balance"][bal1.index.isin(bal0.index)] >= 0).sum() >= (bal0["balance"] >= 0).sum() - 0
+        assert result.counts["users_left_negative"] == 0
+    # the ledger still sums to every balance (clamp writes its shortfall as an adjustment row)
+    if ledger_mode == "compensate" or policy != "clamp":
+        sums = led1.groupby("userId")["amount"].sum()
+        drift = (bal1["balance"] - sums.reindex(bal1.index).fillna(0)).abs()
+        assert drift.max() == 0
+
+
+def test_balance_after_is_the_true_running_balance(incident_db, engine_for, target_env):
+    target_env(incident_db)
+    eng = engine_for(incident_db)
+    bal0, _ = snapshot(eng)
+    review_then_execute()
+    _, led = snapshot(eng)
+    rev = led[led["reversalOfId"].notna()].sort_values(["userId", "createdAt", "id"])
+    last = rev.groupby("userId").tail(1).set_index("userId")["balanceAfter"]
+    bal1, _ = snapshot(eng)
+    assert (last == bal1["balance"].reindex(last.index)).all()
+
+
+def test_second_execute_changes_nothing(incident_db, engine_for, target_env):
+    target_env(incident_db)
+    eng = engine_for(incident_db)
+    plan, first, ex = review_then_execute()
+    after_first = snapshot(eng)
+    again = Run("token-reversal", {**WINDOW, "mode": "execute", "approved_plan": plan.plan_id}).execute()
+    assert again is not None and not again.changed
+    assert "nothing to do" in again.messages[0]
+    after_second = snapshot(eng)
+    pd.testing.assert_frame_equal(after_first[0], after_second[0])
+    pd.testing.assert_frame_equal(after_first[1], after_second[1])
+    review2 = Run("token-reversal", WINDOW).review()
+    assert review2.summary["ledger rows to reverse"] == 0
+    assert review2.summary["rows already reversed"] == first.counts["rows_reversed"]
+
+
+def test_change_between_review_and_execute_aborts(incident_db, engine_for, target_env):
+    target_env(incident_db)
+    eng = engine_for(incident_db)
+    plan = Run("token-reversal", WINDOW).review()
+    with eng.begin() as c:  # the app spends tokens of an affected user meanwhile
+        uid = plan.frames["balances"]["userId"].iloc[0]
+        c.execute(sa.text('update "UserTokenBalance" set balance = balance - 1 where "userId" = :u'), {"u": uid})
+    before = snapshot(eng)
+    with pytest.raises(ApprovalError, match="plan changed"):
+        Run("token-reversal", {**WINDOW, "mode": "execute", "approved_plan": plan.plan_id}).execute()
+    after = snapshot(eng)
+    pd.testing.assert_frame_equal(before[0], after[0])
+    pd.testing.assert_frame_equal(before[1], after[1])
+
+
+def test_execute_without_or_with_wrong_approval_refuses(incident_db, engine_for, target_env):
+    target_env(incident_db)
+    eng = engine_for(incident_db)
+    before = snapshot(eng)
+    with pytest.raises(ApprovalError, match="needs approved_plan"):
+        Run("token-reversal", {**WINDOW, "mode": "execute"}).execute()
+    with pytest.raises(ApprovalError):
+        Run("token-reversal", {**WINDOW, "mode": "execute", "approved_plan": "0" * 24}).execute()
+    after = snapshot(eng)
+    pd.testing.assert_frame_equal(before[1], after[1])
+
+
+def test_abort_policy_refuses_when_balances_would_go_negative(incident_db, engine_for, target_env):
+    target_env(incident_db)
+    eng = engine_for(incident_db)
+    before = snapshot(eng)
+    with pytest.raises(PolicyAbort, match="below zero"):
+        review_then_execute(negative_policy="abort")
+    pd.testing.assert_frame_equal(before[1], snapshot(eng)[1])
+
+
+def test_review_is_read_only_and_lists_negative_balances(incident_db, engine_for, target_env):
+    target_env(incident_db)
+    eng = engine_for(incident_db)
+    before = snapshot(eng)
+    plan = Run("token-reversal", WINDOW).review()
+    assert len(plan.frames["negative"]) > 0
+    assert plan.warnings and "below zero" in plan.warnings[0]
+    assert len(plan.frames["balances"]) <= 50
+    pd.testing.assert_frame_equal(before[1], snapshot(eng)[1])
+
+
+def test_narrowing_by_user_and_voucher(incident_db, engine_for, target_env):
+    target_env(incident_db)
+    full = Run("token-reversal", WINDOW).review()
+    uid = full.frames["balances"]["userId"].iloc[0]
+    one = Run("token-reversal", {**WINDOW, "user_ids": [uid]}).review()
+    assert one.summary["users affected"] == 1
+    by_voucher = full.frames["by_voucher"]
+    code = by_voucher["voucher"].iloc[0]
+    v = Run("token-reversal", {**WINDOW, "voucher_codes": [code]}).review()
+    assert v.summary["tokens to reverse"] == int(by_voucher["tokens"].iloc[0])
+
+
+@pytest.mark.parametrize(
+    ("params", "error", "text"),
+    [
+        ({"since": "2025-12-01T00:00:00"}, ParameterError, "no time zone"),
+        ({"since": "yesterday"}, ParameterError, "not an ISO-8601"),
+        ({"since": "2025-12-03T00:00:00Z", "until": "2025-12-01T00:00:00Z"}, ParameterError, "must be before"),
+        ({**WINDOW, "reversal_type": "BOGUS"}, ParameterError, "not a value of the ledger's type enum"),
+        ({**WINDOW, "voucher_codes": ["NOPE"]}, NotFoundError, "unknown voucher codes"),
+        ({**WINDOW, "user_ids": ["nobody"]}, NotFoundError, "unknown user ids"),
+        ({**WINDOW, "negative_policy": "maybe"}, ParameterError, "negative_policy"),
+        ({**WINDOW, "bogus": 1}, ParameterError, "unknown parameter"),
+        ({**WINDOW, "table_map": {"TokenTransaction": "ledger_gone"}}, SchemaMismatchError, "ledger_gone"),
+        ({**WINDOW, "column_map": {"TokenTransaction.amount": "amt"}}, SchemaMismatchError, '"amt"'),
+    ],
+)
+def test_bad_input_is_refused_with_one_line(incident_db, engine_for, target_env, params, error, text):
+    target_env(incident_db)
+    eng = engine_for(incident_db)
+    before = snapshot(eng)
+    with pytest.raises(error) as exc:
+        Run("token-reversal", params).review()
+    assert text in str(exc.value)
+    assert "\n" not in exc.value.one_line()
+    pd.testing.assert_frame_equal(before[1], snapshot(eng)[1])
+
+
+def test_mapped_names_from_schema_prisma(incident_db, engine_for, target_env):
+    from runbook_lib import seed
+
+    target_env(incident_db)
+    eng = engine_for(incident_db)
+    with eng.begin() as c:
+        seed.apply_mapped_names(c)
+    with pytest.raises(SchemaMismatchError):
+        Run("token-reversal", WINDOW).review()
+    params = {**WINDOW, "prisma_schema": "demo/prisma_mapped/schema.prisma"}
+    plan = Run("token-reversal", params).review()
+    assert plan.summary["ledger rows to reverse"] > 0
+    result = Run("token-reversal", {**params, "mode": "execute", "approved_plan": plan.plan_id}).execute()
+    assert result is not None and result.counts["rows_reversed"] == plan.summary["ledger rows to reverse"]
