@@ -38,7 +38,7 @@ def normalize_url(value: str) -> str:
         value = "postgresql+psycopg2://" + value[len("postgresql://") :]
     try:
         u = sa.engine.make_url(value)
-    except Exception as exc:
+    except Exception:
         raise TargetError(f"the database URL is not valid: {redact_url(value)}") from None
     if not u.drivername.startswith("postgresql"):
         raise TargetError(f"the target must be PostgreSQL, got {u.drivername!r}")

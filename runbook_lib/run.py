@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import html
+import inspect
 import json
 import os
 import sys
@@ -122,6 +123,12 @@ class Run:
         p = self.params
         return names_mod.resolve(conn, p.prisma_schema, p.db_schema, p.table_map, p.column_map)
 
+    def _plan(self, conn: sa.engine.Connection, names: names_mod.NameMap, detail: bool = True) -> Plan:
+        """The procedure's plan; ``detail=False`` (under locks) skips display frames where supported."""
+        if not detail and "detail" in inspect.signature(self.proc.plan).parameters:
+            return self.proc.plan(conn, self.params, names, detail=False)  # type: ignore[no-any-return]
+        return self.proc.plan(conn, self.params, names)  # type: ignore[no-any-return]
+
     def review(self) -> Plan:
         """Compute the plan in a read-only snapshot; export the full affected set to the evidence folder."""
         with self._step("review"):
@@ -154,7 +161,8 @@ class Run:
         for name, (sql, binds) in exports.items():
             counter = {"rows": 0}
 
-            def chunks(sql: str = sql, binds: dict[str, Any] = binds, counter: dict[str, int] = counter) -> Iterator[Any]:
+            def chunks(sql: str = sql, binds: dict[str, Any] = binds, counter: dict[str, int] = counter,
+                       name: str = name) -> Iterator[Any]:
                 import pandas as pd
 
                 res = conn.execution_options(stream_results=True, max_row_buffer=50_000).execute(sa.text(sql), binds)
@@ -178,7 +186,8 @@ class Run:
     def execute(self, plan: Plan | None = None) -> ApplyResult | None:
         """In execute mode with an approved plan id: lock, recompute, compare, apply, check, COMMIT."""
         if self.params.mode != "execute":
-            pid = (plan or self.plan).plan_id if (plan or self.plan) else "<plan id>"
+            shown = plan or self.plan
+            pid = shown.plan_id if shown else "<plan id>"
             print(f"review mode: nothing was changed. To apply this plan run with mode=execute "
                   f"approved_plan={pid} (CLI: --execute --approve {pid}).", flush=True)
             return None
@@ -206,7 +215,7 @@ class Run:
                     self.proc.lock(conn, p, names)
                     faults.hit("after_lock")
                     self.progress("recomputing the plan under the locks")
-                    plan2 = self.proc.plan(conn, p, names)
+                    plan2 = self._plan(conn, names, detail=False)
                     before_id = plan2.plan_id
                     self.state["plan_id_at_execute"] = plan2.plan_id
                     if plan2.changes_nothing:
@@ -243,7 +252,7 @@ class Run:
             return {"checked": True, "rolled_back": True, "how": "the failure came before any statement changed data"}
         try:
             with db.read_only(self.engine) as conn:
-                now_id = self.proc.plan(conn, self.params, self._resolve(conn)).plan_id
+                now_id = self._plan(conn, self._resolve(conn), detail=False).plan_id
         except Exception as exc:  # noqa: BLE001 - reported, not raised over the original error
             return {"checked": False, "rolled_back": None, "how": f"could not re-check: {redact_text(str(exc))[:300]}"}
         return {"checked": True, "rolled_back": now_id == before_id,
@@ -278,10 +287,12 @@ class Run:
                 names = self.names or self._resolve(conn)
                 result = self.proc.verify(conn, self.params, names, self.plan)
                 if self.name != "verify" and self.params.mode == "execute":
+                    import importlib
+
                     try:
-                        from . import checks
+                        checks: Any = importlib.import_module(f"{__package__}.checks")
                     except ImportError:
-                        checks = None  # type: ignore[assignment]
+                        checks = None
                     if checks is not None:
                         general = checks.run_all(conn, names, sample_rows=self.params.sample_rows)
                         result = VerifyResult(checks=[*result.checks, *general.checks],

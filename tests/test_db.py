@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import pytest
-import sqlalchemy as sa
 
 from runbook_lib import db
 from runbook_lib.errors import ConcurrentRunError, LockTimeoutError, TargetError

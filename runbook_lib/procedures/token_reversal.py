@@ -197,6 +197,7 @@ def plan_reversal(
     reversal_source: str = "voucher_reversal",
     sample_rows: int = 20,
     top_users: int = 50,
+    detail: bool = True,
 ) -> ReversalPlan:
     """Compute what reversing the matching ledger rows would do, with aggregated, set-based queries."""
     L = "TokenTransaction"
@@ -222,7 +223,11 @@ def plan_reversal(
                     "reversal_type",
                 )
     base = f"with {_affected_cte(q, where_sql, has['reversalOfId'])}, {_decision_sql(q, negative_policy)} "
-    totals = conn.execute(sa.text(base + """
+    already_sql = (
+        f"(select count(*) from {q['ledger']} tt where ({where_sql}) and exists "
+        f"(select 1 from {q['ledger']} r where r.{q['link']} = tt.{q['id']}))" if has["reversalOfId"] else "0")
+    # one statement: the affected CTE is materialized once and feeds totals, digests and the already-count
+    totals = conn.execute(sa.text(base + f"""
         select count(*) as users, coalesce(sum(n),0) as rows, coalesce(sum(total),0) as tokens,
           count(*) filter (where raw_after < 0 and before is not null) as users_negative,
           coalesce(sum(-raw_after) filter (where raw_after < 0 and before is not null),0) as negative_tokens,
@@ -233,20 +238,15 @@ def plan_reversal(
           coalesce(sum(shortfall) filter (where included),0) as clamp_shortfall,
           coalesce(sum(before) filter (where included),0) as balance_before_total,
           coalesce(sum(new_balance) filter (where included),0) as balance_after_total,
-          md5(coalesce(string_agg(user_id || ':' || coalesce(before::text,'-'), ',' order by user_id),'')) as bal_digest
+          md5(coalesce(string_agg(user_id || ':' || coalesce(before::text,'-'), ',' order by user_id),'')) as bal_digest,
+          (select md5(coalesce(string_agg(id || ':' || user_id || ':' || amount, ',' order by id),''))
+             from affected) as rows_digest,
+          {already_sql} as rows_already_reversed
         from decided"""), where_params).mappings().one()
-    rows_digest = conn.execute(sa.text(
-        f"with {_affected_cte(q, where_sql, has['reversalOfId'])} select "
-        "md5(coalesce(string_agg(id || ':' || user_id || ':' || amount, ',' order by id),'')) from affected"),
-        where_params
-    ).scalar_one()
-    summary = {k: (int(v) if k != "bal_digest" else v) for k, v in totals.items() if k != "bal_digest"}
-    already = 0
-    if has["reversalOfId"]:
-        already = int(conn.execute(sa.text(
-            f"select count(*) from {q['ledger']} tt where ({where_sql}) and exists "
-            f"(select 1 from {q['ledger']} r where r.{q['link']} = tt.{q['id']})"), where_params).scalar_one())
-    summary["rows_already_reversed"] = already
+    summary = {k: (int(v) if not k.endswith("_digest") else v) for k, v in totals.items()
+               if not k.endswith("_digest")}
+    rows_digest = totals["rows_digest"]
+    already = summary["rows_already_reversed"]
     summary["nothing_to_do"] = summary["rows_to_reverse"] == 0
     digest = {"rows": rows_digest, "balances": totals["bal_digest"], "mode": ledger_mode,
               "policy": negative_policy, "type": reversal_type, "source": reversal_source, "where": where_sql,
@@ -257,6 +257,9 @@ def plan_reversal(
         has_balance_after=has["balanceAfter"], has_link=has["reversalOfId"], has_type=has["type"],
         has_source_id=has["sourceId"], has_description=has["description"], type_is_enum=type_is_enum,
     )
+    _warnings(rp, summary, negative_policy, already)
+    if not detail:  # recomputed under locks for execute: the figures, not the display frames
+        return rp
     rp.frames["balances"] = pd.DataFrame(conn.execute(sa.text(base + """
         select user_id as "userId", n as "rows", total as "reversed", before as "balance_before",
           case when included then new_balance else before end as "balance_after",
@@ -287,6 +290,10 @@ def plan_reversal(
             f"left join {names.t(R)} r on r.{names.c(R, 'id')} = tt.{q['sid']} "
             f"left join {names.t(V)} v on v.{names.c(V, 'id')} = r.{names.c(R, 'voucherId')} "
             "group by 1 order by 3 desc limit 50"), where_params).mappings().all())
+    return rp
+
+
+def _warnings(rp: ReversalPlan, summary: dict[str, Any], negative_policy: str, already: int) -> None:
     if summary["users_negative"]:
         rp.warnings.append(
             f"{summary['users_negative']} users already spent granted tokens: reversing all would leave them "
@@ -296,7 +303,6 @@ def plan_reversal(
                            "they are skipped and listed")
     if already:
         rp.warnings.append(f"{already} matching rows were already reversed by an earlier run and are left alone")
-    return rp
 
 
 def _histogram(conn: Connection, base: str, where_params: dict[str, Any], bins: int = 30) -> pd.DataFrame:
@@ -340,12 +346,14 @@ def apply_reversal(conn: Connection, names: NameMap, rp: ReversalPlan) -> dict[s
     """Reverse the planned rows with set-based statements; balances move by per-user totals."""
     q = _n(names)
     conn.execute(sa.text("drop table if exists rb_affected, rb_users"))
-    conn.execute(sa.text(
-        f"create temp table rb_users on commit drop as with {_affected_cte(q, rp.where_sql, rp.has_link)}, "
-        f"{_decision_sql(q, rp.negative_policy)} select * from decided"), rp.where_params)
+    # the selection is scanned once into rb_affected; per-user decisions come from it
     conn.execute(sa.text(
         f"create temp table rb_affected on commit drop as with {_affected_cte(q, rp.where_sql, rp.has_link)} "
-        "select a.* from affected a join rb_users u on u.user_id = a.user_id where u.included"), rp.where_params)
+        "select * from affected"), rp.where_params)
+    conn.execute(sa.text(
+        f"create temp table rb_users on commit drop as with affected as (select * from rb_affected), "
+        f"{_decision_sql(q, rp.negative_policy)} select * from decided"))
+    conn.execute(sa.text("delete from rb_affected a using rb_users u where u.user_id = a.user_id and not u.included"))
     conn.execute(sa.text("create index on rb_affected (id); create index on rb_users (user_id); "
                          "analyze rb_affected; analyze rb_users"))
     counts: dict[str, int] = {}
@@ -519,12 +527,13 @@ def _to_plan(rp: ReversalPlan, params: Params) -> Plan:
     )
 
 
-def plan(conn: Connection, params: Params, names: NameMap) -> Plan:
+def plan(conn: Connection, params: Params, names: NameMap, detail: bool = True) -> Plan:
     where_sql, where_params = selection(conn, params, names)
     rp = plan_reversal(
         conn, names, where_sql=where_sql, where_params=where_params, ledger_mode=params.ledger_mode,
         negative_policy=params.negative_policy, reversal_type=params.reversal_type,
         reversal_source=params.reversal_source, sample_rows=params.sample_rows, top_users=params.top_users,
+        detail=detail,
     )
     p = _to_plan(rp, params)
     q = _n(names)

@@ -1,0 +1,109 @@
+"""Notebooks are tested by executing them (papermill and nbval) against seeded data, outputs checked."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import nbformat
+import papermill as pm
+import pytest
+import sqlalchemy as sa
+
+from runbook_lib import procedures
+from runbook_lib.runner import run_procedure
+
+ROOT = Path(__file__).resolve().parent.parent
+FIXTURES = ROOT / "tests" / "notebooks"
+WINDOW = {"since": "2025-12-01T00:00:00Z", "until": "2025-12-03T00:00:00Z"}
+pytestmark = pytest.mark.notebook
+
+
+def outputs_text(nb: nbformat.NotebookNode) -> str:
+    parts = []
+    for cell in nb.cells:
+        for out in cell.get("outputs", []):
+            parts.append(out.get("text", ""))
+            for v in out.get("data", {}).values():
+                parts.append(v if isinstance(v, str) else json.dumps(v))
+    return "\n".join(parts)
+
+
+def errors(nb: nbformat.NotebookNode) -> list[str]:
+    return [f"{o.get('ename')}: {o.get('evalue')}" for c in nb.cells for o in c.get("outputs", [])
+            if o.get("output_type") == "error"]
+
+
+def test_token_reversal_notebook_review_then_execute(incident_db, target_env, tmp_path):
+    target_env(incident_db)
+    nb_in = ROOT / "notebooks" / "token_reversal.ipynb"
+    review_out = tmp_path / "review.ipynb"
+    pm.execute_notebook(str(nb_in), str(review_out), parameters={**WINDOW, "evidence_dir": str(tmp_path / "r")},
+                        progress_bar=False, kernel_name="python3")
+    nb = nbformat.read(review_out, as_version=4)
+    assert errors(nb) == []
+    state = json.loads((tmp_path / "r" / "run-state.json").read_text())
+    text = outputs_text(nb)
+    assert state["status"] == "succeeded" and state["plan_id"] in text
+    assert "review mode: nothing was changed" in text
+    # the summary (first code cell after the parameters) shows the headline figures
+    summary_cell = next(c for c in nb.cells if c.cell_type == "code" and "show_summary" in c.source)
+    summary_html = outputs_text(nbformat.from_dict({"cells": [summary_cell]}))
+    assert "ledger rows to reverse" in summary_html and str(state["summary"]["ledger rows to reverse"]) in summary_html
+
+    exec_out = tmp_path / "execute.ipynb"
+    pm.execute_notebook(str(nb_in), str(exec_out), parameters={
+        **WINDOW, "mode": "execute", "approved_plan": state["plan_id"], "evidence_dir": str(tmp_path / "e")},
+        progress_bar=False, kernel_name="python3")
+    nb2 = nbformat.read(exec_out, as_version=4)
+    assert errors(nb2) == []
+    st2 = json.loads((tmp_path / "e" / "run-state.json").read_text())
+    assert st2["committed"] is True and st2["verification_passed"] is True
+    eng = sa.create_engine(incident_db, poolclass=sa.pool.NullPool)
+    with eng.connect() as c:
+        reversed_rows = c.exec_driver_sql('select count(*) from "TokenTransaction" where "reversalOfId" is not null').scalar()
+    eng.dispose()
+    assert reversed_rows == st2["counts"]["rows_reversed"] == state["summary"]["ledger rows to reverse"]
+    assert f"'rows_reversed': {reversed_rows}" in outputs_text(nb2)
+
+
+def test_nbval_lax_executes_the_notebooks(incident_db, tmp_path):
+    """nbval in lax mode: every cell of every procedure notebook runs without error in review mode."""
+    notebooks = [str(ROOT / "notebooks" / procedures.get(n).NOTEBOOK) for n in ["token-reversal"]]
+    env = {**os.environ, "DATABASE_URL": incident_db}
+    r = subprocess.run([sys.executable, "-m", "pytest", "--nbval-lax", "-q", "-p", "no:cacheprovider",
+                        "-o", "addopts=", *notebooks], capture_output=True, text=True, env=env, cwd=tmp_path,
+                       timeout=600)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-2000:]
+    assert " passed" in r.stdout
+
+
+@pytest.mark.parametrize(
+    ("fixture", "status", "exit_code"),
+    [
+        ("succeeds", "succeeded", 0),
+        ("raises_runbook_error", "aborted", 9),
+        ("kernel_dies", "failed", 1),
+        ("never_finishes", "failed", 1),
+        ("plain_exception", "failed", 1),
+    ],
+)
+def test_failure_modes_are_archived_with_distinct_exits(incident_db, target_env, tmp_path, monkeypatch, fixture,
+                                                         status, exit_code):
+    target_env(incident_db)
+    nbdir = tmp_path / "nbs"
+    nbdir.mkdir()
+    shutil.copy(FIXTURES / f"{fixture}.ipynb", nbdir / "token_reversal.ipynb")
+    monkeypatch.setenv("RUNBOOK_NOTEBOOKS", str(nbdir))
+    out = run_procedure("token-reversal", WINDOW, incident="F", evidence_root=tmp_path / "ev", progress_bar=False)
+    assert (out.status, out.exit_code) == (status, exit_code), out.error
+    manifest = json.loads((out.run_dir / "manifest.json").read_text())
+    assert manifest["status"] == status
+    assert (out.run_dir / "token_reversal.ipynb").is_file()  # the failed notebook is kept
+    if exit_code:
+        assert manifest["error"]["message"]
+    assert b"s3cr3t-Test-Passw0rd" not in b"".join(p.read_bytes() for p in out.run_dir.rglob("*") if p.is_file())
