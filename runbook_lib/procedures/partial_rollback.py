@@ -1,0 +1,428 @@
+"""Partial rollback ("Keep Structure, Clear Data"): clear redemptions, reverse their tokens, fix the vouchers.
+
+Where the guide is wrong, and what this procedure does instead:
+
+* ``DELETE FROM "TokenTransaction" WHERE "source" = 'voucher_redemption'`` deletes the ledger rows and leaves
+  the granted tokens in every balance, so no balance matches its ledger any more. Here the grants of the
+  redemptions in scope are reversed with the token-reversal logic (balances moved by per-user totals,
+  compensating ledger rows by default) in the same transaction that removes the redemptions.
+* ``UPDATE "Voucher" SET "currentUses" = 0, "status" = 'ACTIVE'`` is only right when *every* redemption is
+  removed, and it revives vouchers an admin DISABLED or that EXPIRED by date. Here each voucher's counter is
+  set to the number of redemptions that remain, and the status changes only where the rollback is the
+  reason: a DEPLETED voucher that is below its limit again becomes ACTIVE (EXPIRED if its date has passed).
+  DISABLED/EXPIRED vouchers are reset only when the operator names those statuses in ``reset_statuses``.
+* The scope can be narrowed to voucher codes and a redemption time window instead of everything.
+"""
+
+# ruff: noqa: S608  - identifiers come from NameMap (quoted); values are bind parameters
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any, ClassVar, Literal
+
+import pandas as pd
+import sqlalchemy as sa
+from pydantic import field_validator, model_validator
+from sqlalchemy.engine import Connection
+
+from .. import names as nmod
+from ..errors import InvariantError, NotFoundError, ParameterError, PolicyAbort
+from ..names import NameMap
+from ..params import CommonParams, parse_aware_datetime
+from . import token_reversal as tr
+from .base import ApplyResult, Check, Plan, VerifyResult, plan_hash
+
+NAME = "partial-rollback"
+NOTEBOOK = "partial_rollback.ipynb"
+TITLE = "Clear voucher redemptions (all or chosen codes/window), reverse their tokens, fix counters and status"
+GUIDE_SECTION = "Partial Rollback (Keep Structure, Clear Data)"
+writes = True
+destructive = True  # redemptions are deleted
+tables = ["Voucher", "VoucherRedemption", "TokenTransaction", "UserTokenBalance"]
+
+V, R, L = "Voucher", "VoucherRedemption", "TokenTransaction"
+VOUCHER_NEEDS = ["id", "code", "status", "maxUses", "currentUses"]
+REDEMPTION_NEEDS = ["id", "voucherId", "userId", "redeemedAt"]
+GrantLink = Literal["redemption_id", "voucher_and_user"]
+
+
+class Params(CommonParams):
+    procedure: ClassVar[str] = NAME
+
+    all_vouchers: bool = False
+    voucher_codes: list[str] = []
+    redeemed_since: str | None = None
+    redeemed_until: str | None = None
+    reset_statuses: list[str] = []
+    source: str = "voucher_redemption"
+    grant_link: GrantLink = "redemption_id"
+    ledger_mode: tr.LedgerMode = "compensate"
+    negative_policy: Literal["allow", "clamp", "abort"] = "allow"
+    reversal_type: str = "REVERSAL"
+    reversal_source: str = "voucher_reversal"
+    top_users: int = 50
+
+    @field_validator("redeemed_since", "redeemed_until", mode="before")
+    @classmethod
+    def _aware(cls, v: Any, info: Any) -> str | None:
+        parsed = parse_aware_datetime(v, info.field_name)
+        return parsed.isoformat() if parsed else None
+
+    @field_validator("voucher_codes", "reset_statuses", mode="before")
+    @classmethod
+    def _list(cls, v: Any) -> list[str]:
+        if v is None or v == "":
+            return []
+        if isinstance(v, str):
+            v = [s for s in (x.strip() for x in v.split(",")) if s]
+        if not isinstance(v, list) or not all(isinstance(x, (str, int)) and str(x).strip() for x in v):
+            raise ValueError("must be a list of non-empty strings")
+        if len(v) > 100_000:
+            raise ValueError(f"{len(v)} entries is too many for one run (at most 100000)")
+        return [str(x).strip() for x in v]
+
+    @field_validator("top_users")
+    @classmethod
+    def _top(cls, v: int) -> int:
+        if not 1 <= v <= 1000:
+            raise ValueError("must be between 1 and 1000")
+        return v
+
+    @model_validator(mode="after")
+    def _scope(self) -> Params:
+        if self.all_vouchers and self.voucher_codes:
+            raise ValueError("give either all_vouchers=true or voucher_codes, not both")
+        if not self.all_vouchers and not self.voucher_codes:
+            raise ValueError("choose the scope: voucher_codes (a list of codes) or all_vouchers=true")
+        if self.redeemed_since and self.redeemed_until and self.redeemed_until <= self.redeemed_since:
+            raise ValueError(f"'redeemed_since' ({self.redeemed_since}) must be before 'redeemed_until' "
+                             f"({self.redeemed_until})")
+        if self.reversal_source == self.source:
+            raise ValueError("'reversal_source' must differ from 'source', or reversals would be reversed again")
+        return self
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Scope: the redemptions to clear, the vouchers in scope, the ledger grants those redemptions produced
+# ---------------------------------------------------------------------------------------------------------
+
+
+def _q(names: NameMap) -> dict[str, str]:
+    return {
+        "V": names.t(V), "R": names.t(R), "L": names.t(L),
+        "v_id": names.c(V, "id"), "v_code": names.c(V, "code"), "v_status": names.c(V, "status"),
+        "v_max": names.c(V, "maxUses"), "v_uses": names.c(V, "currentUses"), "v_exp": names.c(V, "expiresAt"),
+        "v_upd": names.c(V, "updatedAt"),
+        "r_id": names.c(R, "id"), "r_vid": names.c(R, "voucherId"), "r_uid": names.c(R, "userId"),
+        "r_ts": names.c(R, "redeemedAt"),
+        "l_id": names.c(L, "id"), "l_src": names.c(L, "source"), "l_sid": names.c(L, "sourceId"),
+        "l_uid": names.c(L, "userId"), "l_amt": names.c(L, "amount"), "l_link": names.c(L, "reversalOfId"),
+    }
+
+
+def _naive_if_needed(conn: Connection, names: NameMap, model: str, fld: str, value: dt.datetime | None) -> Any:
+    """Prisma stores UTC in ``timestamp(3) without time zone``: compare with naive UTC values there."""
+    if value is None:
+        return None
+    ctype = nmod.column_type(conn, names, model, fld) or ""
+    return value.astimezone(dt.UTC).replace(tzinfo=None) if "without time zone" in ctype else value
+
+
+class Scope:
+    """SQL fragments and bind values for one parameter set (built once per plan/lock/verify)."""
+
+    def __init__(self, conn: Connection, params: Params, names: NameMap) -> None:
+        nmod.require(conn, names, {V: VOUCHER_NEEDS, R: REDEMPTION_NEEDS, L: ["id", "userId", "amount", "source",
+                                                                            "sourceId"]})
+        self.q = q = _q(names)
+        self.binds: dict[str, Any] = {"pr_source": params.source}
+        v_where = ["true"]
+        if params.voucher_codes:
+            known = {r[0] for r in conn.execute(sa.text(
+                f"select {q['v_code']} from {q['V']} where {q['v_code']} = any(:pr_codes)"),
+                {"pr_codes": params.voucher_codes})}
+            unknown = sorted(set(params.voucher_codes) - known)
+            if unknown:
+                raise NotFoundError(f"unknown voucher codes ({len(unknown)}): {', '.join(unknown[:10])}"
+                                    + (" …" if len(unknown) > 10 else "") + "; check the spelling (codes are "
+                                    "case-sensitive)", unknown=unknown)
+            v_where.append(f"v.{q['v_code']} = any(:pr_codes)")
+            self.binds["pr_codes"] = params.voucher_codes
+        r_where = list(v_where)
+        since = parse_aware_datetime(params.redeemed_since, "redeemed_since")
+        until = parse_aware_datetime(params.redeemed_until, "redeemed_until")
+        if since:
+            r_where.append(f"r.{q['r_ts']} >= :pr_since")
+            self.binds["pr_since"] = _naive_if_needed(conn, names, R, "redeemedAt", since)
+        if until:
+            r_where.append(f"r.{q['r_ts']} < :pr_until")
+            self.binds["pr_until"] = _naive_if_needed(conn, names, R, "redeemedAt", until)
+        #: vouchers in scope (alias v)
+        self.vouchers = f"select v.* from {q['V']} v where {' and '.join(v_where)}"
+        #: redemptions to clear (alias r), with their voucher's code
+        self.redemptions = (
+            f"select r.{q['r_id']} as id, r.{q['r_vid']} as voucher_id, r.{q['r_uid']} as user_id, "
+            f"r.{q['r_ts']} as redeemed_at, v.{q['v_code']} as code from {q['R']} r join {q['V']} v "
+            f"on v.{q['v_id']} = r.{q['r_vid']} where {' and '.join(r_where)}")
+        # the ledger grants those redemptions produced, as a condition on the ledger aliased tt
+        if params.grant_link == "redemption_id":
+            self.grant_where = (f"tt.{q['l_src']} = :pr_source and tt.{q['l_sid']} in "
+                                f"(select s.id from ({self.redemptions}) s)")
+        else:
+            self.grant_where = (f"tt.{q['l_src']} = :pr_source and exists (select 1 from ({self.redemptions}) s "
+                                f"where tt.{q['l_sid']} = s.voucher_id and tt.{q['l_uid']} = s.user_id)")
+        self.has_expiry = nmod.has_column(conn, names, V, "expiresAt")
+        self.has_updated = nmod.has_column(conn, names, V, "updatedAt")
+        self.status_type = _column_type_sql(conn, names, V, "status")
+
+    def voucher_changes_sql(self) -> str:
+        """Per voucher in scope: counter and status before and after (the rollback's reasons only)."""
+        q = self.q
+        expired = (f"(v.{q['v_exp']} is not null and v.{q['v_exp']} <= (now() at time zone 'utc'))"
+                   if self.has_expiry else "false")
+        below = "(v.max_uses is null or v.new_uses < v.max_uses)"
+        return f"""
+            select v.id, v.code, v.status, v.uses, v.max_uses, v.removed, v.new_uses, v.expired,
+              case when v.status = any(cast(:pr_reset as text[])) then
+                     case when {below} then 'ACTIVE' else 'DEPLETED' end
+                   when v.status = 'DEPLETED' and {below} then case when v.expired then 'EXPIRED' else 'ACTIVE' end
+                   else v.status end as new_status
+            from (select v.{q['v_id']} as id, v.{q['v_code']} as code, v.{q['v_status']}::text as status,
+                    v.{q['v_uses']} as uses, v.{q['v_max']} as max_uses, {expired} as expired,
+                    coalesce(rm.n, 0) as removed, coalesce(tot.n, 0) - coalesce(rm.n, 0) as new_uses
+                  from ({self.vouchers}) v
+                  left join (select voucher_id, count(*) as n from ({self.redemptions}) s group by 1) rm
+                    on rm.voucher_id = v.{q['v_id']}
+                  left join (select {q['r_vid']} as voucher_id, count(*) as n from {q['R']} group by 1) tot
+                    on tot.voucher_id = v.{q['v_id']}) v"""
+
+    def bind(self, reset: list[str]) -> dict[str, Any]:
+        return {**self.binds, "pr_reset": reset}
+
+
+def _column_type_sql(conn: Connection, names: NameMap, model: str, fld: str) -> str:
+    return str(conn.execute(sa.text(
+        "select format_type(a.atttypid, a.atttypmod) from pg_attribute a "
+        "where a.attrelid = to_regclass(:t) and a.attname = :c"),
+        {"t": names.t(model), "c": names.column(model, fld)}).scalar_one())
+
+
+def _check_statuses(conn: Connection, names: NameMap, params: Params) -> None:
+    if not params.reset_statuses:
+        return
+    allowed = nmod.enum_values(conn, names, "VoucherStatus") or [
+        r[0] for r in conn.execute(sa.text(f"select distinct {names.c(V, 'status')}::text from {names.t(V)}"))]
+    bad = [s for s in params.reset_statuses if s not in allowed]
+    if bad:
+        raise ParameterError(f"parameter 'reset_statuses': {', '.join(bad)} not a voucher status; allowed: "
+                             f"{', '.join(allowed)}", "reset_statuses")
+
+
+# ---------------------------------------------------------------------------------------------------------
+# plan / lock / apply / check / verify
+# ---------------------------------------------------------------------------------------------------------
+
+
+def plan(conn: Connection, params: Params, names: NameMap) -> Plan:
+    sc = Scope(conn, params, names)
+    _check_statuses(conn, names, params)
+    binds = sc.bind(params.reset_statuses)
+    changes = sc.voucher_changes_sql()
+    red = conn.execute(sa.text(
+        f"select count(*) as n, count(distinct user_id) as users, count(distinct voucher_id) as vouchers, "
+        f"min(redeemed_at) as first, max(redeemed_at) as last, "
+        f"md5(coalesce(string_agg(id, ',' order by id), '')) as digest from ({sc.redemptions}) s"),
+        binds).mappings().one()
+    vch = conn.execute(sa.text(
+        f"select count(*) as in_scope, "
+        f"count(*) filter (where uses <> new_uses or status <> new_status) as changing, "
+        f"count(*) filter (where status <> new_status) as status_changing, "
+        f"count(*) filter (where status in ('DISABLED', 'EXPIRED') and removed > 0 "
+        f"  and status = new_status) as kept_status, "
+        f"count(*) filter (where status = 'DEPLETED' and new_status = 'EXPIRED') as depleted_but_expired, "
+        f"md5(coalesce(string_agg(id || ':' || uses || '>' || new_uses || ':' || status || '>' || new_status, ',' "
+        f"  order by id) filter (where uses <> new_uses or status <> new_status), '')) as digest "
+        f"from ({changes}) c"), binds).mappings().one()
+    rp = tr.plan_reversal(
+        conn, names, where_sql=sc.grant_where, where_params=binds, ledger_mode=params.ledger_mode,
+        negative_policy=params.negative_policy, reversal_type=params.reversal_type,
+        reversal_source=params.reversal_source, sample_rows=params.sample_rows, top_users=params.top_users)
+    rs = rp.summary
+    grants_total = conn.execute(sa.text(
+        f"select count(*), coalesce(sum(tt.{sc.q['l_amt']}), 0) from {sc.q['L']} tt where {sc.grant_where}"),
+        binds).one()
+    summary = {
+        "redemptions to clear": int(red["n"]),
+        "users with redemptions cleared": int(red["users"]),
+        "vouchers in scope": int(vch["in_scope"]),
+        "vouchers whose counter or status changes": int(vch["changing"]),
+        "vouchers whose status changes": int(vch["status_changing"]),
+        "DISABLED/EXPIRED vouchers keeping their status": int(vch["kept_status"]),
+        "ledger grants of these redemptions": int(grants_total[0]),
+        "ledger rows to reverse": rs["rows_to_reverse"],
+        "tokens to reverse": rs["tokens_to_reverse"],
+        "users whose balance changes": rs["users"] - rs["users_excluded"],
+        "users going negative (before policy)": rs["users_negative"],
+        "grants already reversed": rs["rows_already_reversed"],
+        "ledger mode": params.ledger_mode,
+        "negative policy": params.negative_policy,
+        "reset statuses": ", ".join(params.reset_statuses) or "none",
+        "nothing_to_do": int(red["n"]) == 0 and int(vch["changing"]) == 0 and rs["rows_to_reverse"] == 0,
+    }
+    warnings = list(rp.warnings)
+    if rs["users_without_balance"]:
+        warnings.append(f"{rs['users_without_balance']} users have grants but no balance row: execute stops "
+                        "(their grants could not be reversed); fix the balances or narrow the scope")
+    if vch["kept_status"]:
+        warnings.append(f"{vch['kept_status']} DISABLED/EXPIRED vouchers lose redemptions but keep their status "
+                        "(the guide's SET status='ACTIVE' would revive them); name the statuses in reset_statuses "
+                        "to reset them")
+    if vch["depleted_but_expired"]:
+        warnings.append(f"{vch['depleted_but_expired']} DEPLETED vouchers are below their limit again but past "
+                        "expiresAt: they become EXPIRED, not ACTIVE")
+    frames: dict[str, pd.DataFrame] = {}
+    frames["vouchers"] = pd.DataFrame(conn.execute(sa.text(
+        f"select code, status as status_before, new_status as status_after, uses as uses_before, "
+        f"new_uses as uses_after, max_uses, removed as redemptions_cleared from ({changes}) c "
+        f"where uses <> new_uses or status <> new_status order by removed desc, code limit :lim"),
+        {**binds, "lim": params.top_users}).mappings().all(),
+        columns=["code", "status_before", "status_after", "uses_before", "uses_after", "max_uses",
+                 "redemptions_cleared"])
+    frames["redemptions_by_voucher"] = pd.DataFrame(conn.execute(sa.text(
+        f"select code, count(*) as redemptions, min(redeemed_at) as first, max(redeemed_at) as last "
+        f"from ({sc.redemptions}) s group by code order by 2 desc, code limit :lim"),
+        {**binds, "lim": params.top_users}).mappings().all(), columns=["code", "redemptions", "first", "last"])
+    frames["redemptions_sample"] = pd.DataFrame(conn.execute(sa.text(
+        f"select id, code, user_id, redeemed_at from ({sc.redemptions}) s order by redeemed_at, id limit :lim"),
+        {**binds, "lim": params.sample_rows}).mappings().all(), columns=["id", "code", "user_id", "redeemed_at"])
+    frames["grants_sample"] = rp.frames.get("sample", pd.DataFrame())
+    frames["balances"] = rp.frames.get("balances", pd.DataFrame())
+    frames["negative"] = rp.frames.get("negative", pd.DataFrame())
+    digest = {"redemptions": red["digest"], "vouchers": vch["digest"], "reversal": rp.digest,
+              "reset": sorted(params.reset_statuses), "link": params.grant_link}
+    p = Plan(procedure=NAME, plan_id=plan_hash(NAME, digest), summary=summary, frames=frames, warnings=warnings,
+             details={"reversal": rp, "raw_reversal": rs, "scope": sc})
+    p.exports = {
+        "redemptions_cleared": (f"select * from ({sc.redemptions}) s order by redeemed_at, id", binds),
+        "vouchers_before_after": (f"select * from ({changes}) c order by code", binds),
+        "ledger_grants": (f"select tt.* from {sc.q['L']} tt where {sc.grant_where} order by tt.{sc.q['l_id']}",
+                          binds),
+    }
+    return p
+
+
+def lock(conn: Connection, params: Params, names: NameMap) -> None:
+    """Vouchers in scope, then their redemptions, then ledger rows and balances (a fixed order)."""
+    sc = Scope(conn, params, names)
+    q, binds = sc.q, sc.bind(params.reset_statuses)
+    conn.execute(sa.text(f"select 1 from {q['V']} v where v.{q['v_id']} in (select v.{q['v_id']} from "
+                         f"({sc.vouchers}) v) order by v.{q['v_id']} for update"), binds)
+    conn.execute(sa.text(f"select 1 from {q['R']} r where r.{q['r_id']} in (select id from ({sc.redemptions}) s) "
+                         f"order by r.{q['r_id']} for update"), binds)
+    tr.lock_reversal(conn, names, sc.grant_where, binds)
+
+
+def apply(conn: Connection, params: Params, names: NameMap, plan: Plan) -> ApplyResult:
+    rp: tr.ReversalPlan = plan.details["reversal"]
+    rs = plan.details["raw_reversal"]
+    sc: Scope = plan.details["scope"]
+    q, binds = sc.q, sc.bind(params.reset_statuses)
+    if params.negative_policy == "abort" and rs["users_negative"]:
+        raise PolicyAbort(f"negative_policy=abort: {rs['users_negative']} users would go below zero "
+                          f"({rs['negative_tokens']} tokens); nothing was changed. Review the list, then choose "
+                          "allow or clamp")
+    if rs["users_without_balance"]:
+        raise PolicyAbort(f"{rs['users_without_balance']} users have voucher grants but no balance row, so their "
+                          "grants cannot be reversed; nothing was changed. Create their balance rows or narrow "
+                          "voucher_codes")
+    conn.execute(sa.text("drop table if exists pr_removed, pr_vouchers"))
+    conn.execute(sa.text(f"create temp table pr_removed on commit drop as {sc.redemptions}"), binds)
+    conn.execute(sa.text(f"create temp table pr_vouchers on commit drop as "
+                         f"{sc.voucher_changes_sql()}"), binds)
+    conn.execute(sa.text("create index on pr_removed (id); analyze pr_removed; analyze pr_vouchers"))
+    counts: dict[str, Any] = {}
+    if rs["rows_to_reverse"]:
+        counts.update(tr.apply_reversal(conn, names, rp))  # before the redemptions go: it selects through them
+    else:
+        counts.update(rows_reversed=0, tokens_reversed=0, users_affected=0)
+    counts["redemptions_deleted"] = conn.execute(sa.text(
+        f"delete from {q['R']} r using pr_removed x where r.{q['r_id']} = x.id")).rowcount
+    upd = f", {q['v_upd']} = (now() at time zone 'utc')" if sc.has_updated else ""
+    counts["vouchers_updated"] = conn.execute(sa.text(
+        f"update {q['V']} v set {q['v_uses']} = c.new_uses, {q['v_status']} = cast(c.new_status as {sc.status_type})"
+        f"{upd} from pr_vouchers c where v.{q['v_id']} = c.id and (c.uses <> c.new_uses or c.status <> c.new_status)"
+    )).rowcount
+    counts["vouchers_status_changed"] = int(conn.execute(sa.text(
+        "select count(*) from pr_vouchers where status <> new_status")).scalar_one())
+    return ApplyResult(changed=True, counts=counts, messages=[
+        f"cleared {counts['redemptions_deleted']} redemptions, reversed {counts['rows_reversed']} ledger grants "
+        f"({counts['tokens_reversed']} tokens), updated {counts['vouchers_updated']} vouchers "
+        f"({counts['vouchers_status_changed']} status changes)"])
+
+
+def check(conn: Connection, params: Params, names: NameMap, plan: Plan, result: ApplyResult) -> None:
+    """Invariants before COMMIT; any failure raises InvariantError and the transaction rolls back."""
+    if not result.changed:
+        return
+    sc: Scope = plan.details["scope"]
+    q = sc.q
+    problems: list[str] = []
+    wrong_counter = conn.execute(sa.text(
+        f"select count(*) from pr_vouchers c join {q['V']} v on v.{q['v_id']} = c.id where v.{q['v_uses']} <> "
+        f"(select count(*) from {q['R']} r where r.{q['r_vid']} = c.id)")).scalar_one()
+    if wrong_counter:
+        problems.append(f"{wrong_counter} vouchers' counters differ from their remaining redemptions")
+    wrong_status = conn.execute(sa.text(
+        f"select count(*) from pr_vouchers c join {q['V']} v on v.{q['v_id']} = c.id "
+        f"where v.{q['v_status']}::text <> c.new_status")).scalar_one()
+    if wrong_status:
+        problems.append(f"{wrong_status} vouchers' status differs from the plan")
+    revived = conn.execute(sa.text(
+        f"select count(*) from pr_vouchers c join {q['V']} v on v.{q['v_id']} = c.id where c.status in "
+        f"('DISABLED', 'EXPIRED') and not (c.status = any(:reset)) and v.{q['v_status']}::text <> c.status"),
+        {"reset": params.reset_statuses}).scalar_one()
+    if revived:
+        problems.append(f"{revived} DISABLED/EXPIRED vouchers changed status without reset_statuses")
+    left = conn.execute(sa.text(
+        f"select count(*) from {q['R']} r join pr_removed x on x.id = r.{q['r_id']}")).scalar_one()
+    if left:
+        problems.append(f"{left} redemptions in scope still exist")
+    link = params.grant_link
+    join = ("tt.{sid} = x.id" if link == "redemption_id" else "tt.{sid} = x.voucher_id and tt.{uid} = x.user_id") \
+        .format(sid=q["l_sid"], uid=q["l_uid"])
+    has_link = nmod.has_column(conn, names, L, "reversalOfId")
+    unreversed_cond = f"and not exists (select 1 from {q['L']} rv where rv.{q['l_link']} = tt.{q['l_id']})" \
+        if has_link else ""
+    dangling = conn.execute(sa.text(
+        f"select count(*) from {q['L']} tt join pr_removed x on {join} where tt.{q['l_src']} = :src "
+        f"{unreversed_cond}"), {"src": params.source}).scalar_one()
+    if dangling:
+        problems.append(f"{dangling} ledger grants point to a removed redemption without their reversal")
+    if problems:
+        raise InvariantError("invariant failed before COMMIT, rolled back: " + "; ".join(problems), problems=problems)
+    if result.counts.get("rows_reversed"):
+        tr.check_reversal(conn, names, plan.details["reversal"], result.counts)  # balance change == reversed total
+
+
+def verify(conn: Connection, params: Params, names: NameMap, plan: Plan | None) -> VerifyResult:
+    sc = Scope(conn, params, names)
+    q, binds = sc.q, sc.bind(params.reset_statuses)
+    left = int(conn.execute(sa.text(f"select count(*) from ({sc.redemptions}) s"), binds).scalar_one())
+    wrong = int(conn.execute(sa.text(
+        f"select count(*) from ({sc.vouchers}) v where v.{q['v_uses']} <> "
+        f"(select count(*) from {q['R']} r where r.{q['r_vid']} = v.{q['v_id']})"), binds).scalar_one())
+    checks = [
+        Check("no redemption left in scope", left == 0 or params.mode == "review", left,
+              "redemptions matching the scope (expected 0 after execute)"),
+        Check("counters equal remaining redemptions", wrong == 0, wrong, "vouchers in scope whose currentUses differs"),
+    ]
+    if params.grant_link == "redemption_id" and nmod.has_column(conn, names, L, "reversalOfId"):
+        orphans = int(conn.execute(sa.text(
+            f"select count(*) from {q['L']} tt where tt.{q['l_src']} = :src and tt.{q['l_sid']} is not null "
+            f"and not exists (select 1 from {q['R']} r where r.{q['r_id']} = tt.{q['l_sid']}) "
+            f"and not exists (select 1 from {q['L']} rv where rv.{q['l_link']} = tt.{q['l_id']})"),
+            {"src": params.source}).scalar_one())
+        checks.append(Check("no unreversed grant of a missing redemption", orphans == 0, orphans,
+                            "voucher grants whose redemption is gone and that have no reversal"))
+    return VerifyResult(checks=checks)
