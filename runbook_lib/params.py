@@ -138,6 +138,31 @@ class CommonParams(BaseModel):
         return self.model_dump(mode="json")
 
 
+class DestructiveParams(CommonParams):
+    """Parameters of procedures that delete or overwrite data: they need a recent backup (see ``backup``)."""
+
+    #: the newest backup of the procedure's tables in this incident must be younger than this
+    backup_max_age_hours: float = 24.0
+    #: execute without such a backup; the reason is recorded in the manifest (at least 10 characters)
+    backup_override_reason: str | None = None
+
+    @field_validator("backup_max_age_hours")
+    @classmethod
+    def _age(cls, v: float) -> float:
+        if not 0 < v <= 24 * 365:
+            raise ValueError("must be more than 0 and at most 8760 hours")
+        return v
+
+    @field_validator("backup_override_reason")
+    @classmethod
+    def _reason(cls, v: str | None) -> str | None:
+        if v in (None, ""):
+            return None
+        if len(v) < 10:
+            raise ValueError("give a real reason (at least 10 characters); it is recorded in the evidence")
+        return v
+
+
 def _one_line(exc: ValidationError) -> str:
     parts = []
     for err in exc.errors():

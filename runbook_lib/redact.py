@@ -8,7 +8,25 @@ from typing import Any
 
 from sqlalchemy.engine import make_url
 
-_SECRET_NAME = re.compile(r"(PASS|SECRET|TOKEN|KEY|CREDENTIAL|AUTH|DATABASE_URL|DSN|PRIVATE)", re.I)
+_SECRET_ENDINGS = ("password", "passwd", "passphrase", "secret", "token", "apikey", "credential", "credentials",
+                   "privatekey", "accesskey", "secretkey")
+_SECRET_PARTS = {"pwd", "pass", "auth", "dsn"}
+_SECRET_NAMES = {"database_url", "api_key", "private_key", "access_key", "secret_key", "auth_token"}
+
+
+def is_secret_name(name: str) -> bool:
+    """Does a variable or key name suggest a secret? (``PGPASSWORD``, ``SERVICE_API_TOKEN``, ``dbPassword``;
+    not ``tokens_reversed`` or ``verification_passed``)."""
+    low = name.lower()
+    if low in _SECRET_NAMES:
+        return True
+    words = re.sub(r"([a-z0-9])([A-Z])", r"\1_\2", name).lower()
+    parts = [p for p in re.split(r"[^a-z0-9]+", words) if p]
+    if not parts:
+        return False
+    tail = [parts[-1], "".join(parts[-2:])]  # the noun is last: API_TOKEN, dbPassword, SECRET_ACCESS_KEY
+    return any(p.endswith(_SECRET_ENDINGS) for p in tail) or parts[-1] in _SECRET_PARTS or "password" in parts
+
 # scheme://user:password@host  -> scheme://user:***@host
 _URL_PASSWORD = re.compile(r"(?P<head>\b[a-z][a-z0-9+.\-]*://[^:/@\s'\"]*:)(?P<pw>[^@\s'\"]+)(?P<tail>@)", re.I)
 # key=value pairs in libpq connection strings and error texts: password=secret
@@ -30,7 +48,7 @@ def _known_secrets() -> list[str]:
                 pw = None
             if pw and len(str(pw)) >= 3:
                 found.append(str(pw))
-        elif _SECRET_NAME.search(name) and len(value) >= 6 and name not in _NOT_SECRET:
+        elif is_secret_name(name) and len(value) >= 6 and name not in _NOT_SECRET:
             found.append(value)
     return sorted(set(found), key=len, reverse=True)
 
@@ -62,7 +80,7 @@ def redact_obj(obj: Any) -> Any:
     """Recursively redact strings inside dicts/lists; secret-named keys lose their values."""
     if isinstance(obj, dict):
         return {
-            k: (MASK if isinstance(k, str) and _SECRET_NAME.search(k) and v not in (None, "", [], {}) else redact_obj(v))
+            k: (MASK if isinstance(k, str) and is_secret_name(k) and v not in (None, "", [], {}) else redact_obj(v))
             for k, v in obj.items()
         }
     if isinstance(obj, (list, tuple)):

@@ -126,8 +126,8 @@ class Run:
     def _plan(self, conn: sa.engine.Connection, names: names_mod.NameMap, detail: bool = True) -> Plan:
         """The procedure's plan; ``detail=False`` (under locks) skips display frames where supported."""
         if not detail and "detail" in inspect.signature(self.proc.plan).parameters:
-            return self.proc.plan(conn, self.params, names, detail=False)  # type: ignore[no-any-return]
-        return self.proc.plan(conn, self.params, names)  # type: ignore[no-any-return]
+            return self.proc.plan(conn, self.params, names, detail=False)
+        return self.proc.plan(conn, self.params, names)
 
     def review(self) -> Plan:
         """Compute the plan in a read-only snapshot; export the full affected set to the evidence folder."""
@@ -147,6 +147,8 @@ class Run:
                 self.state["warnings"] = list(plan.warnings)
                 if plan.exports and self.evidence_dir is not None:
                     self.state["exports"] = self._export(conn, plan.exports)
+            if self.evidence_dir is not None:
+                self._write_frames(plan)
             self.plan = plan
             self.progress(f"plan id {plan.plan_id}")
         self._refresh_summary()
@@ -175,6 +177,13 @@ class Run:
             path = evidence.write_frame(self.evidence_dir, name, chunks())
             out[name] = {"file": Path(path).name, "rows": counter["rows"]}
         return out
+
+    def _write_frames(self, plan: Plan) -> None:
+        """The plan's bounded tables (before/after balances, per day, per voucher…) as CSV evidence files."""
+        assert self.evidence_dir is not None
+        for name, frame in plan.frames.items():
+            if frame is not None and not frame.empty and name.replace("_", "").isalnum():
+                frame.to_csv(self.evidence_dir / f"{name}.csv", index=False)
 
     def _production_guard(self, database: str) -> None:
         marked = os.environ.get(PRODUCTION_ENV, "").strip().lower() in ("1", "true", "yes", "production")
@@ -263,8 +272,10 @@ class Run:
         destructive = is_destructive(self.params) if is_destructive else getattr(self.proc, "destructive", False)
         if not destructive:
             return
+        import importlib
+
         try:
-            from . import backups
+            backups: Any = importlib.import_module(f"{__package__}.backups")
         except ImportError:
             return
         if self.evidence_dir is None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import getpass
 import json
+import logging
 import os
 import warnings
 from dataclasses import dataclass, field
@@ -85,17 +86,26 @@ def run_procedure(
     nb_out = run_dir / proc.NOTEBOOK
     injected = {**params.public_dict(), "evidence_dir": str(run_dir)}
     papermill_error: str | None = None
+    # parameters were validated strictly above; papermill's own warnings about them would only be noise
+    pm_logger = logging.getLogger("papermill")
+    old_level = pm_logger.level
+    pm_logger.setLevel(logging.ERROR)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         try:
             pm.execute_notebook(
                 str(nb_in), str(nb_out), parameters=injected, progress_bar=progress_bar, log_output=log_output,
                 kernel_name="python3", cwd=str(Path.cwd()), report_mode=False,
+                # the kernel's own startup warnings (e.g. "running over TCP without encryption" on a local
+                # socket) would break the one-line error contract on stderr; its errors still show
+                extra_arguments=["--IPKernelApp.log_level=ERROR"],
             )
         except pm.PapermillExecutionError as exc:
             papermill_error = f"{exc.ename}: {exc.evalue}"
         except Exception as exc:  # noqa: BLE001 - kernel death etc.: archived, then reported
             papermill_error = f"{type(exc).__name__}: {exc}"
+        finally:
+            pm_logger.setLevel(old_level)
     state = _read_state(run_dir)
     status = state.get("status", "failed")
     err = state.get("error") or {}

@@ -66,6 +66,7 @@ def test_review_then_execute_then_noop(incident_db, tmp_path):
     m = json.loads((run_dirs(tmp_path, "INC-1")[2] / "manifest.json").read_text())
     assert m["status"] == "succeeded" and m["committed"] is True and m["operator"] == "alice"
     assert m["counts"]["rows_reversed"] > 0
+    assert isinstance(m["counts"]["tokens_reversed"], int) and m["verification_passed"] is True  # not redacted
     after = ledger(incident_db)
     assert len(after) == len(before) + m["counts"]["rows_reversed"]
 

@@ -71,3 +71,17 @@ def test_notebooks_are_committed_without_outputs():
             if cell["cell_type"] == "code":
                 assert not cell.get("outputs") and not cell.get("execution_count"), nb.name
         assert any("parameters" in c.get("metadata", {}).get("tags", []) for c in data["cells"]), nb.name
+
+
+@pytest.mark.parametrize("name", procedures.available())
+def test_notebook_parameters_cell_matches_the_procedure(name, caplog):
+    """papermill can read the parameters cell (no warnings) and it defines exactly the procedure's parameters."""
+    import logging
+
+    import papermill as pm
+
+    mod = procedures.get(name)
+    with caplog.at_level(logging.WARNING, logger="papermill"):
+        found = pm.inspect_notebook(str(ROOT / "notebooks" / mod.NOTEBOOK))
+    assert not [r for r in caplog.records if r.name.startswith("papermill")], caplog.text
+    assert set(found) == set(mod.Params.model_fields), set(found) ^ set(mod.Params.model_fields)

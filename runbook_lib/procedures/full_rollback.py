@@ -37,7 +37,7 @@ from .. import names as nmod
 from ..db import quote_ident
 from ..errors import EvidenceError, InvariantError, ParameterError, PolicyAbort
 from ..names import NameMap
-from ..params import CommonParams
+from ..params import DestructiveParams
 from ..prisma import edit as pedit
 from ..prisma import history
 from . import token_reversal as tr
@@ -60,7 +60,7 @@ _COMMENT = {"table": "DropTable", "type": "DropEnum", "view": "DropView", "mater
             "domain": "DropDomain", "sequence": "DropSequence"}
 
 
-class Params(CommonParams):
+class Params(DestructiveParams):
     procedure: ClassVar[str] = NAME
 
     ledger_policy: Literal["keep", "reverse"] | None = None

@@ -29,7 +29,7 @@ from sqlalchemy.engine import Connection
 from .. import names as nmod
 from ..errors import InvariantError, NotFoundError, ParameterError, PolicyAbort
 from ..names import NameMap
-from ..params import CommonParams, parse_aware_datetime
+from ..params import DestructiveParams, parse_aware_datetime
 from . import token_reversal as tr
 from .base import ApplyResult, Check, Plan, VerifyResult, plan_hash
 
@@ -47,7 +47,7 @@ REDEMPTION_NEEDS = ["id", "voucherId", "userId", "redeemedAt"]
 GrantLink = Literal["redemption_id", "voucher_and_user"]
 
 
-class Params(CommonParams):
+class Params(DestructiveParams):
     procedure: ClassVar[str] = NAME
 
     all_vouchers: bool = False

@@ -30,7 +30,7 @@ from sqlalchemy.engine import Connection
 from .. import names as nmod
 from ..errors import InvariantError, NotFoundError, ParameterError, PolicyAbort, SchemaMismatchError
 from ..names import NameMap
-from ..params import CommonParams, parse_aware_datetime
+from ..params import DestructiveParams, parse_aware_datetime
 from .base import ApplyResult, Plan, VerifyResult, plan_hash
 
 NAME = "token-reversal"
@@ -48,7 +48,7 @@ LEDGER_NEEDS = ["id", "userId", "amount", "source", "createdAt"]
 BALANCE_NEEDS = ["userId", "balance"]
 
 
-class Params(CommonParams):
+class Params(DestructiveParams):
     procedure: ClassVar[str] = NAME
 
     since: str | None = None
@@ -373,7 +373,8 @@ def apply_reversal(conn: Connection, names: NameMap, rp: ReversalPlan) -> dict[s
             vals.append("'Reversal of ' || a.id || ' (voucher incident runbook)'")
         if rp.has_balance_after:
             cols.append(q["ba"])
-            vals.append("u.before - sum(a.amount) over (partition by a.user_id order by a.created_at, a.id)")
+            # the reversal rows share one timestamp, so the ledger orders them by id ('rev_' || original id)
+            vals.append("u.before - sum(a.amount) over (partition by a.user_id order by a.id)")
         counts["ledger_rows_inserted"] = conn.execute(sa.text(
             f"insert into {q['ledger']} ({', '.join(cols)}) select {', '.join(vals)} from rb_affected a "
             f"join rb_users u on u.user_id = a.user_id join {q['ledger']} tt on tt.{q['id']} = a.id"),
@@ -385,7 +386,9 @@ def apply_reversal(conn: Connection, names: NameMap, rp: ReversalPlan) -> dict[s
         counts["ledger_rows_inserted"] = 0
     if rp.negative_policy == "clamp":
         cols = [q["id"], q["uid"], q["amt"], q["src"], q["ts"]]
-        vals = ["'clamp_' || md5(u.user_id || :rsource || now()::text)", "u.user_id", "u.shortfall", ":rsource", now]
+        # one millisecond after the reversals: the adjustment follows them in the ledger's order
+        vals = ["'clamp_' || md5(u.user_id || :rsource || now()::text)", "u.user_id", "u.shortfall", ":rsource",
+                f"{now} + interval '1 millisecond'"]
         if rp.has_type:
             cols.append(q["type"])
             vals.append("cast(:rtype as " + _enum_type_of(conn, names) + ")" if rp.type_is_enum else ":rtype")

@@ -1,0 +1,197 @@
+"""Incident evidence: hashes, the manifest chain, tamper detection, failed runs, index, HTML copies."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import sqlalchemy as sa
+
+from runbook_lib import evidence
+from runbook_lib.cli import main
+from runbook_lib.runner import run_procedure
+
+ROOT = Path(__file__).resolve().parent.parent
+FIXTURES = ROOT / "tests" / "notebooks"
+WINDOW = {"since": "2025-12-01T00:00:00Z", "until": "2025-12-03T00:00:00Z"}
+pytestmark = pytest.mark.notebook
+
+
+@pytest.fixture
+def quick_notebook(tmp_path, monkeypatch):
+    """Serve the small 'succeeds' fixture notebook as token_reversal.ipynb (fast runs for chain tests)."""
+    nbdir = tmp_path / "nbs"
+    nbdir.mkdir()
+    shutil.copy(FIXTURES / "succeeds.ipynb", nbdir / "token_reversal.ipynb")
+    monkeypatch.setenv("RUNBOOK_NOTEBOOKS", str(nbdir))
+    return nbdir
+
+
+@pytest.fixture
+def incident_with_three_runs(incident_db, target_env, tmp_path, quick_notebook):
+    target_env(incident_db)
+    root = tmp_path / "ev"
+    for _ in range(3):
+        out = run_procedure("token-reversal", WINDOW, incident="INC-7", evidence_root=root, progress_bar=False)
+        assert out.exit_code == 0, out.error
+    return root / "INC-7"
+
+
+def test_runs_are_numbered_hashed_and_chained(incident_with_three_runs):
+    inc = incident_with_three_runs
+    dirs = evidence.run_dirs(inc)
+    assert [d.name[:3] for d in dirs] == ["001", "002", "003"]
+    manifests = [json.loads((d / "manifest.json").read_text()) for d in dirs]
+    assert [m["chain_index"] for m in manifests] == [1, 2, 3]
+    assert manifests[0]["previous_manifest_sha256"] is None
+    for prev_dir, m in zip(dirs, manifests[1:], strict=False):
+        assert m["previous_manifest_sha256"] == evidence.sha256_file(prev_dir / "manifest.json")
+    m = manifests[0]
+    for key in ("procedure", "mode", "status", "plan_id", "parameters", "operator", "code_version", "packages",
+                "database", "started_at", "finished_at", "files", "notebook_sha256"):
+        assert key in m, key
+    assert m["database"]["fingerprint"] and m["database"]["server_version"]
+    assert m["packages"]["papermill"] and m["packages"]["python"]
+    assert m["code_version"].get("git_commit") or m["code_version"].get("package")
+    assert set(m["files"]) >= {"token_reversal.ipynb", "run-state.json"}
+    assert evidence.verify_incident(inc) == []
+
+
+def test_edit_one_byte_is_detected(incident_with_three_runs, capsys):
+    inc = incident_with_three_runs
+    target = evidence.run_dirs(inc)[1] / "token_reversal.ipynb"
+    data = bytearray(target.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    target.write_bytes(bytes(data))
+    problems = evidence.verify_incident(inc)
+    assert len(problems) == 1 and "002_" in problems[0] and "token_reversal.ipynb changed" in problems[0]
+    assert main(["evidence", "verify", str(inc)]) == 11
+    assert "token_reversal.ipynb changed" in capsys.readouterr().out
+
+
+def test_deleted_run_is_detected(incident_with_three_runs):
+    inc = incident_with_three_runs
+    middle = evidence.run_dirs(inc)[1]
+    shutil.rmtree(middle)
+    problems = "\n".join(evidence.verify_incident(inc))
+    assert "number 2 of the chain are missing" in problems
+    assert f"{middle.name}: listed in INDEX.md but its folder is missing" in problems
+
+
+def test_deleted_last_run_is_detected_through_the_index(incident_with_three_runs):
+    inc = incident_with_three_runs
+    last = evidence.run_dirs(inc)[-1]
+    shutil.rmtree(last)
+    assert any(last.name in p and "missing" in p for p in evidence.verify_incident(inc))
+
+
+def test_reordered_manifests_are_detected(incident_with_three_runs):
+    inc = incident_with_three_runs
+    first, _, third = evidence.run_dirs(inc)
+    a, b = (first / "manifest.json").read_bytes(), (third / "manifest.json").read_bytes()
+    (first / "manifest.json").write_bytes(b)
+    (third / "manifest.json").write_bytes(a)
+    problems = "\n".join(evidence.verify_incident(inc))
+    assert f"{first.name}: its manifest belongs to run '{third.name}'" in problems
+    assert f"{third.name}: its manifest belongs to run '{first.name}'" in problems
+
+
+def test_edited_manifest_breaks_the_chain(incident_with_three_runs):
+    inc = incident_with_three_runs
+    first = evidence.run_dirs(inc)[0]
+    m = json.loads((first / "manifest.json").read_text())
+    m["status"] = "failed"
+    (first / "manifest.json").write_text(json.dumps(m, indent=2, sort_keys=True))
+    problems = evidence.verify_incident(inc)
+    assert any("002_" in p and "previous_manifest_sha256" in p for p in problems)
+
+
+def test_added_file_is_detected(incident_with_three_runs):
+    inc = incident_with_three_runs
+    (evidence.run_dirs(inc)[0] / "note.txt").write_text("added later")
+    assert any("note.txt was added" in p for p in evidence.verify_incident(inc))
+
+
+def test_index_lists_every_run_and_show_summarizes(incident_with_three_runs, capsys):
+    inc = incident_with_three_runs
+    md = (inc / "INDEX.md").read_text()
+    page = (inc / "index.html").read_text()
+    for d in evidence.run_dirs(inc):
+        assert d.name in md and d.name in page
+    assert md.count("| succeeded |") == 3
+    assert main(["evidence", "show", str(inc)]) == 0
+    out = capsys.readouterr().out
+    assert "3 runs" in out and "integrity: intact" in out and "chain head sha256" in out
+
+
+def test_interrupted_run_is_archived_as_failed_by_the_next_run(incident_db, target_env, tmp_path, quick_notebook):
+    target_env(incident_db)
+    root = tmp_path / "ev"
+    run_procedure("token-reversal", WINDOW, incident="K", evidence_root=root, progress_bar=False)
+    dead = evidence.new_run_dir(root, "K", "token-reversal", "execute")  # a CLI killed mid-run leaves this
+    (dead / "run-state.json").write_text(json.dumps({"procedure": "token-reversal", "mode": "execute",
+                                                     "status": "running", "steps": {"execute": {}}}))
+    run_procedure("token-reversal", WINDOW, incident="K", evidence_root=root, progress_bar=False)
+    m = json.loads((dead / "manifest.json").read_text())
+    assert m["status"] == "failed" and "interrupted" in m["error"]["message"]
+    assert evidence.verify_incident(root / "K") == []
+
+
+def test_evidence_is_never_overwritten(tmp_path):
+    d = evidence.new_run_dir(tmp_path, "X", "verify", "review")
+    evidence.finalize_run(d, {"procedure": "verify", "mode": "review", "status": "succeeded"})
+    with pytest.raises(Exception, match="never overwritten"):
+        evidence.finalize_run(d, {"procedure": "verify", "mode": "review", "status": "succeeded"})
+    frame = iter([pd.DataFrame({"a": [1]})])
+    evidence.write_frame(d, "rows", frame)
+    with pytest.raises(Exception, match="never overwritten"):
+        evidence.write_frame(d, "rows", iter([pd.DataFrame({"a": [2]})]))
+
+
+def test_bad_incident_id_is_refused(tmp_path):
+    with pytest.raises(Exception, match="incident id"):
+        evidence.new_run_dir(tmp_path, "../escape", "verify", "review")
+
+
+def _ledger(url: str) -> pd.DataFrame:
+    eng = sa.create_engine(url, poolclass=sa.pool.NullPool)
+    with eng.connect() as c:
+        df = pd.read_sql('select * from "TokenTransaction" order by id', c)
+        bal = pd.read_sql('select * from "UserTokenBalance" order by id', c)
+    eng.dispose()
+    return pd.concat([df.astype(str), bal.astype(str)], axis=1)
+
+
+def test_failed_execute_is_archived_with_a_checked_rollback(incident_db, target_env, tmp_path, monkeypatch):
+    target_env(incident_db)
+    root = tmp_path / "ev"
+    review = run_procedure("token-reversal", WINDOW, incident="F", evidence_root=root, progress_bar=False)
+    assert review.exit_code == 0 and review.plan_id
+    before = _ledger(incident_db)
+    monkeypatch.setenv("RUNBOOK_FAULT", "after_apply:raise")
+    failed = run_procedure("token-reversal", {**WINDOW, "mode": "execute", "approved_plan": review.plan_id},
+                           incident="F", evidence_root=root, progress_bar=False)
+    assert failed.exit_code != 0 and failed.status == "failed"
+    m = failed.manifest
+    assert m["status"] == "failed" and "injected fault" in m["error"]["message"]
+    assert m["rolled_back"]["checked"] is True and m["rolled_back"]["rolled_back"] is True
+    assert (failed.run_dir / "token_reversal.ipynb").is_file() and (failed.run_dir / "token_reversal.html").is_file()
+    pd.testing.assert_frame_equal(before, _ledger(incident_db))
+    assert evidence.verify_incident(root / "F") == []
+
+
+def test_html_copy_has_the_summary_and_review_files(incident_db, target_env, tmp_path):
+    target_env(incident_db)
+    out = run_procedure("token-reversal", WINDOW, incident="H", evidence_root=tmp_path / "ev", progress_bar=False)
+    assert out.exit_code == 0, out.error
+    page = (out.run_dir / "token_reversal.html").read_text()
+    assert "Summary — token-reversal" in page and "ledger rows to reverse" in page
+    assert "itables" in page.lower() or "datatable" in page.lower()  # sortable, searchable tables
+    for name in ("balances", "histogram", "by_day"):  # the before/after figures as files too
+        assert (out.run_dir / f"{name}.csv").is_file(), name
+    affected = pd.read_parquet(out.run_dir / "affected_rows.parquet")
+    assert len(affected) == out.summary["ledger rows to reverse"]
+    assert out.manifest["exports"]["affected_rows"]["rows"] == len(affected)
