@@ -47,7 +47,7 @@ CREATE TEMP TABLE aff ON COMMIT DROP AS
 INSERT INTO "TokenTransaction" (id, "userId", amount, type, source, "sourceId", description, "balanceAfter",
                                 "reversalOfId", "createdAt")
   SELECT 'rev_' || a.id, a."userId", -a.amount, 'REVERSAL', 'voucher_reversal', a."sourceId",
-         'Reversal of ' || a.id, b.balance - sum(a.amount) OVER (PARTITION BY a."userId" ORDER BY a."createdAt", a.id),
+         'Reversal of ' || a.id, b.balance - sum(a.amount) OVER (PARTITION BY a."userId" ORDER BY a.id),
          a.id, now() AT TIME ZONE 'utc'
   FROM aff a JOIN "UserTokenBalance" b ON b."userId" = a."userId";
 UPDATE "UserTokenBalance" b SET balance = b.balance - s.total, "updatedAt" = now() AT TIME ZONE 'utc'
