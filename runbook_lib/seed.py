@@ -207,16 +207,16 @@ def seed_bulk(engine: sa.engine.Engine, users: int = 200_000, ledger_rows: int =
     nv = 100
     stmts = [
         ("users", 'INSERT INTO "User"(id, email, "createdAt") SELECT \'u\' || g, \'u\' || g || \'@bench.test\', '
-                  "timestamp '2025-01-01' + (g % 200) * interval '1 day' FROM generate_series(1, :users) g"),
+                  "timestamp '2025-01-01' + (g % 200) * interval '1 day' FROM generate_series(1::bigint, :users) g"),
         ("vouchers", 'INSERT INTO "Voucher"(id, code, type, status, "tokenAmount", "maxUses", "currentUses", '
                      '"updatedAt") SELECT \'v\' || g, \'BULK\' || g, \'TOKEN_GRANT\', '
                      "(ARRAY['ACTIVE','ACTIVE','DISABLED','EXPIRED']::\"VoucherStatus\"[])[1 + g % 4], "
-                     "10 * (1 + g % 20), NULL, 0, timestamp '2025-12-04' FROM generate_series(1, :nv) g"),
+                     "10 * (1 + g % 20), NULL, 0, timestamp '2025-12-04' FROM generate_series(1::bigint, :nv) g"),
         ("redemptions", 'INSERT INTO "VoucherRedemption"(id, "voucherId", "userId", "redeemedAt") '
                         "SELECT 'r' || g, 'v' || (1 + g % :nv), 'u' || g, CASE WHEN g % 4 = 0 "
                         "THEN timestamp '2025-12-01' + ((g * 7919) % 172800) * interval '1 second' "
                         "ELSE timestamp '2025-11-01' + ((g * 104729) % 2500000) * interval '1 second' END "
-                        "FROM generate_series(1, :users) g WHERE g % 2 = 0"),
+                        "FROM generate_series(1::bigint, :users) g WHERE g % 2 = 0"),
         ("voucher counters", 'UPDATE "Voucher" v SET "currentUses" = r.n FROM (SELECT "voucherId", count(*) n '
                              'FROM "VoucherRedemption" GROUP BY 1) r WHERE r."voucherId" = v.id'),
         ("grants", 'INSERT INTO "TokenTransaction"(id, "userId", amount, type, source, "sourceId", "createdAt") '
@@ -240,7 +240,7 @@ def seed_bulk(engine: sa.engine.Engine, users: int = 200_000, ledger_rows: int =
             "CASE WHEN g % 3 = 0 THEN 'spend' ELSE 'purchase' END, "
             "CASE WHEN g % 30 = 0 THEN timestamp '2025-12-03 01:00' + (g % 300000) * interval '1 second' "
             "ELSE timestamp '2025-01-01' + (g % 28000000) * interval '1 second' END "
-            "FROM generate_series(1, :rest) g"), {"users": users, "rest": rest}).rowcount
+            "FROM generate_series(1::bigint, :rest) g"), {"users": users, "rest": rest}).rowcount
         info["other ledger rows"] = n
         print(f"  seed_bulk: other ledger rows: {n} rows", flush=True)
         print("  seed_bulk: running balances and balances", flush=True)

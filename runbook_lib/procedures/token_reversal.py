@@ -157,13 +157,14 @@ def _n(names: NameMap) -> dict[str, str]:
     }
 
 
-def _affected_cte(q: dict[str, str], where_sql: str, has_link: bool) -> str:
+def _affected_cte(q: dict[str, str], where_sql: str, has_link: bool, source_id: bool = False) -> str:
+    extra = f", tt.{q['sid']} as source_id" if source_id else ""
     not_reversed = (
         f"and not exists (select 1 from {q['ledger']} r where r.{q['link']} = tt.{q['id']})" if has_link else ""
     )
     return (
         f"affected as (select tt.{q['id']} as id, tt.{q['uid']} as user_id, tt.{q['amt']}::bigint as amount, "
-        f"tt.{q['ts']} as created_at from {q['ledger']} tt where ({where_sql}) {not_reversed})"
+        f"tt.{q['ts']} as created_at{extra} from {q['ledger']} tt where ({where_sql}) {not_reversed})"
     )
 
 
@@ -335,11 +336,13 @@ def _type_enum_values(conn: Connection, names: NameMap) -> list[str]:
 def lock_reversal(conn: Connection, names: NameMap, where_sql: str, where_params: dict[str, Any]) -> int:
     """Lock the affected ledger rows and their users' balance rows, in id order (no deadlocks)."""
     q = _n(names)
+    # counted in the database: the locked rows are not shipped to Python
     conn.execute(sa.text(
-        f"select 1 from {q['ledger']} tt where ({where_sql}) order by tt.{q['id']} for update of tt"), where_params)
-    return len(conn.execute(sa.text(
-        f"select 1 from {q['bal']} b where b.{q['b_uid']} in (select tt.{q['uid']} from {q['ledger']} tt "
-        f"where ({where_sql})) order by b.{q['b_uid']} for update"), where_params).all())
+        f"select count(*) from (select 1 from {q['ledger']} tt where ({where_sql}) order by tt.{q['id']} "
+        "for update of tt) s"), where_params)
+    return int(conn.execute(sa.text(
+        f"select count(*) from (select 1 from {q['bal']} b where b.{q['b_uid']} in (select tt.{q['uid']} from "
+        f"{q['ledger']} tt where ({where_sql})) order by b.{q['b_uid']} for update) s"), where_params).scalar_one())
 
 
 def apply_reversal(conn: Connection, names: NameMap, rp: ReversalPlan) -> dict[str, int]:
@@ -348,7 +351,8 @@ def apply_reversal(conn: Connection, names: NameMap, rp: ReversalPlan) -> dict[s
     conn.execute(sa.text("drop table if exists rb_affected, rb_users"))
     # the selection is scanned once into rb_affected; per-user decisions come from it
     conn.execute(sa.text(
-        f"create temp table rb_affected on commit drop as with {_affected_cte(q, rp.where_sql, rp.has_link)} "
+        "create temp table rb_affected on commit drop as with "
+        f"{_affected_cte(q, rp.where_sql, rp.has_link, source_id=rp.ledger_mode == 'compensate' and rp.has_source_id)} "
         "select * from affected"), rp.where_params)
     conn.execute(sa.text(
         f"create temp table rb_users on commit drop as with affected as (select * from rb_affected), "
@@ -367,7 +371,7 @@ def apply_reversal(conn: Connection, names: NameMap, rp: ReversalPlan) -> dict[s
             vals.append(type_expr)
         if rp.has_source_id:
             cols.append(q["sid"])
-            vals.append(f"tt.{q['sid']}")
+            vals.append("a.source_id")
         if rp.has_description:
             cols.append(q["desc"])
             vals.append("'Reversal of ' || a.id || ' (voucher incident runbook)'")
@@ -377,7 +381,7 @@ def apply_reversal(conn: Connection, names: NameMap, rp: ReversalPlan) -> dict[s
             vals.append("u.before - sum(a.amount) over (partition by a.user_id order by a.id)")
         counts["ledger_rows_inserted"] = conn.execute(sa.text(
             f"insert into {q['ledger']} ({', '.join(cols)}) select {', '.join(vals)} from rb_affected a "
-            f"join rb_users u on u.user_id = a.user_id join {q['ledger']} tt on tt.{q['id']} = a.id"),
+            "join rb_users u on u.user_id = a.user_id"),
             {"rsource": rp.reversal_source, "rtype": rp.reversal_type}).rowcount
         counts["ledger_rows_deleted"] = 0
     else:
