@@ -80,6 +80,8 @@ class CommonParams(BaseModel):
     evidence_dir: str | None = None
     sample_rows: int = 20
     confirm_target: str | None = None
+    #: mark the target as production (like RUNBOOK_TARGET_PRODUCTION=1): execute then needs confirm_target
+    production: bool = False
 
     @field_validator("approved_plan")
     @classmethod

@@ -186,10 +186,11 @@ class Run:
                 frame.to_csv(self.evidence_dir / f"{name}.csv", index=False)
 
     def _production_guard(self, database: str) -> None:
-        marked = os.environ.get(PRODUCTION_ENV, "").strip().lower() in ("1", "true", "yes", "production")
+        marked = self.params.production or os.environ.get(PRODUCTION_ENV, "").strip().lower() in (
+            "1", "true", "yes", "production")
         if marked and self.params.mode == "execute" and self.params.confirm_target != database:
             raise PolicyAbort(
-                f"the target is marked production ({PRODUCTION_ENV}); execute needs confirm_target "
+                f"the target is marked production ({PRODUCTION_ENV} or production=true); execute needs confirm_target "
                 f"(--confirm-target) naming the database {database!r}")
 
     def execute(self, plan: Plan | None = None) -> ApplyResult | None:

@@ -215,3 +215,22 @@ def test_mapped_names_from_schema_prisma(incident_db, engine_for, target_env):
     assert plan.summary["ledger rows to reverse"] > 0
     result = Run("token-reversal", {**params, "mode": "execute", "approved_plan": plan.plan_id}).execute()
     assert result is not None and result.counts["rows_reversed"] == plan.summary["ledger rows to reverse"]
+
+
+@pytest.mark.parametrize("marked_by", ["env", "parameter"])
+def test_production_target_needs_confirmation(incident_db, engine_for, target_env, monkeypatch, marked_by):
+    target_env(incident_db)
+    eng = engine_for(incident_db)
+    extra = {"production": True} if marked_by == "parameter" else {}
+    if marked_by == "env":
+        monkeypatch.setenv("RUNBOOK_TARGET_PRODUCTION", "1")
+    plan = Run("token-reversal", {**WINDOW, **extra}).review()  # review is always allowed
+    before = snapshot(eng)
+    execute = {**WINDOW, **extra, "mode": "execute", "approved_plan": plan.plan_id}
+    for confirm in (None, "some_other_db"):
+        with pytest.raises(PolicyAbort, match="marked production"):
+            Run("token-reversal", {**execute, "confirm_target": confirm}).execute()
+    pd.testing.assert_frame_equal(before[1], snapshot(eng)[1])
+    dbname = sa.engine.make_url(incident_db).database
+    result = Run("token-reversal", {**execute, "confirm_target": dbname}).execute()
+    assert result is not None and result.changed
