@@ -25,7 +25,7 @@ import sqlalchemy as sa
 from . import db, faults, procedures
 from . import names as names_mod
 from . import params as params_mod
-from .errors import ApprovalError, PolicyAbort, RunbookError, VerificationFailed
+from .errors import ApprovalError, BackupRequiredError, PolicyAbort, RunbookError, VerificationFailed
 from .procedures.base import ApplyResult, Check, Plan, VerifyResult
 from .redact import redact_text
 
@@ -269,27 +269,32 @@ class Run:
                 "how": f"plan recomputed after the failure: {now_id} (before the transaction: {before_id})"}
 
     def _require_backup(self) -> None:
+        """Destructive executes need a recent backup of their tables in this incident, or a recorded override."""
+        from . import backups
+
         is_destructive = getattr(self.proc, "is_destructive", None)
         destructive = is_destructive(self.params) if is_destructive else getattr(self.proc, "destructive", False)
         if not destructive:
             return
-        import importlib
-
-        try:
-            backups: Any = importlib.import_module(f"{__package__}.backups")
-        except ImportError:
-            return
+        p = self.params
+        reason = getattr(p, "backup_override_reason", None)
         if self.evidence_dir is None:
+            if not reason:
+                raise BackupRequiredError(
+                    f"{self.name} deletes or overwrites data and this run has no incident folder to find a backup "
+                    "in: run it with `runbook run --incident ID` after `runbook run backup`, or pass "
+                    "backup_override_reason (recorded)")
+            self.state["backup"] = {"backup": None, "override_reason": reason}
             return
         with db.read_only(self.engine) as conn:
             fp = db.server_info(conn).fingerprint
             names = self._resolve(conn)
         tables = [names.table_name(m) for m in getattr(self.proc, "tables", [])]
-        p = self.params
         found = backups.require_recent_backup(
             self.evidence_dir.parent, tables, fp, dt.timedelta(hours=float(getattr(p, "backup_max_age_hours", 24))),
-            getattr(p, "backup_override_reason", None))
+            reason)
         self.state["backup"] = _jsonable(found)
+        self.progress(f"backup: {found.get('backup') or 'none, override: ' + str(found.get('override_reason'))}")
 
     def verify(self) -> VerifyResult:
         """Post-conditions of this procedure plus the general orphan/invariant checks, read-only."""
@@ -298,7 +303,9 @@ class Run:
             with db.read_only(self.engine) as conn:
                 names = self.names or self._resolve(conn)
                 result = self.proc.verify(conn, self.params, names, self.plan)
-                if self.name != "verify" and self.params.mode == "execute":
+                wants_general = getattr(self.proc, "general_checks", None)
+                if self.name != "verify" and self.params.mode == "execute" and (
+                        wants_general is None or wants_general(self.params)):
                     import importlib
 
                     try:

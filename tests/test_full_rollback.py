@@ -18,6 +18,8 @@ from runbook_lib.prisma import history
 from runbook_lib.procedures import full_rollback
 from runbook_lib.run import Run
 
+NO_BACKUP = "test database cloned from a template: no backup needed"
+
 ROOT = Path(__file__).resolve().parent.parent
 TABLES, ENUMS = ["Voucher", "VoucherRedemption"], ["VoucherType", "VoucherStatus"]
 
@@ -52,7 +54,7 @@ def params_for(prisma_dir: Path, **more):
 
 def review_then_execute(params):
     plan = Run("full-rollback", params).review()
-    run = Run("full-rollback", {**params, "mode": "execute", "approved_plan": plan.plan_id})
+    run = Run("full-rollback", {**params, "mode": "execute", "backup_override_reason": NO_BACKUP, "approved_plan": plan.plan_id})
     result = run.execute()
     return plan, result, run
 
@@ -133,7 +135,7 @@ def test_extra_dependent_view_stops_the_rollback(small_db, engine_for, prisma_di
     assert plan.summary["unexpected dependents not named"] == 1
     assert any("voucher_stats" in w for w in plan.warnings)
     with pytest.raises(PolicyAbort, match="voucher_stats"):
-        Run("full-rollback", {**params, "mode": "execute", "approved_plan": plan.plan_id}).execute()
+        Run("full-rollback", {**params, "mode": "execute", "backup_override_reason": NO_BACKUP, "approved_plan": plan.plan_id}).execute()
     assert fingerprint(eng) == before and tree(prisma_dir) == files_before
     # named by the operator: it goes first, then the tables
     params["drop_dependents"] = ["public.voucher_stats"]
@@ -151,7 +153,7 @@ def test_failure_in_the_middle_of_the_ddl_leaves_everything_as_it_was(small_db, 
     params = params_for(prisma_dir)
     plan = Run("full-rollback", params).review()
     monkeypatch.setenv("RUNBOOK_FAULT", f"{full_rollback.MID_DDL}:raise")
-    run = Run("full-rollback", {**params, "mode": "execute", "approved_plan": plan.plan_id})
+    run = Run("full-rollback", {**params, "mode": "execute", "backup_override_reason": NO_BACKUP, "approved_plan": plan.plan_id})
     with pytest.raises(InjectedFault):
         run.execute()
     assert run.state["rolled_back"]["rolled_back"] is True
@@ -173,7 +175,7 @@ def test_review_writes_nothing_and_second_execute_changes_nothing(small_db, engi
     full_rollback.write_prisma_files(run)
     after = fingerprint(eng)
     files_after = tree(prisma_dir)
-    again = Run("full-rollback", {**params, "mode": "execute", "approved_plan": plan.plan_id})
+    again = Run("full-rollback", {**params, "mode": "execute", "backup_override_reason": NO_BACKUP, "approved_plan": plan.plan_id})
     result = again.execute()
     assert result is not None and not result.changed
     assert fingerprint(eng) == after and tree(prisma_dir) == files_after
@@ -236,7 +238,7 @@ def test_notebook_review_then_execute(small_db, engine_for, prisma_dir, tmp_path
     text = notebook_text(tmp_path / "review.ipynb")
     assert "-model Voucher {" in text and "DROP TABLE" in text
     pm.execute_notebook(str(nb_in), str(tmp_path / "execute.ipynb"), parameters={
-        **params, "mode": "execute", "approved_plan": plan_id},
+        **params, "mode": "execute", "backup_override_reason": NO_BACKUP, "approved_plan": plan_id},
         progress_bar=False, kernel_name="python3")
     assert "prisma generate" in notebook_text(tmp_path / "execute.ipynb")
     assert "Voucher" not in (prisma_dir / "schema.prisma").read_text()

@@ -9,6 +9,8 @@ import sqlalchemy as sa
 from runbook_lib.errors import InvariantError, NotFoundError, ParameterError, PolicyAbort
 from runbook_lib.run import Run
 
+NO_BACKUP = "test database cloned from a template: no backup needed"
+
 # (code, status, maxUses, tokenAmount, expiresAt, [(user, redeemedAt)])
 VOUCHERS = [
     ("WELCOME", "ACTIVE", None, 100, None,
@@ -72,7 +74,7 @@ def state(eng: sa.engine.Engine) -> dict[str, pd.DataFrame]:
 
 def review_then_execute(**params):
     plan = Run("partial-rollback", params).review()
-    run = Run("partial-rollback", {**params, "mode": "execute", "approved_plan": plan.plan_id})
+    run = Run("partial-rollback", {**params, "mode": "execute", "backup_override_reason": NO_BACKUP, "approved_plan": plan.plan_id})
     return plan, run.execute(), run
 
 
@@ -156,7 +158,7 @@ def test_second_execute_changes_nothing(small_db, engine_for):
     eng = engine_for(small_db)
     plan, _, _ = review_then_execute(all_vouchers=True)
     once = state(eng)
-    run = Run("partial-rollback", {"all_vouchers": True, "mode": "execute", "approved_plan": plan.plan_id})
+    run = Run("partial-rollback", {"all_vouchers": True, "mode": "execute", "backup_override_reason": NO_BACKUP, "approved_plan": plan.plan_id})
     result = run.execute()
     assert result is not None and not result.changed
     twice = state(eng)
@@ -189,7 +191,7 @@ def test_bad_input(small_db, engine_for):
         Run("partial-rollback", {"all_vouchers": True, "negative_policy": "skip"})
     plan = Run("partial-rollback", {"all_vouchers": True, "negative_policy": "abort"}).review()
     with pytest.raises(PolicyAbort, match="below zero"):
-        Run("partial-rollback", {"all_vouchers": True, "negative_policy": "abort", "mode": "execute",
+        Run("partial-rollback", {"all_vouchers": True, "negative_policy": "abort", "mode": "execute", "backup_override_reason": NO_BACKUP,
                                  "approved_plan": plan.plan_id}).execute()
     after = state(eng)
     for k in before:
@@ -212,7 +214,7 @@ def test_invariant_failure_rolls_back(small_db, engine_for, monkeypatch):
 
     monkeypatch.setattr(pr, "apply", bad_apply)
     with pytest.raises(InvariantError, match="counters"):
-        Run("partial-rollback", {"all_vouchers": True, "mode": "execute", "approved_plan": plan.plan_id}).execute()
+        Run("partial-rollback", {"all_vouchers": True, "mode": "execute", "backup_override_reason": NO_BACKUP, "approved_plan": plan.plan_id}).execute()
     after = state(eng)
     for k in before:
         pd.testing.assert_frame_equal(before[k], after[k])
@@ -250,7 +252,7 @@ def test_notebook_review_then_execute(small_db, engine_for, tmp_path):
                         parameters=params, progress_bar=False, kernel_name="python3")
     plan_id = plan_id_of(tmp_path / "review.ipynb")
     pm.execute_notebook(str(nb_in), str(tmp_path / "execute.ipynb"), parameters={
-        **params, "mode": "execute", "approved_plan": plan_id},
+        **params, "mode": "execute", "backup_override_reason": NO_BACKUP, "approved_plan": plan_id},
         progress_bar=False, kernel_name="python3")
     text = notebook_text(tmp_path / "execute.ipynb")
     assert "redemptions_deleted" in text and "review mode: nothing was changed" not in text

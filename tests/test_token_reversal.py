@@ -15,6 +15,8 @@ from runbook_lib.errors import (
 )
 from runbook_lib.run import Run
 
+NO_BACKUP = "test database cloned from a template: no backup needed"
+
 SINCE, UNTIL = "2025-12-01T00:00:00Z", "2025-12-03T00:00:00Z"
 WINDOW = {"since": SINCE, "until": UNTIL}
 
@@ -49,7 +51,7 @@ def expected_after(bal: pd.DataFrame, led: pd.DataFrame, policy: str = "allow") 
 def review_then_execute(**params):
     review = Run("token-reversal", {**WINDOW, **params})
     plan = review.review()
-    ex = Run("token-reversal", {**WINDOW, **params, "mode": "execute", "approved_plan": plan.plan_id})
+    ex = Run("token-reversal", {**WINDOW, **params, "mode": "execute", "backup_override_reason": NO_BACKUP, "approved_plan": plan.plan_id})
     result = ex.execute()
     return plan, result, ex
 
