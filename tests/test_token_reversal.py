@@ -63,8 +63,10 @@ def test_every_balance_matches_independent_expectation(incident_db, engine_for, 
     eng = engine_for(incident_db)
     bal0, led0 = snapshot(eng)
     expected = expected_after(bal0, led0, policy)
-    plan, result, _ = review_then_execute(negative_policy=policy, ledger_mode=ledger_mode)
+    plan, result, ex = review_then_execute(negative_policy=policy, ledger_mode=ledger_mode)
     assert result is not None and result.changed
+    # every shared check passes afterwards, running balances included (delete mode corrects later balanceAfter)
+    assert ex.verify().passed, ex.verify().table()
     bal1, led1 = snapshot(eng)
     pd.testing.assert_series_equal(bal1["balance"].sort_index(), expected.sort_index(), check_names=False)
     # users with several grants in the window got all of them reversed (the guide's UPDATE…FROM got one)

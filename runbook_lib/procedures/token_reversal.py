@@ -388,6 +388,14 @@ def apply_reversal(conn: Connection, names: NameMap, rp: ReversalPlan) -> dict[s
         counts["ledger_rows_deleted"] = conn.execute(sa.text(
             f"delete from {q['ledger']} tt using rb_affected a where tt.{q['id']} = a.id")).rowcount
         counts["ledger_rows_inserted"] = 0
+        if rp.has_balance_after:
+            # the deleted grants were counted in every later running balance of their user: take them out
+            # (by difference, so a ledger that does not start at zero keeps its baseline)
+            counts["running_balances_corrected"] = conn.execute(sa.text(
+                f"update {q['ledger']} t set {q['ba']} = t.{q['ba']} - d.removed from ("
+                f"select t2.{q['id']} as id, sum(a.amount) as removed from {q['ledger']} t2 join rb_affected a "
+                f"on a.user_id = t2.{q['uid']} and (a.created_at, a.id) < (t2.{q['ts']}, t2.{q['id']}) "
+                f"where t2.{q['ba']} is not null group by 1) d where d.id = t.{q['id']}")).rowcount
     if rp.negative_policy == "clamp":
         cols = [q["id"], q["uid"], q["amt"], q["src"], q["ts"]]
         # one millisecond after the reversals: the adjustment follows them in the ledger's order
