@@ -140,6 +140,13 @@ def write_transaction(
         conn = raw.execution_options(isolation_level="READ COMMITTED")
         tx = conn.begin()
         try:
+            ro = conn.exec_driver_sql("select current_setting('default_transaction_read_only') = 'on', "
+                                      "pg_is_in_recovery()").one()
+            if ro[0] or ro[1]:
+                # the driver would open a READ WRITE transaction anyway; an operator's read-only mark is respected
+                raise TargetError("the database is read-only (" + ("a standby in recovery" if ro[1] else
+                                  "default_transaction_read_only is on") + "): execute refused, nothing was changed; "
+                                  "point DATABASE_URL at the primary")
             conn.exec_driver_sql(f"SET LOCAL lock_timeout = {int(lock_timeout_ms)}")
             conn.exec_driver_sql(f"SET LOCAL statement_timeout = {int(statement_timeout_ms)}")
             if exclusive_key:

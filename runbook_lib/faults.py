@@ -10,6 +10,8 @@ import os
 import time
 
 POINTS = ("before_lock", "after_lock", "after_apply", "before_commit", "after_commit")
+#: points inside procedures (full rollback stops between two DROP statements there)
+PROCEDURE_POINTS = {"full-rollback": ("mid_ddl",)}
 
 
 class InjectedFault(RuntimeError):
@@ -28,8 +30,9 @@ def hit(point: str) -> None:
         if action == "sleep":
             marker = os.environ.get("RUNBOOK_FAULT_MARKER")
             if marker:
-                with open(marker, "w") as f:
-                    f.write(point)
+                with open(marker + ".tmp", "w") as f:
+                    f.write(f"{point} {os.getpid()}")
+                os.replace(marker + ".tmp", marker)  # readers never see a half-written marker
             time.sleep(float(parts[2]) if len(parts) > 2 else 5.0)
         elif action == "raise":
             raise InjectedFault(f"injected fault at {point}")

@@ -10,10 +10,10 @@ from __future__ import annotations
 import datetime as dt
 import re
 from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, ValidationError, field_validator
 
 from .errors import ParameterError
 
@@ -59,6 +59,17 @@ def parse_aware_datetime(value: Any, name: str) -> dt.datetime | None:
             name,
         )
     return parsed.astimezone(dt.UTC)
+
+
+def _ledger_source(v: str) -> str:
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.:/-]{0,99}", v or ""):
+        raise ValueError(f"{v!r} is not a ledger source: a short name like voucher_redemption "
+                         "(letters, digits and _ . : / -)")
+    return v
+
+
+#: the ``source`` of ledger rows (``voucher_redemption``): a slug, never free text
+LedgerSource = Annotated[str, AfterValidator(_ledger_source)]
 
 
 class CommonParams(BaseModel):
@@ -206,11 +217,21 @@ def read_parameter_file(path: str | Path) -> dict[str, Any]:
 
 
 def parse_cli_value(raw: str) -> Any:
-    """``-p name value``: YAML scalars and flow lists (``[a, b]``), timestamps kept as text."""
+    """``-p name value``: YAML scalars, flow lists ``[a, b]`` and maps ``{a: b}``, timestamps kept as text.
+
+    Only a value written as a list or map becomes one: ``-p reason "snapshot: taken at 10:05"`` stays the
+    string it looks like (plain YAML would read it as a one-key map).
+    """
+    text = raw.strip()
     try:
-        return load_yaml(raw)
+        value = load_yaml(raw)
     except yaml.YAMLError:
         return raw
+    if isinstance(value, dict) and not text.startswith("{"):
+        return raw
+    if isinstance(value, list) and not text.startswith("["):
+        return raw
+    return value
 
 
 def merge_sources(

@@ -69,3 +69,14 @@ def test_comma_separated_lists_and_bad_files(tmp_path):
     bad.write_text("- just\n- a list\n")
     with pytest.raises(ParameterError, match="mapping"):
         P.read_parameter_file(bad)
+
+
+def test_cli_values_become_lists_or_maps_only_when_written_so():
+    from runbook_lib.params import parse_cli_value
+
+    assert parse_cli_value("snapshot: taken at 10:05") == "snapshot: taken at 10:05"
+    assert parse_cli_value("- a") == "- a"
+    assert parse_cli_value("[a, b]") == ["a", "b"]
+    assert parse_cli_value("{a: 1}") == {"a": 1}
+    assert parse_cli_value("true") is True and parse_cli_value("12") == 12
+    assert parse_cli_value("2025-12-01T00:00:00Z") == "2025-12-01T00:00:00Z"

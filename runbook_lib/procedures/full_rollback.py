@@ -37,7 +37,7 @@ from .. import names as nmod
 from ..db import quote_ident
 from ..errors import EvidenceError, InvariantError, ParameterError, PolicyAbort
 from ..names import NameMap
-from ..params import DestructiveParams
+from ..params import DestructiveParams, LedgerSource
 from ..prisma import edit as pedit
 from ..prisma import history
 from . import token_reversal as tr
@@ -64,11 +64,11 @@ class Params(DestructiveParams):
     procedure: ClassVar[str] = NAME
 
     ledger_policy: Literal["keep", "reverse"] | None = None
-    source: str = "voucher_redemption"
+    source: LedgerSource = "voucher_redemption"
     ledger_mode: tr.LedgerMode = "compensate"
     negative_policy: Literal["allow", "clamp", "abort"] = "allow"
     reversal_type: str = "REVERSAL"
-    reversal_source: str = "voucher_reversal"
+    reversal_source: LedgerSource = "voucher_reversal"
     drop_dependents: list[str] = []
     models: list[str] = ["Voucher", "VoucherRedemption"]
     enums: list[str] = ["VoucherType", "VoucherStatus"]

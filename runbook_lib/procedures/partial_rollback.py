@@ -29,7 +29,7 @@ from sqlalchemy.engine import Connection
 from .. import names as nmod
 from ..errors import InvariantError, NotFoundError, ParameterError, PolicyAbort
 from ..names import NameMap
-from ..params import DestructiveParams, parse_aware_datetime
+from ..params import DestructiveParams, LedgerSource, parse_aware_datetime
 from . import token_reversal as tr
 from .base import ApplyResult, Check, Plan, VerifyResult, plan_hash
 
@@ -55,12 +55,12 @@ class Params(DestructiveParams):
     redeemed_since: str | None = None
     redeemed_until: str | None = None
     reset_statuses: list[str] = []
-    source: str = "voucher_redemption"
+    source: LedgerSource = "voucher_redemption"
     grant_link: GrantLink = "redemption_id"
     ledger_mode: tr.LedgerMode = "compensate"
     negative_policy: Literal["allow", "clamp", "abort"] = "allow"
     reversal_type: str = "REVERSAL"
-    reversal_source: str = "voucher_reversal"
+    reversal_source: LedgerSource = "voucher_reversal"
     top_users: int = 50
 
     @field_validator("redeemed_since", "redeemed_until", mode="before")

@@ -30,7 +30,7 @@ from sqlalchemy.engine import Connection
 from .. import names as nmod
 from ..errors import InvariantError, NotFoundError, ParameterError, PolicyAbort, SchemaMismatchError
 from ..names import NameMap
-from ..params import DestructiveParams, parse_aware_datetime
+from ..params import DestructiveParams, LedgerSource, parse_aware_datetime
 from .base import ApplyResult, Plan, VerifyResult, plan_hash
 
 NAME = "token-reversal"
@@ -53,13 +53,13 @@ class Params(DestructiveParams):
 
     since: str | None = None
     until: str | None = None
-    source: str = "voucher_redemption"
+    source: LedgerSource = "voucher_redemption"
     voucher_codes: list[str] = []
     user_ids: list[str] = []
     ledger_mode: LedgerMode = "compensate"
     negative_policy: NegativePolicy = "allow"
     reversal_type: str = "REVERSAL"
-    reversal_source: str = "voucher_reversal"
+    reversal_source: LedgerSource = "voucher_reversal"
     top_users: int = 50
 
     @field_validator("since", "until", mode="before")
@@ -195,7 +195,7 @@ def plan_reversal(
     ledger_mode: str = "compensate",
     negative_policy: str = "allow",
     reversal_type: str = "REVERSAL",
-    reversal_source: str = "voucher_reversal",
+    reversal_source: LedgerSource = "voucher_reversal",
     sample_rows: int = 20,
     top_users: int = 50,
     detail: bool = True,

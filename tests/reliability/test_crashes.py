@@ -1,0 +1,170 @@
+"""Crashes at random points of execute: the database is exactly its before- or after-state, never between.
+
+Two kinds of fault, at points chosen at random with a fixed seed (runbook_lib.faults): SIGKILL of the process
+running the execute, and pg_terminate_backend of its database session from another session. Trials through the
+CLI also kill the notebook's kernel or the CLI itself and check that the evidence says the run failed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+
+from runbook_lib import faults
+
+from .support import NO_BACKUP, PROCEDURES, db_state, start_worker, terminate_runbook_sessions, wait_for
+
+SEED = 20261125
+LIBRARY_TRIALS = int(os.environ.get("RELIABILITY_TRIALS", "48"))
+CLI_TRIALS = int(os.environ.get("RELIABILITY_CLI_TRIALS", "8"))
+
+
+def _points(procedure: str) -> list[str]:
+    return [*faults.POINTS, *faults.PROCEDURE_POINTS.get(procedure, ())]
+
+
+@pytest.fixture(scope="module")
+def states(pg_server, tmp_path_factory):
+    """The seeded incident (a template) and, per procedure, the state a clean execute leaves."""
+    from conftest import MIGRATIONS
+
+    from runbook_lib import seed
+    from runbook_lib.prisma.migrate import deploy
+
+    base = f"rb_crash_base_{uuid.uuid4().hex[:8]}"
+    url = pg_server.create(base)
+    eng = sa.create_engine(url, poolclass=sa.pool.NullPool)
+    with eng.begin() as c:
+        deploy(c, MIGRATIONS)
+    seed.seed_incident(eng)
+    eng.dispose()
+    after = {}
+    for key, spec in PROCEDURES.items():
+        name = f"rb_crash_after_{uuid.uuid4().hex[:8]}"
+        clone = pg_server.create(name, template=base)
+        proc = start_worker(clone, spec["procedure"], spec["params"], {})
+        out, err = proc.communicate(timeout=300)
+        assert proc.returncode == 0 and "DONE" in out, err[-2000:]
+        after[key] = db_state(clone)
+        pg_server.drop(name)
+    yield {"base": base, "before": db_state(url), "after": after}
+    pg_server.drop(base)
+
+
+def _classify(state: dict, before: dict, after: dict) -> str:
+    return "before" if state == before else "after" if state == after else "PARTIAL"
+
+
+@pytest.mark.slow
+def test_kill_or_terminate_at_random_points(pg_server, states, tmp_path, figures):
+    rng = random.Random(SEED)
+    partial: list[str] = []
+    for i in range(LIBRARY_TRIALS):
+        key = rng.choice(sorted(PROCEDURES))
+        spec = PROCEDURES[key]
+        point = rng.choice(_points(spec["procedure"]))
+        kind = rng.choice(["sigkill", "terminate"])
+        name = f"rb_crash_{i}_{uuid.uuid4().hex[:6]}"
+        url = pg_server.create(name, template=states["base"])
+        marker = tmp_path / f"marker-{i}"
+        sleep = 60 if kind == "sigkill" else 2
+        proc = start_worker(url, spec["procedure"], spec["params"],
+                            {"RUNBOOK_FAULT": f"{point}:sleep:{sleep}", "RUNBOOK_FAULT_MARKER": str(marker)})
+        try:
+            reached = wait_for(marker, proc)
+            assert reached is not None, f"trial {i}: {key} ended before {point}: {proc.stderr.read()[-1500:]}"
+            if kind == "sigkill":
+                os.kill(proc.pid, signal.SIGKILL)
+            else:
+                terminate_runbook_sessions(pg_server.admin_url, name)
+            proc.wait(timeout=120)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+        figures["trials"] += 1
+        figures["faults_injected"] += 1
+        got = _classify(db_state(url), states["before"], states["after"][key])
+        expected = "after" if point == "after_commit" else "before"
+        if got == "PARTIAL":
+            figures["partial_states"] += 1
+        if got != expected:
+            partial.append(f"trial {i}: {key} {kind} at {point}: {got}, expected {expected}")
+        if kind == "terminate" and point != "after_commit":
+            assert proc.returncode != 0, f"trial {i}: the runbook did not notice its session was terminated"
+        pg_server.drop(name)
+    assert partial == []
+
+
+def _cli(args: list[str], url: str, cwd: Path, env_extra: dict[str, str] | None = None) -> subprocess.Popen[str]:
+    env = {**os.environ, "DATABASE_URL": url, **(env_extra or {})}
+    exe = Path(sys.executable).parent / "runbook"
+    return subprocess.Popen([str(exe), *args, "--no-progress"], env=env, cwd=cwd, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+
+
+@pytest.mark.slow
+def test_kill_the_kernel_or_the_cli_and_the_evidence_says_failed(pg_server, states, tmp_path, figures):
+    rng = random.Random(SEED + 1)
+    problems: list[str] = []
+    for i in range(CLI_TRIALS):
+        key = rng.choice(["token-reversal/compensate", "token-reversal/delete", "partial-rollback"])
+        spec = PROCEDURES[key]
+        point = rng.choice(["after_lock", "after_apply", "before_commit"])
+        victim = rng.choice(["kernel", "cli"])
+        name = f"rb_crashcli_{i}_{uuid.uuid4().hex[:6]}"
+        url = pg_server.create(name, template=states["base"])
+        params = [x for k, v in spec["params"].items() for x in ("-p", k, json.dumps(v) if not isinstance(v, str)
+                                                                  else v)]
+        params += ["-p", "backup_override_reason", NO_BACKUP]
+        incident = f"CRASH-{i}"
+        review = _cli(["run", spec["procedure"], *params, "--incident", incident], url, tmp_path)
+        out, err = review.communicate(timeout=300)
+        assert review.returncode == 0, err
+        plan_id = next(line.split()[-1] for line in out.splitlines() if line.startswith("plan id:"))
+        marker = tmp_path / f"cli-marker-{i}"
+        ex = _cli(["run", spec["procedure"], *params, "--incident", incident, "--execute", "--approve", plan_id],
+                  url, tmp_path, {"RUNBOOK_FAULT": f"{point}:sleep:60", "RUNBOOK_FAULT_MARKER": str(marker)})
+        try:
+            reached = wait_for(marker, ex)
+            assert reached is not None, ex.stderr.read() if ex.stderr else ""
+            kernel_pid = int(reached.split()[1])
+            os.kill(kernel_pid if victim == "kernel" else ex.pid, signal.SIGKILL)
+            ex.wait(timeout=120)
+        finally:
+            if ex.poll() is None:
+                ex.kill()
+        if victim == "cli":
+            os.kill(kernel_pid, signal.SIGKILL) if _alive(kernel_pid) else None
+            # the next run of the incident archives the interrupted one
+            nxt = _cli(["run", "verify", "--incident", incident], url, tmp_path)
+            nxt.communicate(timeout=300)
+        figures["trials"] += 1
+        figures["faults_injected"] += 1
+        got = _classify(db_state(url), states["before"], states["after"][key])
+        if got == "PARTIAL":
+            figures["partial_states"] += 1
+        if got != "before":
+            problems.append(f"cli trial {i}: {victim} killed at {point}: {got}")
+        runs = sorted(p for p in (tmp_path / "incidents" / incident).iterdir() if p.is_dir())
+        manifest = json.loads((runs[1] / "manifest.json").read_text())
+        if manifest["status"] != "failed" or manifest["mode"] != "execute":
+            problems.append(f"cli trial {i}: evidence says {manifest['status']} for the killed execute")
+        pg_server.drop(name)
+    assert problems == []
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except OSError:
+        return False
+    return True
