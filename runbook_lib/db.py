@@ -208,6 +208,19 @@ def server_info(conn: Connection) -> ServerInfo:
     return ServerInfo(database=row[0], server_version=row[1], user=row[2], fingerprint=fp)
 
 
+def run_autocommit(url: str | sa.engine.URL, *statements: str) -> None:
+    """Run statements outside any transaction (CREATE/DROP DATABASE, …) on their own short connection."""
+    eng = sa.create_engine(url, isolation_level="AUTOCOMMIT", poolclass=sa.pool.NullPool)
+    try:
+        with eng.connect() as c:
+            for stmt in statements:
+                c.exec_driver_sql(stmt)
+    except DBAPIError as exc:
+        raise translate_error(exc) from None
+    finally:
+        eng.dispose()
+
+
 def quote_ident(name: str) -> str:
     """Quote an identifier for PostgreSQL (names come from schema.prisma or the catalog, never raw input)."""
     return '"' + name.replace('"', '""') + '"'

@@ -72,6 +72,21 @@ def _ledger_source(v: str) -> str:
 LedgerSource = Annotated[str, AfterValidator(_ledger_source)]
 
 
+def name_list(v: Any, limit: int = 100_000, allow_empty: bool = True) -> list[str]:
+    """A list parameter of names: ``[a, b]`` or ``"a, b"`` (CLI), stripped; too many or non-strings refused."""
+    if v is None or v == "":
+        v = []
+    if isinstance(v, str):
+        v = [x for x in (p.strip() for p in v.split(",")) if x]
+    if not isinstance(v, list) or not all(isinstance(x, (str, int)) and str(x).strip() for x in v):
+        raise ValueError("must be a list of non-empty strings")
+    if not v and not allow_empty:
+        raise ValueError("must not be empty")
+    if len(v) > limit:
+        raise ValueError(f"{len(v)} entries is too many for one run (at most {limit})")
+    return [str(x).strip() for x in v]
+
+
 class CommonParams(BaseModel):
     """Parameters every procedure takes. Connection strings are never parameters: see DATABASE_URL."""
 

@@ -20,7 +20,7 @@ from .. import backups, db, pgtools
 from .. import names as nmod
 from ..errors import InvariantError, ParameterError
 from ..names import NameMap
-from ..params import CommonParams
+from ..params import CommonParams, name_list
 from .base import ApplyResult, Check, Plan, VerifyResult, plan_hash
 
 NAME = "backup"
@@ -42,13 +42,7 @@ class Params(CommonParams):
     @field_validator("models", mode="before")
     @classmethod
     def _models(cls, v: Any) -> list[str]:
-        if isinstance(v, str):
-            v = [s.strip() for s in v.split(",") if s.strip()]
-        if not isinstance(v, list) or not v or not all(isinstance(x, str) and x.strip() for x in v):
-            raise ValueError("must be a non-empty list of model or table names")
-        if len(v) > 500:
-            raise ValueError("at most 500 tables")
-        return [x.strip() for x in v]
+        return name_list(v, limit=500, allow_empty=False)
 
 
 def table_names(conn: Connection, params: Any, names: NameMap, models: list[str]) -> list[str]:

@@ -120,12 +120,8 @@ def make_copy(conn: Connection, name: str) -> str:
 
 
 def drop_copy(conn: Connection, name: str) -> None:
-    admin = _admin(conn)
-    try:
-        with admin.connect() as a:
-            a.exec_driver_sql(f"DROP DATABASE IF EXISTS {db.quote_ident(name)} WITH (FORCE)")
-    finally:
-        admin.dispose()
+    db.run_autocommit(conn.engine.url.set(database="postgres"),
+                      f"DROP DATABASE IF EXISTS {db.quote_ident(name)} WITH (FORCE)")
 
 
 def _sums(url: str, schema: str, tbls: list[str]) -> dict[str, dict[str, Any]]:

@@ -24,7 +24,7 @@ from sqlalchemy.engine import Connection
 from .. import backups, db, pgtools
 from ..errors import InvariantError, ParameterError, PolicyAbort
 from ..names import NameMap
-from ..params import DestructiveParams
+from ..params import DestructiveParams, name_list
 from .base import ApplyResult, Check, Plan, VerifyResult, plan_hash
 
 NAME = "restore"
@@ -51,13 +51,7 @@ class Params(DestructiveParams):
     @field_validator("restore_tables", mode="before")
     @classmethod
     def _tables(cls, v: Any) -> list[str]:
-        if v in (None, ""):
-            return []
-        if isinstance(v, str):
-            v = [s.strip() for s in v.split(",") if s.strip()]
-        if not isinstance(v, list) or not all(isinstance(x, str) and x for x in v):
-            raise ValueError("must be a list of table names")
-        return v
+        return name_list(v, limit=500)
 
     @field_validator("into_database")
     @classmethod
@@ -109,27 +103,12 @@ def db_url(conn: Connection, database: str) -> str:
 
 def _create_database(conn: Connection, name: str, schema: str = "public") -> None:
     """A new, empty database for the archive (whose DDL creates ``schema`` itself)."""
-    eng = sa.create_engine(admin_url(conn), isolation_level="AUTOCOMMIT", poolclass=sa.pool.NullPool)
-    try:
-        with eng.connect() as c:
-            c.exec_driver_sql(f"CREATE DATABASE {db.quote_ident(name)}")
-    finally:
-        eng.dispose()
-    new = sa.create_engine(db_url(conn, name), isolation_level="AUTOCOMMIT", poolclass=sa.pool.NullPool)
-    try:
-        with new.connect() as c:
-            c.exec_driver_sql(f"DROP SCHEMA IF EXISTS {db.quote_ident(schema)}")
-    finally:
-        new.dispose()
+    db.run_autocommit(admin_url(conn), f"CREATE DATABASE {db.quote_ident(name)}")
+    db.run_autocommit(db_url(conn, name), f"DROP SCHEMA IF EXISTS {db.quote_ident(schema)}")
 
 
 def _drop_database(conn: Connection, name: str) -> None:
-    eng = sa.create_engine(admin_url(conn), isolation_level="AUTOCOMMIT", poolclass=sa.pool.NullPool)
-    try:
-        with eng.connect() as c:
-            c.exec_driver_sql(f"DROP DATABASE IF EXISTS {db.quote_ident(name)} WITH (FORCE)")
-    finally:
-        eng.dispose()
+    db.run_autocommit(admin_url(conn), f"DROP DATABASE IF EXISTS {db.quote_ident(name)} WITH (FORCE)")
 
 
 def _database_exists(conn: Connection, name: str) -> bool:

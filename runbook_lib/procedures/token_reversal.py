@@ -30,7 +30,7 @@ from sqlalchemy.engine import Connection
 from .. import names as nmod
 from ..errors import InvariantError, NotFoundError, ParameterError, PolicyAbort, SchemaMismatchError
 from ..names import NameMap
-from ..params import DestructiveParams, LedgerSource, parse_aware_datetime
+from ..params import DestructiveParams, LedgerSource, name_list, parse_aware_datetime
 from .base import ApplyResult, Plan, VerifyResult, plan_hash
 
 NAME = "token-reversal"
@@ -71,15 +71,7 @@ class Params(DestructiveParams):
     @field_validator("voucher_codes", "user_ids", mode="before")
     @classmethod
     def _list(cls, v: Any, info: Any) -> list[str]:
-        if v is None or v == "":
-            return []
-        if isinstance(v, str):
-            v = [s for s in (x.strip() for x in v.split(",")) if s]
-        if not isinstance(v, list) or not all(isinstance(x, (str, int)) and str(x).strip() for x in v):
-            raise ValueError("must be a list of non-empty strings")
-        if len(v) > 100_000:
-            raise ValueError(f"{len(v)} entries is too many for one run (at most 100000)")
-        return [str(x).strip() for x in v]
+        return name_list(v)
 
     @field_validator("source", "reversal_source", "reversal_type")
     @classmethod

@@ -15,7 +15,7 @@ from sqlalchemy.engine import Connection
 
 from .. import checks as checks_mod
 from ..names import NameMap
-from ..params import CommonParams
+from ..params import CommonParams, name_list
 from .base import ApplyResult, Plan, VerifyResult, plan_hash
 
 NAME = "verify"
@@ -44,12 +44,7 @@ class Params(CommonParams):
     @field_validator("checks", mode="before")
     @classmethod
     def _names(cls, v: Any) -> list[str]:
-        if v is None or v == "":
-            return []
-        if isinstance(v, str):
-            v = [s.strip() for s in v.split(",") if s.strip()]
-        if not isinstance(v, list) or not all(isinstance(x, str) for x in v):
-            raise ValueError("must be a list of check names")
+        v = name_list(v, limit=len(checks_mod.NAMES))
         unknown = [x for x in v if x not in checks_mod.NAMES]
         if unknown:
             raise ValueError(f"unknown checks {unknown}; the checks are: {', '.join(checks_mod.NAMES)}")
