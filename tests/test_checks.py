@@ -107,3 +107,16 @@ def test_drift_is_reported_not_assumed(incident_db, engine_for):
         c.execute(sa.text('update "UserTokenBalance" set balance = balance + 7 where "userId" = \'user_0003\''))
     check = next(c for c in run_checks(incident_db).checks if c.name == "every balance equals its ledger sum")
     assert not check.passed and check.count == 1 and "+7 tokens" in check.detail
+
+
+def test_expect_full_rollback_fails_while_the_voucher_system_is_there(incident_db):
+    eng = db.make_engine(incident_db)
+    try:
+        with db.read_only(eng) as conn:
+            result = checks.run_all(conn, nmod.resolve(conn), only=["nothing_left_after_full_rollback"],
+                                    expect_full_rollback=True)
+    finally:
+        eng.dispose()
+    (check,) = result.checks
+    assert not check.passed and check.count >= 4  # two tables, two enums, their enum-typed columns
+    assert "table Voucher" in check.detail and "enum VoucherStatus" in check.detail

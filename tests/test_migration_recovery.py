@@ -172,6 +172,9 @@ def test_rolled_back_refused_for_an_applied_migration(failed_db):
     with pytest.raises(PolicyAbort, match="P3012"):
         Run("migration-recovery", {"migrations_dir": str(folder), "action": "rolled_back",
                                    "migration_name": "20240101000000_init"}).review()
+    with pytest.raises(PolicyAbort, match="P3011"):
+        Run("migration-recovery", {"migrations_dir": str(folder), "action": "rolled_back",
+                                   "migration_name": PENDING}).review()
 
 
 def test_notebook_via_cli_path(failed_db, tmp_path):

@@ -30,10 +30,12 @@ def test_verify_passes_then_fails_with_exit_13(incident_db, engine_for, target_e
     assert [c["name"] for c in failed] == ["voucher use counters equal redemption counts"]
 
 
-def test_verify_refuses_execute_and_unknown_checks(incident_db, target_env):
+def test_verify_execute_is_review_and_unknown_checks_refused(incident_db, target_env):
     target_env(incident_db)
-    with pytest.raises(ParameterError, match="only reads"):
-        Run("verify", {"mode": "execute"})
+    ex = Run("verify", {"mode": "execute"})
+    plan = ex.review()
+    assert plan.summary["checks run"] == 9 and plan.summary["checks failed"] == 0 and plan.changes_nothing
+    assert ex.verify().passed
     with pytest.raises(ParameterError, match="unknown checks"):
         Run("verify", {"checks": ["nope"]})
     one = Run("verify", {"checks": "voucher_counters"})

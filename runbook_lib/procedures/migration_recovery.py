@@ -161,8 +161,9 @@ def plan(conn: Connection, params: Params, names: NameMap) -> Plan:
             do_nothing = True  # a second run: Prisma would say P3008 / P3012; the runbook changes nothing
             warnings.append(f"{target.name} is already {target.status}: nothing to do")
         elif params.action == "rolled_back" and target.status != "failed":
+            code = "P3011" if target.status == "pending" else "P3012"
             raise PolicyAbort(f"{target.name} is {target.status}, not failed: `migrate resolve --rolled-back` only "
-                              "applies to failed migrations (Prisma error P3012)")
+                              f"applies to failed migrations (Prisma error {code}); choose the failed migration")
         elif params.action == "applied" and _script(params, target.name) is None:
             raise NotFoundError(f"{target.name}/migration.sql is not in {params.migrations_dir}")
         if params.action == "rolled_back" and effects and any(e.took_effect for e in effects) \

@@ -8,7 +8,7 @@ end of every execute of every other procedure, their results in that run's evide
 
 from __future__ import annotations
 
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar
 
 from pydantic import field_validator
 from sqlalchemy.engine import Connection
@@ -30,16 +30,10 @@ tables: list[str] = []
 class Params(CommonParams):
     procedure: ClassVar[str] = NAME
 
-    mode: Literal["review"] = "review"
     #: run only these checks (empty: all); see `runbook list --parameters` or docs/procedures/verify.md
     checks: list[str] = []
-
-    @field_validator("mode", mode="before")
-    @classmethod
-    def _review_only(cls, v: Any) -> str:
-        if v not in (None, "", "review"):
-            raise ValueError("verify only reads: run it without --execute")
-        return "review"
+    #: the voucher system should be gone (after a full rollback): voucher tables still present fail the check
+    expect_full_rollback: bool = False
 
     @field_validator("checks", mode="before")
     @classmethod
@@ -52,13 +46,20 @@ class Params(CommonParams):
 
 
 def plan(conn: Connection, params: Params, names: NameMap) -> Plan:
-    """Which checks run (the work is done in ``verify``); nothing would change."""
-    chosen = checks_mod.validate_names(params.checks or None)
-    summary = {"checks to run": len(chosen), "nothing_to_do": True}
-    return Plan(procedure=NAME, plan_id=plan_hash(NAME, chosen), summary=summary)
+    """Run the checks in the review's read-only snapshot; the summary is their counts. Nothing would change
+    (review and execute are the same for a procedure that only reads)."""
+    result = checks_mod.run_all(conn, names, only=params.checks or None, sample_rows=params.sample_rows,
+                                expect_full_rollback=params.expect_full_rollback)
+    failed = [c for c in result.checks if not c.passed]
+    summary: dict[str, Any] = {"checks run": len(result.checks), "checks passed": len(result.checks) - len(failed),
+                               "checks failed": len(failed),
+                               "offending rows": sum(int(c.count) for c in failed), "nothing_to_do": True}
+    warnings = [f"{c.name}: {c.detail}" for c in failed]
+    return Plan(procedure=NAME, plan_id=plan_hash(NAME, [c.as_dict() for c in result.checks]), summary=summary,
+                frames={"checks": result.table()}, warnings=warnings, details={"result": result})
 
 
-def lock(conn: Connection, params: Params, names: NameMap) -> None:  # never called: review only
+def lock(conn: Connection, params: Params, names: NameMap) -> None:  # nothing is written: no locks
     return None
 
 
@@ -71,4 +72,8 @@ def check(conn: Connection, params: Params, names: NameMap, plan: Plan, result: 
 
 
 def verify(conn: Connection, params: Params, names: NameMap, plan: Plan | None) -> VerifyResult:
-    return checks_mod.run_all(conn, names, only=params.checks or None, sample_rows=params.sample_rows)
+    """The checks of the review's snapshot when there is one (no second pass over the data), else run them."""
+    if plan is not None and isinstance(plan.details.get("result"), VerifyResult):
+        return plan.details["result"]
+    return checks_mod.run_all(conn, names, only=params.checks or None, sample_rows=params.sample_rows,
+                              expect_full_rollback=params.expect_full_rollback)

@@ -87,7 +87,8 @@ CASES: list[tuple[str, list[str], dict[str, str | None], int, str]] = [
     ("restore: bad database name", ["run", "restore", "-p", "into_database", "x; drop"], {}, 2, "into_database"),
     ("rehearsal: unknown procedure", ["run", "rehearsal", "-p", "rehearse", "nope"], {}, 2, "unknown procedure"),
     ("verify: unknown check", ["run", "verify", "-p", "checks", "[nope]"], {}, 2, "unknown checks"),
-    ("verify: execute", ["run", "verify", "--execute", "--approve", "0" * 24], {}, 2, "only reads"),
+    ("verify: expect_full_rollback not a boolean", ["run", "verify", "-p", "expect_full_rollback", "maybe"], {}, 2,
+     "expect_full_rollback"),
 ]
 
 

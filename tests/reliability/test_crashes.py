@@ -46,17 +46,38 @@ def states(pg_server, tmp_path_factory):
     with eng.begin() as c:
         deploy(c, MIGRATIONS)
     seed.seed_incident(eng)
+    # restore trials: a backup of the clean incident, and a template whose tables were damaged since
+    from runbook_lib import backups, db
+
+    backup_dir = tmp_path_factory.mktemp("crash-backup")
+    with eng.connect() as c:
+        info = db.server_info(c)
+    backups.take_backup(eng, url, "public", ["Voucher", "VoucherRedemption", "TokenTransaction", "UserTokenBalance"],
+                        backup_dir, info.fingerprint, info.database)
     eng.dispose()
+    damaged = f"rb_crash_damaged_{uuid.uuid4().hex[:8]}"
+    damaged_url = pg_server.create(damaged, template=base)
+    deng = sa.create_engine(damaged_url, poolclass=sa.pool.NullPool)
+    with deng.begin() as c:
+        c.exec_driver_sql("update \"UserTokenBalance\" set balance = balance + 7 where \"userId\" <= 'user_0050'")
+        c.exec_driver_sql("delete from \"VoucherRedemption\" where \"voucherId\" = 'v_partner75'")
+    deng.dispose()
+    specs = {**PROCEDURES, "restore": {"procedure": "restore", "template": damaged,
+                                       "params": {"backup": str(backup_dir), "force_other_database": True}}}
+    templates = {k: v.get("template", base) for k, v in specs.items()}
+    before = {k: db_state(pg_server.url(t)) for k, t in templates.items()}
     after = {}
-    for key, spec in PROCEDURES.items():
+    for key, spec in specs.items():
         name = f"rb_crash_after_{uuid.uuid4().hex[:8]}"
-        clone = pg_server.create(name, template=base)
+        clone = pg_server.create(name, template=templates[key])
         proc = start_worker(clone, spec["procedure"], spec["params"], {})
         out, err = proc.communicate(timeout=300)
         assert proc.returncode == 0 and "DONE" in out, err[-2000:]
         after[key] = db_state(clone)
+        assert after[key] != before[key], key
         pg_server.drop(name)
-    yield {"base": base, "before": db_state(url), "after": after}
+    yield {"specs": specs, "templates": templates, "before": before, "after": after}
+    pg_server.drop(damaged)
     pg_server.drop(base)
 
 
@@ -68,13 +89,15 @@ def _classify(state: dict, before: dict, after: dict) -> str:
 def test_kill_or_terminate_at_random_points(pg_server, states, tmp_path, figures):
     rng = random.Random(SEED)
     partial: list[str] = []
+    tally: dict[str, int] = {}
     for i in range(LIBRARY_TRIALS):
-        key = rng.choice(sorted(PROCEDURES))
-        spec = PROCEDURES[key]
+        key = rng.choice(sorted(states["specs"]))
+        spec = states["specs"][key]
+        tally[key] = tally.get(key, 0) + 1
         point = rng.choice(_points(spec["procedure"]))
         kind = rng.choice(["sigkill", "terminate"])
         name = f"rb_crash_{i}_{uuid.uuid4().hex[:6]}"
-        url = pg_server.create(name, template=states["base"])
+        url = pg_server.create(name, template=states["templates"][key])
         marker = tmp_path / f"marker-{i}"
         sleep = 60 if kind == "sigkill" else 2
         proc = start_worker(url, spec["procedure"], spec["params"],
@@ -92,7 +115,7 @@ def test_kill_or_terminate_at_random_points(pg_server, states, tmp_path, figures
                 proc.kill()
         figures["trials"] += 1
         figures["faults_injected"] += 1
-        got = _classify(db_state(url), states["before"], states["after"][key])
+        got = _classify(db_state(url), states["before"][key], states["after"][key])
         expected = "after" if point == "after_commit" else "before"
         if got == "PARTIAL":
             figures["partial_states"] += 1
@@ -101,7 +124,10 @@ def test_kill_or_terminate_at_random_points(pg_server, states, tmp_path, figures
         if kind == "terminate" and point != "after_commit":
             assert proc.returncode != 0, f"trial {i}: the runbook did not notice its session was terminated"
         pg_server.drop(name)
+    print(f"crash trials per procedure: {tally}")
     assert partial == []
+    if LIBRARY_TRIALS >= 40:
+        assert set(tally) == set(states["specs"]), tally  # every writing procedure was crashed
 
 
 def _cli(args: list[str], url: str, cwd: Path, env_extra: dict[str, str] | None = None) -> subprocess.Popen[str]:
@@ -121,7 +147,7 @@ def test_kill_the_kernel_or_the_cli_and_the_evidence_says_failed(pg_server, stat
         point = rng.choice(["after_lock", "after_apply", "before_commit"])
         victim = rng.choice(["kernel", "cli"])
         name = f"rb_crashcli_{i}_{uuid.uuid4().hex[:6]}"
-        url = pg_server.create(name, template=states["base"])
+        url = pg_server.create(name, template=states["templates"][key])
         params = [x for k, v in spec["params"].items() for x in ("-p", k, json.dumps(v) if not isinstance(v, str)
                                                                   else v)]
         params += ["-p", "backup_override_reason", NO_BACKUP]
@@ -149,7 +175,7 @@ def test_kill_the_kernel_or_the_cli_and_the_evidence_says_failed(pg_server, stat
             nxt.communicate(timeout=300)
         figures["trials"] += 1
         figures["faults_injected"] += 1
-        got = _classify(db_state(url), states["before"], states["after"][key])
+        got = _classify(db_state(url), states["before"][key], states["after"][key])
         if got == "PARTIAL":
             figures["partial_states"] += 1
         if got != "before":
