@@ -257,3 +257,73 @@ def test_notebook_review_then_execute(small_db, engine_for, tmp_path):
     text = notebook_text(tmp_path / "execute.ipynb")
     assert "redemptions_deleted" in text and "review mode: nothing was changed" not in text
     assert state(engine_for(small_db))["r"].empty
+
+
+def add_voucher(eng: sa.engine.Engine, code: str, status: str, max_uses: int | None, uses: int,
+                reds: list[tuple[str, str]], expires: str | None = None) -> None:
+    """One more voucher with redemptions and their grants (balances moved by the grants)."""
+    with eng.begin() as c:
+        c.execute(sa.text(
+            'insert into "Voucher"(id, code, status, "tokenAmount", "maxUses", "currentUses", "expiresAt", '
+            '"updatedAt") values (:id, :code, cast(:st as "VoucherStatus"), 10, :mx, :n, :exp, now())'),
+            {"id": f"v_{code}", "code": code, "st": status, "mx": max_uses, "n": uses, "exp": expires})
+        for user, ts in reds:
+            rid = f"r_{code}_{user}"
+            c.execute(sa.text('insert into "VoucherRedemption"(id, "voucherId", "userId", "redeemedAt") '
+                              "values (:id, :v, :u, :ts)"), {"id": rid, "v": f"v_{code}", "u": user, "ts": ts})
+            c.execute(sa.text(
+                'insert into "TokenTransaction"(id, "userId", amount, type, source, "sourceId", "createdAt") '
+                "values (:id, :u, 10, 'CREDIT', 'voucher_redemption', :rid, :ts)"),
+                {"id": f"g_{code}_{user}", "u": user, "rid": rid, "ts": ts})
+            c.execute(sa.text('update "UserTokenBalance" set balance = balance + 10 where "userId" = :u'), {"u": user})
+
+
+def test_depleted_status_changes_only_when_the_rollback_brings_it_below_its_limit(small_db, engine_for):
+    """DEPLETED becomes ACTIVE only where redemptions were removed and that brought it below its limit."""
+    eng = engine_for(small_db)
+    # over its limit: 3 redemptions, limit 1; one removed -> still over -> stays DEPLETED
+    add_voucher(eng, "OVER", "DEPLETED", 1, 3, [("u1", "2025-12-01 10:00"), ("u2", "2025-11-20 10:00"),
+                                                ("u3", "2025-11-21 10:00")])
+    # DEPLETED with nothing in the window: its counter drifted (2 > 1 redemption), the counter is fixed but the
+    # rollback removes nothing, so the status is not the rollback's to change
+    add_voucher(eng, "DRIFT", "DEPLETED", 2, 2, [("u4", "2025-11-20 10:00")])
+    # DEPLETED without a limit (an admin's decision): losing a redemption does not revive it
+    add_voucher(eng, "NOLIMIT", "DEPLETED", None, 1, [("u5", "2025-12-01 10:00")])
+    # DEPLETED although below its limit before the rollback (the limit was raised): not the rollback's reason
+    add_voucher(eng, "RAISED", "DEPLETED", 10, 2, [("u6", "2025-12-01 10:00"), ("u7", "2025-11-20 10:00")])
+    params = {"voucher_codes": ["OVER", "DRIFT", "NOLIMIT", "RAISED", "LIMITED"],
+              "redeemed_since": "2025-12-01T00:00:00Z"}
+    plan, result, run = review_then_execute(**params)
+    after = state(eng)
+    assert after["v"].loc["OVER", "currentUses"] == 2 and after["v"].loc["OVER", "status"] == "DEPLETED"
+    assert after["v"].loc["DRIFT", "currentUses"] == 1 and after["v"].loc["DRIFT", "status"] == "DEPLETED"
+    assert after["v"].loc["NOLIMIT", "currentUses"] == 0 and after["v"].loc["NOLIMIT", "status"] == "DEPLETED"
+    assert after["v"].loc["RAISED", "currentUses"] == 1 and after["v"].loc["RAISED", "status"] == "DEPLETED"
+    assert after["v"].loc["LIMITED", "currentUses"] == 0 and after["v"].loc["LIMITED", "status"] == "ACTIVE"
+    assert plan.summary["vouchers whose status changes"] == 1
+    assert any("stay DEPLETED" in w and "reset_statuses" in w for w in plan.warnings)
+    # the shared check still reports the DEPLETED vouchers under their limit: they were so before (or lost
+    # nothing here); the operator decides with reset_statuses
+    failed = [c.name for c in run.verify().checks if not c.passed]
+    assert failed == ["DEPLETED status agrees with the use limit"]
+    plan2, _, _ = review_then_execute(voucher_codes=["DRIFT", "NOLIMIT", "RAISED"], reset_statuses=["DEPLETED"])
+    after = state(eng)
+    assert (after["v"].loc[["DRIFT", "NOLIMIT", "RAISED"], "status"] == "ACTIVE").all()
+
+
+def test_expiry_compared_in_utc_whatever_the_session_time_zone(small_db, engine_for):
+    """A timestamptz expiresAt two hours ahead is not expired, even when the session's TimeZone is UTC-5."""
+    eng = engine_for(small_db)
+    with eng.begin() as c:
+        c.execute(sa.text('alter table "Voucher" alter column "expiresAt" type timestamptz(3) '
+                          "using \"expiresAt\" at time zone 'UTC'"))
+        c.execute(sa.text("select current_database()")).scalar_one()
+        db = c.execute(sa.text("select current_database()")).scalar_one()
+        c.execute(sa.text(f"alter database \"{db}\" set timezone = 'Etc/GMT+5'"))
+    eng.dispose()
+    with eng.begin() as c:
+        assert c.execute(sa.text("show timezone")).scalar_one() == "Etc/GMT+5"
+        c.execute(sa.text('update "Voucher" set "expiresAt" = now() + interval \'2 hours\' where code = \'LIMITED\''))
+    plan, _, _ = review_then_execute(voucher_codes=["LIMITED"])
+    after = state(eng)
+    assert after["v"].loc["LIMITED", "status"] == "ACTIVE", plan.frames["vouchers"]

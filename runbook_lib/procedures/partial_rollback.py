@@ -9,7 +9,8 @@ Where the guide is wrong, and what this procedure does instead:
 * ``UPDATE "Voucher" SET "currentUses" = 0, "status" = 'ACTIVE'`` is only right when *every* redemption is
   removed, and it revives vouchers an admin DISABLED or that EXPIRED by date. Here each voucher's counter is
   set to the number of redemptions that remain, and the status changes only where the rollback is the
-  reason: a DEPLETED voucher that is below its limit again becomes ACTIVE (EXPIRED if its date has passed).
+  reason: a DEPLETED voucher that was at its limit and is below it again because redemptions were removed
+  becomes ACTIVE (EXPIRED if its date has passed); other DEPLETED vouchers are listed, not revived.
   DISABLED/EXPIRED vouchers are reset only when the operator names those statuses in ``reset_statuses``.
 * The scope can be narrowed to voucher codes and a redemption time window instead of everything.
 """
@@ -174,22 +175,32 @@ class Scope:
                                 f"where tt.{q['l_sid']} = s.voucher_id and tt.{q['l_uid']} = s.user_id)")
         self.has_expiry = nmod.has_column(conn, names, V, "expiresAt")
         self.has_updated = nmod.has_column(conn, names, V, "updatedAt")
+        #: "now" as the timestamp columns hold it: Prisma's DateTime is UTC in ``timestamp without time zone``;
+        #: a ``timestamptz`` column compares with now() itself (never via the session's TimeZone)
+        self.now_expiry = _now_for(conn, names, V, "expiresAt") if self.has_expiry else "now()"
+        self.now_updated = _now_for(conn, names, V, "updatedAt") if self.has_updated else "now()"
         self.status_type = _column_type_sql(conn, names, V, "status")
 
     def voucher_changes_sql(self) -> str:
         """Per voucher in scope: counter and status before and after (the rollback's reasons only)."""
         q = self.q
-        expired = (f"(v.{q['v_exp']} is not null and v.{q['v_exp']} <= (now() at time zone 'utc'))"
+        expired = (f"(v.{q['v_exp']} is not null and v.{q['v_exp']} <= {self.now_expiry})"
                    if self.has_expiry else "false")
         below = "(v.max_uses is null or v.new_uses < v.max_uses)"
+        # the rollback is the reason only when it removed redemptions of a voucher that was at (or over) its
+        # limit and is below it afterwards; a DEPLETED voucher without a limit, below its limit already, or
+        # losing nothing in this scope was depleted by someone else and keeps its status
+        revived = ("(v.removed > 0 and v.max_uses is not null and greatest(v.uses, v.old_uses) >= v.max_uses "
+                   "and v.new_uses < v.max_uses)")
         return f"""
             select v.id, v.code, v.status, v.uses, v.max_uses, v.removed, v.new_uses, v.expired,
               case when v.status = any(cast(:pr_reset as text[])) then
                      case when {below} then 'ACTIVE' else 'DEPLETED' end
-                   when v.status = 'DEPLETED' and {below} then case when v.expired then 'EXPIRED' else 'ACTIVE' end
+                   when v.status = 'DEPLETED' and {revived} then case when v.expired then 'EXPIRED' else 'ACTIVE' end
                    else v.status end as new_status
             from (select v.{q['v_id']} as id, v.{q['v_code']} as code, v.{q['v_status']}::text as status,
                     v.{q['v_uses']} as uses, v.{q['v_max']} as max_uses, {expired} as expired,
+                    coalesce(tot.n, 0) as old_uses,
                     coalesce(rm.n, 0) as removed, coalesce(tot.n, 0) - coalesce(rm.n, 0) as new_uses
                   from ({self.vouchers}) v
                   left join (select voucher_id, count(*) as n from ({self.redemptions}) s group by 1) rm
@@ -199,6 +210,12 @@ class Scope:
 
     def bind(self, reset: list[str]) -> dict[str, Any]:
         return {**self.binds, "pr_reset": reset}
+
+
+def _now_for(conn: Connection, names: NameMap, model: str, fld: str) -> str:
+    """SQL for the current time in the column's own kind: naive UTC for ``timestamp``, ``now()`` for ``timestamptz``."""
+    ctype = nmod.column_type(conn, names, model, fld) or ""
+    return "now()" if "with time zone" in ctype else "(now() at time zone 'utc')"
 
 
 def _column_type_sql(conn: Connection, names: NameMap, model: str, fld: str) -> str:
@@ -241,6 +258,8 @@ def plan(conn: Connection, params: Params, names: NameMap) -> Plan:
         f"count(*) filter (where status in ('DISABLED', 'EXPIRED') and removed > 0 "
         f"  and status = new_status) as kept_status, "
         f"count(*) filter (where status = 'DEPLETED' and new_status = 'EXPIRED') as depleted_but_expired, "
+        f"count(*) filter (where new_status = 'DEPLETED' and (max_uses is null or new_uses < max_uses)) "
+        f"  as depleted_under_limit, "
         f"md5(coalesce(string_agg(id || ':' || uses || '>' || new_uses || ':' || status || '>' || new_status, ',' "
         f"  order by id) filter (where uses <> new_uses or status <> new_status), '')) as digest "
         f"from ({changes}) c"), binds).mappings().one()
@@ -281,6 +300,10 @@ def plan(conn: Connection, params: Params, names: NameMap) -> Plan:
     if vch["depleted_but_expired"]:
         warnings.append(f"{vch['depleted_but_expired']} DEPLETED vouchers are below their limit again but past "
                         "expiresAt: they become EXPIRED, not ACTIVE")
+    if vch["depleted_under_limit"]:
+        warnings.append(f"{vch['depleted_under_limit']} vouchers stay DEPLETED below their limit (or without one): "
+                        "this rollback removes none of their redemptions, or they were below the limit already, so "
+                        "it is not the reason to reactivate them; name DEPLETED in reset_statuses to do so")
     frames: dict[str, pd.DataFrame] = {}
     frames["vouchers"] = pd.DataFrame(conn.execute(sa.text(
         f"select code, status as status_before, new_status as status_after, uses as uses_before, "
@@ -348,7 +371,7 @@ def apply(conn: Connection, params: Params, names: NameMap, plan: Plan) -> Apply
         counts.update(rows_reversed=0, tokens_reversed=0, users_affected=0)
     counts["redemptions_deleted"] = conn.execute(sa.text(
         f"delete from {q['R']} r using pr_removed x where r.{q['r_id']} = x.id")).rowcount
-    upd = f", {q['v_upd']} = (now() at time zone 'utc')" if sc.has_updated else ""
+    upd = f", {q['v_upd']} = {sc.now_updated}" if sc.has_updated else ""
     counts["vouchers_updated"] = conn.execute(sa.text(
         f"update {q['V']} v set {q['v_uses']} = c.new_uses, {q['v_status']} = cast(c.new_status as {sc.status_type})"
         f"{upd} from pr_vouchers c where v.{q['v_id']} = c.id and (c.uses <> c.new_uses or c.status <> c.new_status)"
