@@ -186,13 +186,26 @@ def _outgoing(conn: Connection, nodes: list[Key]) -> list[tuple[Any, ...]]:
         {"c": c, "o": o, "s": s}).all()]
 
 
+def _whole_relations(conn: Connection, pg_class: int, keys: list[Key]) -> list[Key]:
+    """The views and materialized views some of whose columns are in ``keys``."""
+    oids = sorted({k[1] for k in keys if k[0] == pg_class and k[2] > 0})
+    if not oids:
+        return []
+    return [(pg_class, int(r[0]), 0) for r in conn.execute(sa.text(
+        "select oid::int from pg_class where oid = any(cast(:o as oid[])) and relkind in ('v', 'm') order by 1"),
+        {"o": oids})]
+
+
 _DESCRIBE = """
 select f.c::int, f.o::int, f.s, i.type, i.identity,
   case
     when f.c = 'pg_class'::regclass and f.s > 0 then
-      (select format('ALTER TABLE %s DROP COLUMN %I',
+      (select format(case rc.relkind when 'c' then 'ALTER TYPE %s DROP ATTRIBUTE %I'
+                                     when 'f' then 'ALTER FOREIGN TABLE %s DROP COLUMN %I'
+                                     when 'r' then 'ALTER TABLE %s DROP COLUMN %I'
+                                     when 'p' then 'ALTER TABLE %s DROP COLUMN %I' end,
                      (pg_identify_object('pg_class'::regclass, a.attrelid, 0)).identity, a.attname)
-       from pg_attribute a where a.attrelid = f.o and a.attnum = f.s)
+       from pg_attribute a join pg_class rc on rc.oid = a.attrelid where a.attrelid = f.o and a.attnum = f.s)
     when f.c = 'pg_trigger'::regclass then
       (select format('DROP TRIGGER %I ON %s', t.tgname, (pg_identify_object('pg_class'::regclass, t.tgrelid, 0)).identity)
        from pg_trigger t where t.oid = f.o)
@@ -250,6 +263,13 @@ def discover(conn: Connection, db_schema: str, tables: list[str], enums: list[st
                     nodes.add(k)
                     found_by.setdefault(k, "pg_depend")
                     new.append(k)
+        # a column of a view or materialized view (typed with a seed enum, or a seed's row type) cannot be
+        # dropped alone: the whole relation goes, and what depends on it
+        for k in _whole_relations(conn, cls["pg_class"], new):
+            if k not in nodes:
+                nodes.add(k)
+                found_by.setdefault(k, "pg_depend (its column)")
+                new.append(k)
         frontier = sorted(new)
     node_list = sorted(nodes)
     out_rows = _outgoing(conn, node_list)
@@ -276,6 +296,9 @@ def discover(conn: Connection, db_schema: str, tables: list[str], enums: list[st
             return memo[k]
         if (k[0], k[1], 0) in seeds:
             memo[k] = (k[0], k[1], 0)
+            return memo[k]
+        if k[2] != 0 and (k[0], k[1], 0) in nodes:  # a column of a relation that goes whole (a view)
+            memo[k] = unit_of((k[0], k[1], 0), depth + 1)
             return memo[k]
         result = k
         if depth < 50:

@@ -146,6 +146,30 @@ def test_extra_dependent_view_stops_the_rollback(small_db, engine_for, prisma_di
         assert c.execute(sa.text("select to_regclass('public.voucher_stats')")).scalar() is None
 
 
+def test_view_with_enum_typed_columns_goes_whole(small_db, engine_for, prisma_dir):
+    """A view selecting the enum columns (and one over it) is one object to name and drop, not per column."""
+    eng = engine_for(small_db)
+    with eng.begin() as c:
+        c.exec_driver_sql('''create view active_vouchers as select * from "Voucher" where status = 'ACTIVE';
+            create view active_codes as select code, status from active_vouchers;
+            create materialized view status_list as select 'ACTIVE'::"VoucherStatus" as s''')
+    params = params_for(prisma_dir)
+    plan = Run("full-rollback", params).review()
+    assert sorted(plan.details["unacknowledged"]) == ["materialized view public.status_list",
+                                                     "view public.active_codes", "view public.active_vouchers"]
+    assert not [u for u in plan.details["discovery"].order if u.type.endswith("column")]
+    params["drop_dependents"] = ["active_vouchers", "active_codes", "status_list"]
+    plan, result, run = review_then_execute(params)
+    assert result is not None and result.changed
+    order = [u.label for u in plan.details["discovery"].order]
+    assert order.index("view public.active_codes") < order.index("view public.active_vouchers")
+    with eng.connect() as c:
+        assert c.execute(sa.text("select count(*) from pg_class where relname in "
+                                 "('active_vouchers', 'active_codes', 'status_list')")).scalar() == 0
+    full_rollback.write_prisma_files(run)
+    assert run.verify().passed
+
+
 def test_failure_in_the_middle_of_the_ddl_leaves_everything_as_it_was(small_db, engine_for, prisma_dir, monkeypatch):
     eng = engine_for(small_db)
     before = fingerprint(eng)
@@ -192,7 +216,13 @@ def test_catalog_finds_dependents_and_orders_them(schema_db, engine_for):
             create function status_rank(s "VoucherStatus") returns int language sql as 'select 1';
             create function log_redemption() returns trigger language plpgsql as
               $$ begin insert into "VoucherRedemption" select new.*; return new; end $$;
-            create trigger t_user after insert on "User" for each row execute function log_redemption();''')
+            create trigger t_user after insert on "User" for each row execute function log_redemption();
+            create table other (id int primary key, sts "VoucherStatus"[], t text default 'ACTIVE'::"VoucherStatus",
+                                k text check (k::"VoucherType" is not null));
+            create index other_sts on other (sts);
+            create domain vs_dom as "VoucherStatus" check (value <> 'DISABLED');
+            create table other2 (id int, d vs_dom);
+            create type comp as (a int, s "VoucherStatus");''')
     with eng.connect() as c:
         disc = catalog.discover(c, "public", TABLES, ENUMS)
     labels = [u.label for u in disc.order]
@@ -203,6 +233,10 @@ def test_catalog_finds_dependents_and_orders_them(schema_db, engine_for):
     assert labels.index("view public.v2") < labels.index("view public.v1") < labels.index('table public."Voucher"')
     assert labels.index('trigger t_user on public."User"') < labels.index("function public.log_redemption()")
     assert labels.index('table column public."Order".kind') < labels.index('type public."VoucherType"')
+    assert {"table column public.other.sts", "default value for public.other.t", "type public.vs_dom",
+            "table constraint other_k_check on public.other", "table column public.other2.d",
+            "type public.comp"} <= unexpected
+    assert labels.index("table column public.other2.d") < labels.index("type public.vs_dom")
     assert catalog.unacknowledged(disc, sorted(unexpected)) == []
     assert catalog.unknown_names(disc, ["public.nope"]) == ["public.nope"]
     # and they all drop, in that order, in one transaction
@@ -211,6 +245,9 @@ def test_catalog_finds_dependents_and_orders_them(schema_db, engine_for):
             c.exec_driver_sql(u.drop_sql)
         assert catalog.find_seeds(c, "public", TABLES, ENUMS)[0] == {}
         assert c.execute(sa.text("select to_regclass('public.\"Order\"')")).scalar() is not None
+        assert c.execute(sa.text("select array_agg(attname::text order by attnum) from pg_attribute "
+                                 "where attrelid = 'public.other'::regclass and attnum > 0 and not attisdropped")
+                         ).scalar() == ["id", "t", "k"]
 
 
 def test_parameters_are_checked(small_db, prisma_dir):

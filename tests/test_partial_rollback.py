@@ -327,3 +327,27 @@ def test_expiry_compared_in_utc_whatever_the_session_time_zone(small_db, engine_
     plan, _, _ = review_then_execute(voucher_codes=["LIMITED"])
     after = state(eng)
     assert after["v"].loc["LIMITED", "status"] == "ACTIVE", plan.frames["vouchers"]
+
+
+@pytest.mark.parametrize("mode", ["compensate", "delete"])
+def test_grants_reversed_by_an_earlier_token_reversal_are_not_reversed_again(small_db, engine_for, mode):
+    """token-reversal first (part of the grants), then partial-rollback of everything: each grant reversed once."""
+    eng = engine_for(small_db)
+    before = state(eng)
+    tr_params = {"since": "2025-12-01T00:00:00Z", "until": "2025-12-02T00:00:00Z", "ledger_mode": mode}
+    tplan = Run("token-reversal", tr_params).review()
+    Run("token-reversal", {**tr_params, "mode": "execute", "backup_override_reason": NO_BACKUP,
+                           "approved_plan": tplan.plan_id}).execute()
+    plan, _, run = review_then_execute(all_vouchers=True)
+    after = state(eng)
+    led = before["l"]
+    grants = led[led["source"] == "voucher_redemption"].groupby("userId")["amount"].sum()
+    expected = before["b"]["balance"].sub(grants, fill_value=0)
+    pd.testing.assert_series_equal(after["b"]["balance"], expected.astype(after["b"]["balance"].dtype),
+                                   check_names=False)
+    sums = after["l"].groupby("userId")["amount"].sum()
+    assert (sums.reindex(after["b"].index).fillna(0) == after["b"]["balance"]).all()
+    if mode == "compensate":
+        assert after["l"]["reversalOfId"].dropna().is_unique
+        assert plan.summary["grants already reversed"] == tplan.summary["ledger rows to reverse"] > 0
+    assert after["r"].empty and run.verify().passed
