@@ -119,8 +119,11 @@ def test_reverse_policy_takes_tokens_back_first(small_db, engine_for, prisma_dir
     expected = bal0["balance"].sub(grants, fill_value=0)
     assert (bal1["balance"] == expected.reindex(bal1.index)).all()
     assert (sums["s"].reindex(bal1.index) == bal1["balance"]).all()  # the ledger still sums to each balance
-    full_rollback.write_prisma_files(run)
+    written = full_rollback.write_prisma_files(run)
     assert run.verify().passed
+    sql = Path(written["migration_file"]).read_text()
+    assert "8 voucher grants in TokenTransaction (460 tokens): 8 reversed first here" in sql
+    assert "0 reversed by an earlier run" in sql
 
 
 def test_extra_dependent_view_stops_the_rollback(small_db, engine_for, prisma_dir):

@@ -188,3 +188,14 @@ def test_history_files_and_checksums(tmp_path):
     assert not history.prisma_checksum_matches(script + "x", checksum(script))
     with pytest.raises(Exception, match="already exists"):
         history.write_migration(folder, name, script)
+
+
+def test_validator_is_the_schemas_prisma_major():
+    """The demo schemas are Prisma 6 schemas (the datasource `url` lives in schema.prisma, which Prisma 7 moved to
+    prisma.config.ts): the pinned validator must be Prisma 6's, or it would judge them by another major's rules."""
+    pinned = json.loads((VALIDATOR / "package.json").read_text())["dependencies"]["@prisma/prisma-schema-wasm"]
+    locked = json.loads((VALIDATOR / "package-lock.json").read_text())["packages"][
+        "node_modules/@prisma/prisma-schema-wasm"]["version"]
+    assert pinned == locked and pinned.split(".")[0] == "6"
+    for schema in ("prisma", "prisma_mapped"):
+        assert 'url      = env("DATABASE_URL")' in (ROOT / "demo" / schema / "schema.prisma").read_text()

@@ -163,9 +163,13 @@ def plan(conn: Connection, params: Params, names: NameMap) -> Plan:
         warnings.append(f"ledger_policy=keep: {grants[0]} ledger rows ({grants[1]} tokens) keep a sourceId that will "
                         "point to dropped redemptions; they are exported to the evidence folder and noted in the "
                         "migration")
+    elif rp is not None:
+        ledger_note = (f"{grants[0]} voucher grants in {L} ({grants[1]} tokens): {rp.summary['rows_to_reverse']} "
+                       f"reversed first here (ledger_mode={params.ledger_mode}), "
+                       f"{rp.summary['rows_already_reversed']} reversed by an earlier run; their sourceId still names "
+                       "the dropped redemptions.")
     else:
-        ledger_note = (f"{grants[0]} voucher grants in {L} were reversed first (ledger_mode={params.ledger_mode}); "
-                       "their sourceId still names the dropped redemptions.")
+        ledger_note = f"no {L} table: no voucher grants to reverse."
     migration_sql = _migration_sql(disc, params, ledger_note) if not disc.empty else ""
     schema_edit: pedit.SchemaEdit | None = None
     if params.prisma_side and params.prisma_schema:
