@@ -173,6 +173,38 @@ def test_view_with_enum_typed_columns_goes_whole(small_db, engine_for, prisma_di
     assert run.verify().passed
 
 
+def test_rows_of_other_tables_survive_their_named_foreign_keys(small_db, engine_for, prisma_dir):
+    """Foreign keys from kept tables into the vouchers go before any voucher row is deleted: their ON DELETE
+    actions (CASCADE, SET NULL, RESTRICT) never touch the kept tables' rows."""
+    eng = engine_for(small_db)
+    with eng.begin() as c:
+        c.exec_driver_sql('''
+            create table "Order" (id text primary key, "voucherId" text references "Voucher"(id) on delete set null);
+            create table "Gift" (id text primary key, "redemptionId" text references "VoucherRedemption"(id)
+                                 on delete cascade);
+            create table "Promo" (id text primary key, "voucherId" text not null references "Voucher"(id));
+            insert into "Order" values ('o1', 'v_WELCOME'), ('o2', null);
+            insert into "Gift" values ('g1', 'r_WELCOME_u1');
+            insert into "Promo" values ('p1', 'v_LIMITED');''')
+    with eng.connect() as c:
+        kept_before = {t: c.execute(sa.text(f'select array_agg(x::text order by x::text) from "{t}" x')).scalar()
+                       for t in ("Order", "Gift", "Promo")}
+    params = params_for(prisma_dir, drop_dependents=['"Order_voucherId_fkey" on public."Order"',
+                                                     '"Gift_redemptionId_fkey" on public."Gift"',
+                                                     '"Promo_voucherId_fkey" on public."Promo"'])
+    plan = Run("full-rollback", params).review()
+    assert plan.details["unacknowledged"] == [] and not any("names no object" in w for w in plan.warnings)
+    _, result, _ = review_then_execute(params)
+    assert result is not None and result.changed
+    with eng.connect() as c:
+        kept_after = {t: c.execute(sa.text(f'select array_agg(x::text order by x::text) from "{t}" x')).scalar()
+                      for t in ("Order", "Gift", "Promo")}
+        assert c.execute(sa.text("select count(*) from pg_constraint where contype = 'f' "
+                                 "and conrelid::regclass::text in ('\"Order\"', '\"Gift\"', '\"Promo\"')")
+                         ).scalar() == 0
+    assert kept_after == kept_before
+
+
 def test_failure_in_the_middle_of_the_ddl_leaves_everything_as_it_was(small_db, engine_for, prisma_dir, monkeypatch):
     eng = engine_for(small_db)
     before = fingerprint(eng)

@@ -260,12 +260,13 @@ def apply(conn: Connection, params: Params, names: NameMap, plan: Plan) -> Apply
                               "nothing was changed. Create their balance rows or use ledger_policy=keep")
         if rp.summary["rows_to_reverse"]:
             counts.update(tr.apply_reversal(conn, names, rp))
-    for u in disc.order:  # the guide's Step 2, dependents first
-        if u.is_seed and u.type == "table":
-            counts[f"rows deleted from {u.identity}"] = conn.execute(sa.text(f"delete from {u.identity}")).rowcount
-    for i, u in enumerate(disc.order):  # Step 3: drop in dependency order
+    for i, u in enumerate(disc.order):  # Steps 2 and 3, in dependency order (dependents first)
         if i == 1:
             faults.hit(MID_DDL)
+        if u.is_seed and u.type == "table":
+            # the guide's Step 2, each table just before its DROP: by then the foreign keys of other tables into it
+            # are gone, so their ON DELETE CASCADE / SET NULL / RESTRICT never touch (or stop on) kept rows
+            counts[f"rows deleted from {u.identity}"] = conn.execute(sa.text(f"delete from {u.identity}")).rowcount
         assert u.drop_sql
         conn.exec_driver_sql(u.drop_sql)
     counts["objects dropped"] = len(disc.order)
