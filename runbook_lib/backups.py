@@ -148,19 +148,25 @@ def require_recent_backup(incident_dir: Path, tables: list[str], fingerprint: st
                           override_reason: str | None) -> dict[str, Any]:
     """The newest backup in the incident of this target covering ``tables`` and younger than ``max_age``."""
     now = dt.datetime.now(dt.UTC)
+    altered: list[str] = []
     for folder, meta in find_backups(incident_dir):
         if meta.get("fingerprint") != fingerprint or not set(tables) <= set(meta.get("tables", {})):
             continue
         age = now - dt.datetime.fromisoformat(meta["created_at"])
         if age <= max_age:
+            # a backup that could not be restored protects nothing: its archive must be the one recorded
+            if _sha256(folder / meta.get("archive", ARCHIVE)) != meta.get("archive_sha256"):
+                altered.append(folder.name)
+                continue
             return {"backup": folder.name, "created_at": meta["created_at"], "age_hours": round(age.total_seconds()
                     / 3600, 2), "tables": sorted(meta["tables"])}
     if override_reason:
         return {"backup": None, "override_reason": override_reason}
+    why = (f" ({', '.join(altered)}: archive altered since it was taken, SHA-256 differs)" if altered else "")
     raise BackupRequiredError(
         f"no backup of {', '.join(tables)} from this database younger than {max_age.total_seconds() / 3600:g} h in "
-        f"incident {incident_dir.name}: run `runbook run backup --incident {incident_dir.name} --execute --approve "
-        "PLAN_ID` first, or pass backup_override_reason (recorded)", tables=tables)
+        f"incident {incident_dir.name}{why}: run `runbook run backup --incident {incident_dir.name} --execute "
+        "--approve PLAN_ID` first, or pass backup_override_reason (recorded)", tables=tables)
 
 
 def restore_archive(url: str, archive: Path, server_major: int, tables: list[str] | None = None,

@@ -146,7 +146,7 @@ def _nothing_left(conn: Connection, n: NameMap, k: int, expect_full_rollback: bo
         "select 'enum' as kind, t.typname::text as name from pg_type t join pg_namespace s on s.oid = t.typnamespace "
         "where s.nspname = :s and t.typtype = 'e' and t.typname = any(:enums) "
         "union all select 'column', c.table_name || '.' || c.column_name from information_schema.columns c "
-        "where c.table_schema = :s and c.udt_name = any(:enums) "
+        "where c.table_schema = :s and (c.udt_name = any(:enums) or ltrim(c.udt_name, '_') = any(:enums)) "
         "union all select 'table', c.relname::text from pg_class c join pg_namespace s on s.oid = c.relnamespace "
         "where s.nspname = :s and c.relname = any(:tables) and c.relkind in ('r', 'p', 'v', 'm')"), conn,
         params={"s": n.db_schema, "enums": enum_names, "tables": [n.table_name(V), n.table_name(R)]})

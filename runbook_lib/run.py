@@ -208,6 +208,10 @@ class Run:
                                     "(CLI: --approve PLAN_ID)")
             self._require_backup()
             p = self.params
+            # a procedure may need a step with no session of ours on the target (rehearsal: CREATE DATABASE …
+            # TEMPLATE); it returns the cleanup to run if the execute fails before apply took over
+            prepare = getattr(self.proc, "before_transaction", None)
+            cleanup = prepare(self.engine, p) if prepare is not None else None
             self.progress(f"opening the write transaction (lock_timeout {p.lock_timeout}, "
                           f"statement_timeout {p.statement_timeout})")
             before_id: str | None = None
@@ -246,6 +250,10 @@ class Run:
             except BaseException:
                 self.state["rolled_back"] = self._check_rolled_back(before_id)
                 raise
+            finally:
+                if cleanup is not None:
+                    with contextlib.suppress(Exception):  # never hides the run's own outcome
+                        cleanup()
             faults.hit("after_commit")
             self.result = result
             self.state["committed"] = result.changed

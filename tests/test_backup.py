@@ -122,6 +122,17 @@ def test_require_recent_backup_checks_age_tables_and_database(incident_db, targe
         "backup": None, "override_reason": "snapshot"}
 
 
+def test_guard_refuses_a_backup_whose_archive_was_altered(incident_db, target_env, tmp_path):
+    import datetime as dt
+
+    target_env(incident_db)
+    run_dir = take_backup(tmp_path, "ALT")
+    fp = json.loads((run_dir / "backup.json").read_text())["fingerprint"]
+    (run_dir / "backup.dump").write_bytes(b"truncated")  # the archive could no longer be restored
+    with pytest.raises(BackupRequiredError, match="archive altered"):
+        backups.require_recent_backup(tmp_path / "ALT", ["Voucher"], fp, dt.timedelta(hours=1), None)
+
+
 @pytest.mark.notebook
 def test_cli_backup_review_then_execute(incident_db, tmp_path):
     env = {k: v for k, v in os.environ.items() if k != "DATABASE_URL"}

@@ -120,3 +120,13 @@ def test_expect_full_rollback_fails_while_the_voucher_system_is_there(incident_d
     (check,) = result.checks
     assert not check.passed and check.count >= 4  # two tables, two enums, their enum-typed columns
     assert "table Voucher" in check.detail and "enum VoucherStatus" in check.detail
+
+
+def test_nothing_left_sees_enum_array_columns(incident_db, engine_for):
+    with engine_for(incident_db).begin() as c:
+        c.exec_driver_sql('drop table "VoucherRedemption"; alter table "Voucher" drop column status, drop column type')
+        c.exec_driver_sql('alter table "User" add column "seenStatuses" "VoucherStatus"[]')
+        c.exec_driver_sql('drop table "Voucher"; drop type "VoucherType"')
+    (check,) = run_checks(incident_db, only=["nothing_left_after_full_rollback"]).checks
+    assert not check.passed
+    assert "column User.seenStatuses" in check.detail and "enum VoucherStatus" in check.detail

@@ -152,6 +152,8 @@ def test_resolve_applied_after_completing_by_hand(failed_db, tmp_path):
     assert pd.notna(old["rolled_back_at"]) and pd.isna(old["finished_at"])
     assert pd.isna(new["rolled_back_at"]) and new["finished_at"] == new["started_at"]
     assert new["checksum"] == checksum(FAILED_SQL) and new["applied_steps_count"] == 0
+    assert new["logs"] == ""  # Prisma's markMigrationApplied writes an empty string, not NULL
+    assert old["logs"] and "42703" in old["logs"]  # the failed row keeps its error
     review = Run("migration-recovery", {"migrations_dir": str(folder)}).review()
     status = dict(zip(review.frames["migrations"]["migration"], review.frames["migrations"]["status"], strict=True))
     assert status[FAILED] == "applied"

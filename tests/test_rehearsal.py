@@ -63,3 +63,101 @@ def test_keep_copy_and_bad_inner_parameters(incident_db, target_env, pg_server):
         assert n and n > 0  # the copy holds the rehearsed change
     finally:
         pg_server.drop(result.counts["copy"])
+
+
+def _copies(pg_server) -> set[str]:
+    with sa.create_engine(pg_server.admin_url, poolclass=sa.pool.NullPool).connect() as a:
+        return {r[0] for r in a.execute(sa.text("select datname from pg_database where datname like 'rb_rehearsal_%'"))}
+
+
+def _review(params):
+    run = Run("rehearsal", params)
+    plan = run.review()
+    run.engine.dispose()  # the review's pooled session would count as "someone connected"
+    return plan
+
+
+def test_template_copy_when_the_target_is_idle(incident_db, target_env, pg_server):
+    target_env(incident_db)
+    params = {"rehearse": "token-reversal", "rehearse_parameters": INNER}
+    plan = _review(params)
+    assert plan.summary["copy by"].startswith("CREATE DATABASE")
+    before = _copies(pg_server)
+    result = Run("rehearsal", {**params, "mode": "execute", "approved_plan": plan.plan_id}).execute()
+    assert result is not None and result.counts["copied_by"] == "template"
+    assert result.counts["live_unchanged"] and result.counts["verification_passed"]
+    assert _copies(pg_server) == before
+
+
+def test_dump_copy_when_others_are_connected_and_a_failed_copy_is_dropped(incident_db, target_env, pg_server,
+                                                                          monkeypatch):
+    from runbook_lib import pgtools
+
+    target_env(incident_db)
+    params = {"rehearse": "token-reversal", "rehearse_parameters": INNER}
+    plan = _review(params)
+    before = _copies(pg_server)
+    app = sa.create_engine(incident_db, poolclass=sa.pool.NullPool)
+    with app.connect() as other:  # the application: TEMPLATE is impossible, pg_dump | pg_restore is used
+        other.exec_driver_sql("select 1")
+        result = Run("rehearsal", {**params, "mode": "execute", "approved_plan": plan.plan_id}).execute()
+        assert result is not None and result.counts["copied_by"] == "pg_dump | pg_restore"
+        assert _copies(pg_server) == before
+        real = pgtools.run_tool
+
+        def failing_restore(tool, url, args, **kw):
+            if tool.name == "pg_restore":
+                raise RuntimeError("pg_restore failed (simulated)")
+            return real(tool, url, args, **kw)
+
+        monkeypatch.setattr(pgtools, "run_tool", failing_restore)
+        with pytest.raises(RuntimeError, match="simulated"):
+            Run("rehearsal", {**params, "mode": "execute", "approved_plan": plan.plan_id}).execute()
+    app.dispose()
+    assert _copies(pg_server) == before  # the half-made copy is not left behind
+
+
+def test_a_template_copy_is_dropped_when_the_run_fails_before_apply(incident_db, target_env, pg_server, monkeypatch):
+    from runbook_lib.procedures import rehearsal
+
+    target_env(incident_db)
+    params = {"rehearse": "token-reversal", "rehearse_parameters": INNER}
+    plan = _review(params)
+    before = _copies(pg_server)
+
+    def refuse(*a, **k):
+        raise RuntimeError("lock failed (simulated)")
+
+    monkeypatch.setattr(rehearsal, "lock", refuse)
+    with pytest.raises(RuntimeError, match="simulated"):
+        Run("rehearsal", {**params, "mode": "execute", "approved_plan": plan.plan_id}).execute()
+    assert _copies(pg_server) == before
+
+
+def test_the_live_transaction_is_read_only(incident_db, engine_for):
+    from runbook_lib import db
+    from runbook_lib.names import NameMap
+    from runbook_lib.procedures import rehearsal
+
+    eng = engine_for(incident_db)
+    with pytest.raises(Exception, match="read-only"), db.write_transaction(
+            eng, lock_timeout_ms=1000, statement_timeout_ms=10000) as conn:
+        rehearsal.lock(conn, None, NameMap())  # type: ignore[arg-type]
+        conn.exec_driver_sql('update "Voucher" set "currentUses" = "currentUses"')
+
+
+def test_rehearse_restore_with_a_backup_of_the_live_database(incident_db, target_env, tmp_path):
+    from test_backup import corrupt, take_backup
+
+    target_env(incident_db)
+    take_backup(tmp_path, "RR")
+    corrupt(incident_db)
+    before = checksums(incident_db)
+    params = {"rehearse": "restore", "rehearse_parameters": {"backup": "latest"}}
+    review = run_procedure("rehearsal", params, incident="RR", evidence_root=tmp_path, progress_bar=False)
+    assert review.exit_code == 0, review.error
+    done = run_procedure("rehearsal", {**params, "mode": "execute", "approved_plan": review.plan_id}, incident="RR",
+                         evidence_root=tmp_path, progress_bar=False)
+    assert done.exit_code == 0, done.error
+    assert done.counts["verification_passed"] is True and done.counts["live_unchanged"] is True
+    assert checksums(incident_db) == before  # the live database stays corrupted: only the copy was restored

@@ -240,12 +240,13 @@ def mark_rolled_back(conn: Connection, db_schema: str, name: str) -> int:
 
 def mark_applied(conn: Connection, db_schema: str, name: str, script: bytes) -> dict[str, Any]:
     """``prisma migrate resolve --applied NAME``: failed rows marked rolled back, then a new finished row
-    (``started_at`` = ``finished_at``, no steps applied by Prisma, the file's checksum)."""
+    (``started_at`` = ``finished_at``, no steps applied by Prisma, the file's checksum, ``logs`` empty) — the
+    row ``mark_migration_applied_impl`` of Prisma's SQL schema connector inserts."""
     table = history_table(conn, db_schema)
     assert table is not None
     rolled = mark_rolled_back(conn, db_schema, name)
     row = {"id": str(uuid.uuid4()), "checksum": checksum(script), "migration_name": name}
     conn.execute(sa.text(
         f"insert into {table} (id, checksum, migration_name, logs, rolled_back_at, started_at, finished_at, "
-        "applied_steps_count) values (:id, :checksum, :migration_name, null, null, now(), now(), 0)"), row)
+        "applied_steps_count) values (:id, :checksum, :migration_name, '', null, now(), now(), 0)"), row)
     return {**row, "failed_rows_marked_rolled_back": rolled}

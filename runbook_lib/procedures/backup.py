@@ -70,7 +70,8 @@ def plan(conn: Connection, params: Params, names: NameMap) -> Plan:
 
 
 def lock(conn: Connection, params: Params, names: NameMap) -> None:
-    return None  # pg_dump takes its own ACCESS SHARE locks in its snapshot
+    # pg_dump takes its own ACCESS SHARE locks in its snapshot; this transaction only reads, and cannot write
+    conn.exec_driver_sql("SET TRANSACTION READ ONLY")
 
 
 def apply(conn: Connection, params: Params, names: NameMap, plan: Plan) -> ApplyResult:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import tempfile
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -66,6 +67,22 @@ def _inner_params(params: Params) -> dict[str, Any]:
     return values
 
 
+def _for_the_copy(conn: Connection, params: Params, inner: dict[str, Any]) -> dict[str, Any]:
+    """Inner parameters as they apply on the copy.
+
+    A restore rehearsal names a backup of the live database; the copy has its own fingerprint, so restore
+    would refuse that backup as "from another database". The backup is resolved here (in the incident, as the
+    real run would) and accepted on the copy only when it was taken from the live target itself."""
+    if params.rehearse != "restore":
+        return inner
+    incident = Path(params.evidence_dir).parent if params.evidence_dir else None
+    folder, meta = backups.load_backup(str(inner.get("backup", "latest")), incident)
+    out = {**inner, "backup": str(folder.resolve())}
+    if meta.get("fingerprint") == db.server_info(conn).fingerprint:
+        out["force_other_database"] = True
+    return out
+
+
 def _tables(params: Params, names: NameMap) -> list[str]:
     return [names.table_name(m) for m in procedures.get(params.rehearse).tables]
 
@@ -75,8 +92,9 @@ def plan(conn: Connection, params: Params, names: NameMap) -> Plan:
     info = db.server_info(conn)
     size = conn.execute(sa.text("select pg_database_size(current_database())")).scalar_one()
     others = conn.execute(sa.text("select count(*) from pg_stat_activity where datname = current_database() "
-                                  "and pid <> pg_backend_pid()")).scalar_one()
-    method = "CREATE DATABASE … TEMPLATE" if others == 0 else "pg_dump | pg_restore (others are connected)"
+                                  "and pid <> pg_backend_pid() and backend_type = 'client backend'")).scalar_one()
+    method = ("CREATE DATABASE … TEMPLATE (nobody else is connected now)" if others == 0
+              else f"pg_dump | pg_restore ({others} other sessions are connected)")
     summary = {"procedure to rehearse": params.rehearse, "target (read only)": info.database,
                "database size (MB)": round(int(size) / 1e6, 1), "copy by": method,
                "keep the copy": params.keep_copy}
@@ -86,7 +104,51 @@ def plan(conn: Connection, params: Params, names: NameMap) -> Plan:
 
 
 def lock(conn: Connection, params: Params, names: NameMap) -> None:
-    return None
+    # the live database is only read: from here on this transaction cannot write, even by mistake
+    conn.exec_driver_sql("SET TRANSACTION READ ONLY")
+
+
+#: copies made by :func:`before_transaction`, by id of the run's parameters, until apply takes them over
+_PREPARED: dict[int, str] = {}
+
+
+def before_transaction(engine: sa.engine.Engine, params: Params) -> Callable[[], None] | None:
+    """Called by the driver before it opens its transaction on the target, with no session of ours open there.
+
+    ``CREATE DATABASE … TEMPLATE`` refuses a source that has any other session — the runbook's own write
+    transaction included — so the TEMPLATE copy can only be made here. It is made when nobody is connected to
+    the target and the approved plan id is the current one; otherwise :func:`apply` falls back to
+    ``pg_dump | pg_restore``. Returns the cleanup the driver calls if the run fails before apply took the copy.
+    """
+    with db.read_only(engine) as conn:
+        current = plan(conn, params, NameMap()).plan_id
+        source = conn.execute(sa.text("select current_database()")).scalar_one()
+    engine.dispose()
+    if current != params.approved_plan:
+        return None  # the driver refuses the run with the usual message; no copy wasted
+    name = f"rb_rehearsal_{uuid.uuid4().hex[:10]}"
+    admin = sa.create_engine(engine.url.set(database="postgres"), isolation_level="AUTOCOMMIT",
+                             poolclass=sa.pool.NullPool)
+    try:
+        with admin.connect() as a:
+            busy = a.execute(sa.text("select count(*) from pg_stat_activity where datname = :d"),
+                             {"d": source}).scalar_one()
+            if busy:
+                return None  # TEMPLATE would wait, then fail: apply copies with pg_dump instead
+            a.exec_driver_sql(f"CREATE DATABASE {db.quote_ident(name)} TEMPLATE {db.quote_ident(source)}")
+    except sa.exc.DBAPIError:
+        return None  # a session arrived meanwhile: apply copies with pg_dump instead
+    finally:
+        admin.dispose()
+    _PREPARED[id(params)] = name
+
+    def cleanup() -> None:
+        left = _PREPARED.pop(id(params), None)
+        if left is not None:
+            db.run_autocommit(engine.url.set(database="postgres"),
+                              f"DROP DATABASE IF EXISTS {db.quote_ident(left)} WITH (FORCE)")
+
+    return cleanup
 
 
 def _admin(conn: Connection) -> sa.engine.Engine:
@@ -95,27 +157,29 @@ def _admin(conn: Connection) -> sa.engine.Engine:
 
 
 def make_copy(conn: Connection, name: str) -> str:
-    """Copy the target into a new database ``name``; returns how. TEMPLATE needs the target to be idle."""
-    source = conn.execute(sa.text("select current_database()")).scalar_one()
+    """Copy the target into a new database ``name`` with ``pg_dump | pg_restore``; returns how.
+
+    (``conn`` is a session on the target, so ``CREATE DATABASE … TEMPLATE`` is impossible here: that copy is
+    made by :func:`before_transaction`.) A copy that fails half-way is dropped, never left behind."""
     admin = _admin(conn)
     try:
         with admin.connect() as a:
-            try:
-                a.exec_driver_sql(f"CREATE DATABASE {db.quote_ident(name)} TEMPLATE {db.quote_ident(source)}")
-                return "template"
-            except sa.exc.DBAPIError:
-                a.exec_driver_sql(f"CREATE DATABASE {db.quote_ident(name)}")
+            a.exec_driver_sql(f"CREATE DATABASE {db.quote_ident(name)}")
     finally:
         admin.dispose()
-    major = pgtools.server_major(conn)
-    url = conn.engine.url.render_as_string(hide_password=False)
-    copy_url = conn.engine.url.set(database=name).render_as_string(hide_password=False)
-    with tempfile.TemporaryDirectory(prefix="rb-rehearsal-") as tmp:
-        archive = Path(tmp) / "copy.dump"
-        pgtools.run_tool(pgtools.find_tool("pg_dump", major), url,
-                         ["--format=custom", f"--file={archive}", "--no-owner", "--no-acl"])
-        pgtools.run_tool(pgtools.find_tool("pg_restore", major), copy_url,
-                         ["--no-owner", "--no-acl", "--single-transaction", "--exit-on-error", str(archive)])
+    try:
+        major = pgtools.server_major(conn)
+        url = conn.engine.url.render_as_string(hide_password=False)
+        copy_url = conn.engine.url.set(database=name).render_as_string(hide_password=False)
+        with tempfile.TemporaryDirectory(prefix="rb-rehearsal-") as tmp:
+            archive = Path(tmp) / "copy.dump"
+            pgtools.run_tool(pgtools.find_tool("pg_dump", major), url,
+                             ["--format=custom", f"--file={archive}", "--no-owner", "--no-acl"])
+            pgtools.run_tool(pgtools.find_tool("pg_restore", major), copy_url,
+                             ["--no-owner", "--no-acl", "--single-transaction", "--exit-on-error", str(archive)])
+    except BaseException:
+        drop_copy(conn, name)
+        raise
     return "pg_dump | pg_restore"
 
 
@@ -139,12 +203,16 @@ def apply(conn: Connection, params: Params, names: NameMap, plan: Plan) -> Apply
     tbls = _tables(params, names)
     live_url = conn.engine.url.render_as_string(hide_password=False)
     live_before = backups.table_checksums(conn, names.db_schema, tbls)
-    name = f"rb_rehearsal_{uuid.uuid4().hex[:10]}"
-    how = make_copy(conn, name)
+    prepared = _PREPARED.pop(id(params), None)  # from now on the copy is apply's to drop or keep
+    if prepared is not None:
+        name, how = prepared, "template"
+    else:
+        name = f"rb_rehearsal_{uuid.uuid4().hex[:10]}"
+        how = make_copy(conn, name)
     copy_url = conn.engine.url.set(database=name).render_as_string(hide_password=False)
     try:
         copy_before = _sums(copy_url, names.db_schema, tbls)
-        inner = plan.details["inner"]
+        inner = _for_the_copy(conn, params, plan.details["inner"])
         review = Run(params.rehearse, inner, url=copy_url).review()
         # the copy is the scratch database: confirm it as the target (a production mark is about the live one)
         ex = Run(params.rehearse, {**inner, "mode": "execute", "approved_plan": review.plan_id,
