@@ -33,12 +33,33 @@ def qualified(schema: str, table: str) -> str:
     return f"{quote_ident(schema)}.{quote_ident(table)}"
 
 
+# Settings that change how a row prints as text: fixed while a checksum is computed, so two databases (or
+# sessions) with another TimeZone, DateStyle … still agree on identical content.
+CANONICAL_TEXT_SETTINGS = {"TimeZone": "UTC", "DateStyle": "ISO, YMD", "IntervalStyle": "postgres",
+                           "extra_float_digits": "1", "bytea_output": "hex"}
+
+
 def table_checksum(conn: Connection, schema: str, table: str) -> dict[str, Any]:
-    """Row count and an order-independent content checksum of one table, computed in the database."""
-    row = conn.execute(sa.text(
-        f"select count(*), md5(coalesce(string_agg(h, '' order by h), '')) from "
-        f"(select md5(t::text) as h from {qualified(schema, table)} t) s")).one()
+    """Row count and an order-independent content checksum of one table, computed in the database.
+
+    The rows are printed with :data:`CANONICAL_TEXT_SETTINGS` (set for this statement's transaction, then put
+    back), so the checksum depends on the content only, not on the session's or database's settings."""
+    names = list(CANONICAL_TEXT_SETTINGS)
+    old = conn.execute(sa.text("select " + ", ".join(f"current_setting(:n{i})" for i in range(len(names)))),
+                       {f"n{i}": n for i, n in enumerate(names)}).one()
+    _set_local(conn, CANONICAL_TEXT_SETTINGS)
+    try:
+        row = conn.execute(sa.text(
+            f"select count(*), md5(coalesce(string_agg(h, '' order by h), '')) from "
+            f"(select md5(t::text) as h from {qualified(schema, table)} t) s")).one()
+    finally:
+        _set_local(conn, dict(zip(names, old, strict=True)))
     return {"rows": int(row[0]), "md5": str(row[1])}
+
+
+def _set_local(conn: Connection, settings: dict[str, str]) -> None:
+    conn.execute(sa.text("select " + ", ".join(f"set_config(:k{i}, :v{i}, true)" for i in range(len(settings)))),
+                 {**{f"k{i}": k for i, k in enumerate(settings)}, **{f"v{i}": v for i, v in enumerate(settings.values())}})
 
 
 def table_checksums(conn: Connection, schema: str, tables: Iterable[str]) -> dict[str, dict[str, Any]]:

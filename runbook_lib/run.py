@@ -297,7 +297,10 @@ class Run:
         with db.read_only(self.engine) as conn:
             fp = db.server_info(conn).fingerprint
             names = self._resolve(conn)
-        tables = [names.table_name(m) for m in getattr(self.proc, "tables", [])]
+        # a procedure may name the tables of this very execute (restore: the tables chosen from the backup)
+        guarded = getattr(self.proc, "guarded_tables", None)
+        models = guarded(p) if guarded is not None else getattr(self.proc, "tables", [])
+        tables = [names.table_name(m) for m in models]
         found = backups.require_recent_backup(
             self.evidence_dir.parent, tables, fp, dt.timedelta(hours=float(getattr(p, "backup_max_age_hours", 24))),
             reason)

@@ -96,9 +96,11 @@ def run_procedure(
             pm.execute_notebook(
                 str(nb_in), str(nb_out), parameters=injected, progress_bar=progress_bar, log_output=log_output,
                 kernel_name="python3", cwd=str(Path.cwd()), report_mode=False,
-                # the kernel's own startup warnings (e.g. "running over TCP without encryption" on a local
-                # socket) would break the one-line error contract on stderr; its errors still show
-                extra_arguments=["--IPKernelApp.log_level=ERROR"],
+                # the kernel's own log lines would break the one-line error contract on stderr: startup
+                # warnings ("running over TCP without encryption" on a local socket) and, at shutdown,
+                # "ERROR | KeyboardInterrupt caught in kernel" (jupyter_client interrupts the kernel before
+                # every shutdown). A cell's error still reaches us through papermill and the run state.
+                extra_arguments=["--IPKernelApp.log_level=CRITICAL"],
             )
         except pm.PapermillExecutionError as exc:
             papermill_error = f"{exc.ename}: {exc.evalue}"

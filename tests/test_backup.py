@@ -155,3 +155,24 @@ def test_cli_backup_review_then_execute(incident_db, tmp_path):
     password = sa.engine.make_url(incident_db).password
     if password:
         assert password not in r.stdout + r.stderr + done.stdout + done.stderr
+
+
+def test_checksum_does_not_depend_on_the_session_settings(fresh_db):
+    eng = sa.create_engine(fresh_db, poolclass=sa.pool.NullPool)
+    try:
+        with eng.begin() as c:
+            c.exec_driver_sql("create table t (at timestamptz, d interval, f float8, b bytea)")
+            c.exec_driver_sql("insert into t values ('2025-12-01 10:00+00', '1 day 2 hours', 0.1, '\\x00ff')")
+        sums = []
+        for tz, style in [("UTC", "ISO, YMD"), ("America/New_York", "SQL, DMY"), ("Asia/Kolkata", "German")]:
+            with eng.begin() as c:
+                c.exec_driver_sql(f"set timezone = '{tz}'")
+                c.exec_driver_sql(f"set datestyle = '{style}'")
+                c.exec_driver_sql("set intervalstyle = 'iso_8601'")
+                sums.append(backups.table_checksum(c, "public", "t"))
+                # the session's own settings are put back afterwards
+                assert c.exec_driver_sql("show timezone").scalar() == tz
+                assert c.exec_driver_sql("show intervalstyle").scalar() == "iso_8601"
+        assert sums[0] == sums[1] == sums[2]
+    finally:
+        eng.dispose()

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from test_backup import TABLES, corrupt, sums, take_backup
 
-from runbook_lib.errors import PolicyAbort
+from runbook_lib.errors import ParameterError, PolicyAbort
 from runbook_lib.run import Run
 from runbook_lib.runner import run_procedure
 
@@ -75,3 +75,40 @@ def test_altered_archive_is_refused(incident_db, target_env, tmp_path):
         f.write(b"tampered")
     with pytest.raises(Exception, match="altered"):
         Run("restore", {"backup": str(run_dir)}).review()
+
+
+def test_restoring_a_parent_without_its_referencing_tables_is_a_parameter_error(incident_db, target_env, tmp_path):
+    target_env(incident_db)
+    take_backup(tmp_path)
+    before = sums(incident_db)
+    with pytest.raises(ParameterError, match=r"also restore VoucherRedemption \(references Voucher\)"):
+        Run("restore", {"backup": "latest", "restore_tables": ["Voucher"],
+                        "evidence_dir": str(tmp_path / "INC" / "x")}).review()
+    assert sums(incident_db) == before
+    # both together are fine; so is the parent alone into another database (nothing there is emptied)
+    Run("restore", {"backup": "latest", "restore_tables": ["Voucher", "VoucherRedemption"],
+                    "evidence_dir": str(tmp_path / "INC" / "y")}).review()
+
+
+def test_backup_guard_wants_the_tables_this_restore_overwrites(incident_db, target_env, tmp_path):
+    """A backup of just the two voucher tables is enough to restore those two; restoring all four needs more."""
+    target_env(incident_db)
+    source = take_backup(tmp_path, "SRC")  # the source of the restore (all four tables), in another incident
+    corrupt(incident_db)
+    review = run_procedure("backup", {"models": ["Voucher", "VoucherRedemption"]}, incident="INC",
+                           evidence_root=tmp_path, progress_bar=False)
+    done = run_procedure("backup", {"models": ["Voucher", "VoucherRedemption"], "mode": "execute",
+                                    "approved_plan": review.plan_id}, incident="INC", evidence_root=tmp_path,
+                         progress_bar=False)
+    assert done.exit_code == 0, done.error
+    two = {"backup": str(source), "restore_tables": ["Voucher", "VoucherRedemption"]}
+    plan = run_procedure("restore", two, incident="INC", evidence_root=tmp_path, progress_bar=False)
+    ok = run_procedure("restore", {**two, "mode": "execute", "approved_plan": plan.plan_id}, incident="INC",
+                       evidence_root=tmp_path, progress_bar=False)
+    assert ok.exit_code == 0, ok.error
+    assert ok.manifest["backup"]["backup"]
+    four = {"backup": str(source)}
+    plan = run_procedure("restore", four, incident="INC", evidence_root=tmp_path, progress_bar=False)
+    refused = run_procedure("restore", {**four, "mode": "execute", "approved_plan": plan.plan_id}, incident="INC",
+                            evidence_root=tmp_path, progress_bar=False)
+    assert refused.exit_code == 14, refused.error

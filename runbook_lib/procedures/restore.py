@@ -93,6 +93,27 @@ def _chosen(params: Params, meta: dict[str, Any]) -> list[str]:
     return list(params.restore_tables)
 
 
+def guarded_tables(params: Params) -> list[str]:
+    """The tables this execute overwrites: the backup guard wants a recent backup of exactly these."""
+    return _chosen(params, _backup(params)[1])
+
+
+def _require_referencing_tables(conn: Connection, schema: str, chosen: list[str]) -> None:
+    """Restoring a table in place empties it first; a table referencing it by foreign key must be restored too
+    (otherwise TRUNCATE fails, or its rows would point nowhere)."""
+    edges = conn.execute(sa.text(
+        "select c.relname as child, p.relname as parent from pg_constraint k "
+        "join pg_class c on c.oid = k.conrelid join pg_class p on p.oid = k.confrelid "
+        "join pg_namespace n on n.oid = p.relnamespace "
+        "where k.contype = 'f' and n.nspname = :s and p.relname = any(:t) and c.oid <> p.oid "
+        "order by 1, 2"), {"s": schema, "t": chosen}).all()
+    missing = sorted({f"{child} (references {parent})" for child, parent in edges if child not in chosen})
+    if missing:
+        raise ParameterError(
+            f"parameter 'restore_tables': also restore {', '.join(missing)}: a table is emptied before it is "
+            "restored, and the tables referencing it would be left pointing nowhere", "restore_tables")
+
+
 def admin_url(conn: Connection) -> str:
     return conn.engine.url.set(database="postgres").render_as_string(hide_password=False)
 
@@ -156,6 +177,8 @@ def plan(conn: Connection, params: Params, names: NameMap, detail: bool = True) 
         warnings.append(f"the backup comes from another database ({meta['database']}): forced")
     chosen = _chosen(params, meta)
     schema = meta.get("schema", names.db_schema)
+    if not params.into_database:
+        _require_referencing_tables(conn, schema, chosen)
     rows = []
     live: dict[str, Any] = {}
     for t in chosen:
