@@ -106,16 +106,35 @@ def _depleted_status(conn: Connection, n: NameMap, k: int) -> Check:
         f"or (v.{st}::text = 'ACTIVE' and v.{mx} is not null and v.{uses} >= v.{mx})"), k)
 
 
+def _opening_sql(conn: Connection, n: NameMap) -> str:
+    """Per user, the balance the ledger starts from: 0 for a complete ledger. With a running-balance column the
+    first row tells (``balanceAfter - amount`` of the user's first row: earlier history archived or balances that
+    predate the ledger); without one nothing says otherwise, so every ledger is taken as complete."""
+    if not nmod.has_column(conn, n, L, "balanceAfter"):
+        return "select null::text as uid, 0::bigint as opening where false"
+    uid, ts, i = n.c(L, "userId"), n.c(L, "createdAt"), n.c(L, "id")
+    return (f"select distinct on ({uid}) {uid} as uid, coalesce({n.c(L, 'balanceAfter')} - {n.c(L, 'amount')}, 0)"
+            f"::bigint as opening from {n.t(L)} order by {uid}, {ts}, {i}")
+
+
 def _balance_vs_ledger(conn: Connection, n: NameMap, k: int) -> Check:
-    sql = (f"select b.{n.c(B, 'userId')} as user_id, b.{n.c(B, 'balance')}::bigint as balance, coalesce(l.total, 0) "
-           f"as ledger_sum, b.{n.c(B, 'balance')}::bigint - coalesce(l.total, 0) as drift from {n.t(B)} b "
+    bal = f"b.{n.c(B, 'balance')}::bigint"
+    expected = "coalesce(o.opening, 0) + coalesce(l.total, 0)"
+    sql = (f"select b.{n.c(B, 'userId')} as user_id, {bal} as balance, coalesce(o.opening, 0) as opening, "
+           f"coalesce(l.total, 0) as ledger_sum, {bal} - ({expected}) as drift from {n.t(B)} b "
            f"left join (select {n.c(L, 'userId')} as uid, sum({n.c(L, 'amount')})::bigint as total from {n.t(L)} "
-           f"group by 1) l on l.uid = b.{n.c(B, 'userId')} where b.{n.c(B, 'balance')} <> coalesce(l.total, 0)")
-    check = _count_and_sample(conn, "every balance equals its ledger sum", sql + " order by abs(b."
-                              f"{n.c(B, 'balance')}::bigint - coalesce(l.total, 0)) desc", k)
+           f"group by 1) l on l.uid = b.{n.c(B, 'userId')} left join ({_opening_sql(conn, n)}) o "
+           f"on o.uid = b.{n.c(B, 'userId')} where {bal} <> {expected}")
+    check = _count_and_sample(conn, "every balance equals its ledger sum", sql + f" order by abs({bal} - ({expected})) "
+                              "desc", k)
     total = int(conn.execute(sa.text(f"select coalesce(sum(drift), 0) from ({sql}) d")).scalar_one())
+    opened = int(conn.execute(sa.text(
+        f"select count(*) from ({_opening_sql(conn, n)}) o where o.opening <> 0")).scalar_one())
     check.detail = (f"{check.count} users drift from their ledger by {total:+,} tokens in total" if check.count
                     else "no drift: every balance equals the sum of its ledger")
+    if opened:
+        check.detail += (f"; {opened} users' ledgers start from an opening balance (their first row's balanceAfter "
+                         "- amount: earlier history not in the ledger), counted in")
     return check
 
 
@@ -124,11 +143,14 @@ def _running_balance(conn: Connection, n: NameMap, k: int) -> Check:
     if not nmod.has_column(conn, n, L, "balanceAfter"):
         return Check(title, True, 0, "the ledger has no running-balance column")
     ba = n.c(L, "balanceAfter")
+    # from the user's opening balance (0 for a complete ledger): each row is its predecessor plus its amount
     return _count_and_sample(conn, title, (
         f"select * from (select t.{n.c(L, 'id')} as ledger_id, t.{n.c(L, 'userId')} as user_id, "
         f"t.{n.c(L, 'createdAt')} as created_at, t.{n.c(L, 'amount')} as amount, t.{ba} as balance_after, "
-        f"sum(t.{n.c(L, 'amount')}) over (partition by t.{n.c(L, 'userId')} order by t.{n.c(L, 'createdAt')}, "
-        f"t.{n.c(L, 'id')}) as running from {n.t(L)} t) w where balance_after is not null and balance_after <> running"),
+        f"coalesce(o.opening, 0) + sum(t.{n.c(L, 'amount')}) over (partition by t.{n.c(L, 'userId')} "
+        f"order by t.{n.c(L, 'createdAt')}, t.{n.c(L, 'id')}) as running from {n.t(L)} t "
+        f"left join ({_opening_sql(conn, n)}) o on o.uid = t.{n.c(L, 'userId')}) w "
+        "where balance_after is not null and balance_after <> running"),
         k)
 
 

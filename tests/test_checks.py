@@ -130,3 +130,19 @@ def test_nothing_left_sees_enum_array_columns(incident_db, engine_for):
     (check,) = run_checks(incident_db, only=["nothing_left_after_full_rollback"]).checks
     assert not check.passed
     assert "column User.seenStatuses" in check.detail and "enum VoucherStatus" in check.detail
+
+
+def test_a_ledger_with_archived_history_is_checked_from_its_opening_balance(incident_db, engine_for):
+    """The ledger is complete only where it starts from zero: a user whose early rows were archived (the balance
+    and the later balanceAfter values still count them) is compared from the first row's opening balance."""
+    eng = engine_for(incident_db)
+    with eng.begin() as c:
+        c.exec_driver_sql("delete from \"TokenTransaction\" where id in (select id from \"TokenTransaction\" "
+                          "where \"userId\" = 'user_0003' order by \"createdAt\", id limit 2)")
+    result = run_checks(incident_db, only=["balance_vs_ledger", "running_balance"])
+    assert result.passed, result.table()
+    assert "1 users' ledgers start from an opening balance" in result.checks[0].detail
+    with eng.begin() as c:  # drift on top of the opening balance is still found, and measured
+        c.exec_driver_sql('update "UserTokenBalance" set balance = balance - 5 where "userId" = \'user_0003\'')
+    check = run_checks(incident_db, only=["balance_vs_ledger"]).checks[0]
+    assert not check.passed and check.count == 1 and "-5 tokens" in check.detail
