@@ -195,3 +195,33 @@ def test_html_copy_has_the_summary_and_review_files(incident_db, target_env, tmp
     affected = pd.read_parquet(out.run_dir / "affected_rows.parquet")
     assert len(affected) == out.summary["ledger rows to reverse"]
     assert out.manifest["exports"]["affected_rows"]["rows"] == len(affected)
+
+
+def test_a_live_run_of_another_process_is_not_archived_as_interrupted(tmp_path):
+    """Two operators in one incident: the second run must not take the first (still running) for dead."""
+    import subprocess
+    import sys
+    import time
+
+    marker = tmp_path / "live"
+    child = subprocess.Popen([sys.executable, "-c", (
+        "import sys, time; from pathlib import Path; from runbook_lib import evidence; "
+        f"d = evidence.new_run_dir(Path({str(tmp_path)!r}), 'L', 'token-reversal', 'execute', hold=True); "
+        f"Path({str(marker)!r}).write_text(str(d)); time.sleep(60)")])
+    try:
+        deadline = time.monotonic() + 60
+        while not marker.exists() and child.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.1)
+        live = Path(marker.read_text())
+        assert evidence.is_live(live)
+        other = evidence.new_run_dir(tmp_path, "L", "token-reversal", "review")
+        assert not (live / "manifest.json").exists()  # left alone: it archives itself when done
+        assert other.name.startswith("002_")
+        assert any("still running" in p for p in evidence.verify_incident(tmp_path / "L"))
+    finally:
+        child.kill()
+        child.wait()
+    assert not evidence.is_live(live)  # the process died: now it is an interrupted run
+    evidence.new_run_dir(tmp_path, "L", "token-reversal", "review")
+    m = json.loads((live / "manifest.json").read_text())
+    assert m["status"] == "failed" and "interrupted" in m["error"]["message"]
