@@ -277,6 +277,20 @@ def package_versions() -> dict[str, str | None]:
     return {"python": platform.python_version(), **{p: _version(p) for p in KEY_PACKAGES}}
 
 
+SELF_DIGEST = "manifest_sha256"
+
+
+def manifest_digest(manifest: dict[str, Any]) -> str:
+    """SHA-256 of a manifest's canonical JSON without its own digest field.
+
+    The chain protects a manifest through the next run's ``previous_manifest_sha256``; this digest also
+    covers the newest one, which has no successor (an edit by hand, e.g. ``failed`` -> ``succeeded``, shows).
+    """
+    body = {k: v for k, v in json.loads(json.dumps(manifest, default=str)).items() if k != SELF_DIGEST}
+    blob = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return hashlib.sha256(blob.encode()).hexdigest()
+
+
 def _file_hashes(run_dir: Path) -> dict[str, str]:
     return {p.relative_to(run_dir).as_posix(): sha256_file(p) for p in sorted(run_dir.rglob("*"))
             if p.is_file() and p.name != MANIFEST}
@@ -318,6 +332,7 @@ def _write_manifest(run_dir: Path, manifest: dict[str, Any]) -> dict[str, Any]:
     nb = m.get("notebook")
     if nb and nb in m["files"]:
         m["notebook_sha256"] = m["files"][nb]
+    m[SELF_DIGEST] = manifest_digest(m)
     path = run_dir / MANIFEST
     if path.exists():
         raise EvidenceError(f"{path} exists already; evidence is never overwritten")
@@ -413,6 +428,9 @@ def verify_incident(incident_dir: Path) -> list[str]:
             what = "unreadable" if (d / MANIFEST).is_file() else "missing"
             problems.append(f"{d.name}: manifest.json {what} (the run was never archived, or it was tampered with)")
             continue
+        if m.get(SELF_DIGEST) != manifest_digest(m):
+            problems.append(f"{d.name}: manifest.json was edited after the run was archived (its "
+                            f"{SELF_DIGEST} does not match its content)")
         if m.get("run") != d.name:
             problems.append(f"{d.name}: its manifest belongs to run {m.get('run')!r} (folders renamed or swapped)")
         recorded: dict[str, str] = m.get("files") or {}

@@ -107,6 +107,19 @@ def test_edited_manifest_breaks_the_chain(incident_with_three_runs):
     (first / "manifest.json").write_text(json.dumps(m, indent=2, sort_keys=True))
     problems = evidence.verify_incident(inc)
     assert any("002_" in p and "previous_manifest_sha256" in p for p in problems)
+    assert any(first.name in p and "manifest.json was edited" in p for p in problems)  # names the edited one
+
+
+def test_edited_last_manifest_is_detected(incident_with_three_runs):
+    """The newest manifest has no successor to chain it: its own digest must still catch an edit."""
+    inc = incident_with_three_runs
+    last = evidence.run_dirs(inc)[-1]
+    m = json.loads((last / "manifest.json").read_text())
+    m["operator"] = "someone-else"
+    (last / "manifest.json").write_text(json.dumps(m, indent=2, sort_keys=True))
+    problems = evidence.verify_incident(inc)
+    assert problems == [f"{last.name}: manifest.json was edited after the run was archived "
+                        "(its manifest_sha256 does not match its content)"]
 
 
 def test_added_file_is_detected(incident_with_three_runs):
