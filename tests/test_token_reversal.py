@@ -283,3 +283,12 @@ def test_users_without_a_balance_row_are_skipped_and_verify_agrees(incident_db, 
     assert by_design.count > 0
     _, led = snapshot(eng)
     assert led[led["reversalOfId"].notna() & (led["userId"] == uid)].empty  # left alone, as the review said
+
+
+def test_a_misspelled_notebook_parameter_is_refused_not_ignored(incident_db, target_env):
+    """papermill -p negative_polcy abort only warns; the notebook must not run with the default policy."""
+    target_env(incident_db)
+    with pytest.raises(ParameterError, match="negative_polcy.*unknown parameter"):
+        Run.from_namespace("token-reversal", {**WINDOW, "negative_polcy": "abort", "Run": Run, "In": [""]})
+    ok = Run.from_namespace("token-reversal", {**WINDOW, "negative_policy": "abort", "plan": None, "result": 1})
+    assert ok.params.negative_policy == "abort"
