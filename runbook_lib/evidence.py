@@ -23,6 +23,7 @@ import fcntl
 import hashlib
 import html
 import json
+import os
 import re
 import subprocess
 from collections.abc import Iterable, Iterator
@@ -74,19 +75,63 @@ def run_dirs(incident_dir: Path) -> list[Path]:
     return sorted(found, key=lambda p: (int(_RUN_DIR.match(p.name).group(1)), p.name))  # type: ignore[union-attr]
 
 
-def new_run_dir(root: Path, incident: str, procedure: str, mode: str) -> Path:
+#: run folders this process is still writing: an exclusive flock on the folder itself, held until
+#: ``release_run``. The kernel drops it when the process dies, so a folder without a manifest whose lock
+#: can be taken belongs to a dead run; one whose lock is held is a live run of another process.
+_HELD: dict[Path, int] = {}
+
+
+def _try_lock_dir(path: Path) -> int | None:
+    """An exclusive, non-blocking flock on a directory; its fd, or None when another process holds it."""
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        return None
+    return fd
+
+
+def is_live(run_dir: Path) -> bool:
+    """Is another process (or this one) still writing this run folder?"""
+    if run_dir.resolve() in _HELD:
+        return True
+    fd = _try_lock_dir(run_dir)
+    if fd is None:
+        return True
+    os.close(fd)
+    return False
+
+
+def release_run(run_dir: Path) -> None:
+    """Drop this process's hold on a run folder (after its manifest is written, or on the way out)."""
+    fd = _HELD.pop(Path(run_dir).resolve(), None)
+    if fd is not None:
+        os.close(fd)
+
+
+def new_run_dir(root: Path, incident: str, procedure: str, mode: str, *, hold: bool = False) -> Path:
     """Create ``root/incident/NNN_<utc time>_<procedure>_<mode>/``; never reuses or overwrites a folder.
 
-    Earlier runs of the incident that never got a manifest (their process was killed) are archived first
-    as ``failed``, so the chain stays complete and the evidence says what happened.
+    Earlier runs of the incident that never got a manifest and whose process is gone (killed) are archived
+    first as ``failed``, so the chain stays complete and the evidence says what happened; runs still in
+    progress in another process are left alone. With ``hold`` the new folder is marked live (see
+    ``release_run``) before the incident lock is released, so no concurrent run can take it for dead.
     """
     if not _INCIDENT.match(incident):
         raise EvidenceError(f"incident id {incident!r} may hold only letters, digits, '.', '_' and '-'")
     incident_dir = root / incident
     with _incident_lock(incident_dir):
         for d in run_dirs(incident_dir):
-            if not (d / MANIFEST).is_file():
+            if (d / MANIFEST).is_file() or d.resolve() in _HELD:
+                continue
+            fd = _try_lock_dir(d)
+            if fd is None:
+                continue  # a live run of another process: it archives itself
+            try:
                 _archive_interrupted(d)
+            finally:
+                os.close(fd)
         existing = [int(_RUN_DIR.match(p.name).group(1)) for p in run_dirs(incident_dir)]  # type: ignore[union-attr]
         n = max(existing, default=0) + 1
         stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ")
@@ -94,9 +139,14 @@ def new_run_dir(root: Path, incident: str, procedure: str, mode: str) -> Path:
             path = incident_dir / f"{n:03d}_{stamp}_{procedure}_{mode}"
             try:
                 path.mkdir(parents=False, exist_ok=False)
-                return path
             except FileExistsError:
                 n += 1
+                continue
+            if hold:
+                fd = _try_lock_dir(path)
+                if fd is not None:
+                    _HELD[path.resolve()] = fd
+            return path
 
 
 def _archive_interrupted(run_dir: Path) -> None:
@@ -227,6 +277,20 @@ def package_versions() -> dict[str, str | None]:
     return {"python": platform.python_version(), **{p: _version(p) for p in KEY_PACKAGES}}
 
 
+SELF_DIGEST = "manifest_sha256"
+
+
+def manifest_digest(manifest: dict[str, Any]) -> str:
+    """SHA-256 of a manifest's canonical JSON without its own digest field.
+
+    The chain protects a manifest through the next run's ``previous_manifest_sha256``; this digest also
+    covers the newest one, which has no successor (an edit by hand, e.g. ``failed`` -> ``succeeded``, shows).
+    """
+    body = {k: v for k, v in json.loads(json.dumps(manifest, default=str)).items() if k != SELF_DIGEST}
+    blob = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return hashlib.sha256(blob.encode()).hexdigest()
+
+
 def _file_hashes(run_dir: Path) -> dict[str, str]:
     return {p.relative_to(run_dir).as_posix(): sha256_file(p) for p in sorted(run_dir.rglob("*"))
             if p.is_file() and p.name != MANIFEST}
@@ -268,6 +332,7 @@ def _write_manifest(run_dir: Path, manifest: dict[str, Any]) -> dict[str, Any]:
     nb = m.get("notebook")
     if nb and nb in m["files"]:
         m["notebook_sha256"] = m["files"][nb]
+    m[SELF_DIGEST] = manifest_digest(m)
     path = run_dir / MANIFEST
     if path.exists():
         raise EvidenceError(f"{path} exists already; evidence is never overwritten")
@@ -309,7 +374,8 @@ def _rows(incident_dir: Path) -> list[dict[str, str]]:
         nb = m.get("notebook") or ""
         rows.append({
             "run": d.name, "time": str(m.get("started_at") or ""), "procedure": str(m.get("procedure") or "?"),
-            "mode": str(m.get("mode") or "?"), "status": str(m.get("status") or "NO MANIFEST"),
+            "mode": str(m.get("mode") or "?"),
+            "status": str(m.get("status") or ("running" if not m and is_live(d) else "NO MANIFEST")),
             "plan id": str(m.get("plan_id") or ""), "operator": str(m.get("operator") or ""),
             "figures": _counts_text(m), "error": str((m.get("error") or {}).get("message") or ""),
             "notebook": f"{d.name}/{nb}" if nb else "", "html": f"{d.name}/{Path(nb).with_suffix('.html').name}"
@@ -356,9 +422,15 @@ def verify_incident(incident_dir: Path) -> list[str]:
     chain: dict[int, tuple[Path, dict[str, Any], str]] = {}
     for d, m in load_manifests(incident_dir):
         if m is None:
+            if not (d / MANIFEST).is_file() and is_live(d):
+                problems.append(f"{d.name}: still running (not archived yet); verify again when it has finished")
+                continue
             what = "unreadable" if (d / MANIFEST).is_file() else "missing"
             problems.append(f"{d.name}: manifest.json {what} (the run was never archived, or it was tampered with)")
             continue
+        if m.get(SELF_DIGEST) != manifest_digest(m):
+            problems.append(f"{d.name}: manifest.json was edited after the run was archived (its "
+                            f"{SELF_DIGEST} does not match its content)")
         if m.get("run") != d.name:
             problems.append(f"{d.name}: its manifest belongs to run {m.get('run')!r} (folders renamed or swapped)")
         recorded: dict[str, str] = m.get("files") or {}

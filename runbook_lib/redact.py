@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import html
+import json
 import os
 import re
 from typing import Any
+from urllib.parse import quote, quote_plus
 
 from sqlalchemy.engine import make_url
 
@@ -53,7 +56,17 @@ def _known_secrets() -> list[str]:
     return sorted(set(found), key=len, reverse=True)
 
 
-_NOT_SECRET = {"PGHOST", "PGPORT", "PGDATABASE", "PGUSER", "TEST_DATABASE_URL_SCHEMA", "KEYTIMEOUT"}
+# PWD/OLDPWD are the shell's working directories (not passwords): masking them blanked every path
+# under the current directory in the evidence (papermill's input_path, tracebacks…)
+_NOT_SECRET = {"PGHOST", "PGPORT", "PGDATABASE", "PGUSER", "TEST_DATABASE_URL_SCHEMA", "KEYTIMEOUT", "PWD", "OLDPWD"}
+
+
+def _variants(secret: str) -> list[str]:
+    """The secret as it may appear in a JSON file (.ipynb, manifests), in HTML, or percent-encoded in a URL."""
+    js = json.dumps(secret, ensure_ascii=False)[1:-1]
+    forms = {secret, js, json.dumps(secret)[1:-1], html.escape(secret), html.escape(secret, quote=False),
+             html.escape(js), quote(secret, safe=""), quote_plus(secret, safe="")}
+    return sorted((f for f in forms if len(f) >= 3), key=len, reverse=True)
 
 
 def redact_text(text: str, extra_secrets: list[str] | None = None) -> str:
@@ -64,7 +77,8 @@ def redact_text(text: str, extra_secrets: list[str] | None = None) -> str:
     out = _KV_PASSWORD.sub(lambda m: m.group("head") + MASK, out)
     for secret in [*(extra_secrets or []), *_known_secrets()]:
         if secret and len(secret) >= 3:
-            out = out.replace(secret, MASK)
+            for form in _variants(secret):
+                out = out.replace(form, MASK)
     return out
 
 

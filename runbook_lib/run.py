@@ -76,9 +76,20 @@ class Run:
 
     @classmethod
     def from_namespace(cls, procedure: str, namespace: Mapping[str, Any], **more: Any) -> Run:
-        """Build a run from a notebook's variables (its parameters cell), taking only the procedure's names."""
+        """Build a run from a notebook's variables (its parameters cell), taking only the procedure's names.
+
+        A variable that looks like a misspelled parameter (``negative_polcy``, from a typo in the cell or
+        from ``papermill -p``, which only warns about unknown names) is passed on too, so validation refuses
+        it as an unknown parameter instead of the run silently using the default.
+        """
+        import difflib
+
         fields = procedures.get(procedure).Params.model_fields
-        return cls(procedure, {k: v for k, v in namespace.items() if k in fields}, **more)
+        simple = (str, int, float, bool, list, dict, type(None))
+        near_misses = {k: v for k, v in namespace.items()
+                       if k not in fields and not k.startswith("_") and isinstance(v, simple)
+                       and difflib.get_close_matches(k, list(fields), n=1, cutoff=0.8)}
+        return cls(procedure, {**near_misses, **{k: v for k, v in namespace.items() if k in fields}}, **more)
 
     # ----------------------------------------------------------------------------------------- state
     def _write_state(self) -> None:

@@ -72,8 +72,6 @@ def run_procedure(
     progress_bar: bool = True,
     log_output: bool = False,
 ) -> RunOutcome:
-    import papermill as pm
-
     from . import evidence
 
     proc = procedures.get(procedure)
@@ -82,7 +80,22 @@ def run_procedure(
     nb_in = notebooks_dir() / proc.NOTEBOOK
     if not nb_in.is_file():
         raise EvidenceError(f"notebook {nb_in} is missing from this installation")
-    run_dir = evidence.new_run_dir(Path(evidence_root), incident, proc.NAME, params.mode)
+    # held (flock on the folder) until archived: a concurrent run of the incident must not take it for dead
+    run_dir = evidence.new_run_dir(Path(evidence_root), incident, proc.NAME, params.mode, hold=True)
+    try:
+        return _run_in(run_dir, proc, params, incident=incident, operator=operator, progress_bar=progress_bar,
+                       log_output=log_output)
+    finally:
+        evidence.release_run(run_dir)
+
+
+def _run_in(run_dir: Path, proc: Any, params: params_mod.CommonParams, *, incident: str, operator: str | None,
+            progress_bar: bool, log_output: bool) -> RunOutcome:
+    import papermill as pm
+
+    from . import evidence
+
+    nb_in = notebooks_dir() / proc.NOTEBOOK
     nb_out = run_dir / proc.NOTEBOOK
     injected = {**params.public_dict(), "evidence_dir": str(run_dir)}
     papermill_error: str | None = None

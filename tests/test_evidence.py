@@ -107,6 +107,19 @@ def test_edited_manifest_breaks_the_chain(incident_with_three_runs):
     (first / "manifest.json").write_text(json.dumps(m, indent=2, sort_keys=True))
     problems = evidence.verify_incident(inc)
     assert any("002_" in p and "previous_manifest_sha256" in p for p in problems)
+    assert any(first.name in p and "manifest.json was edited" in p for p in problems)  # names the edited one
+
+
+def test_edited_last_manifest_is_detected(incident_with_three_runs):
+    """The newest manifest has no successor to chain it: its own digest must still catch an edit."""
+    inc = incident_with_three_runs
+    last = evidence.run_dirs(inc)[-1]
+    m = json.loads((last / "manifest.json").read_text())
+    m["operator"] = "someone-else"
+    (last / "manifest.json").write_text(json.dumps(m, indent=2, sort_keys=True))
+    problems = evidence.verify_incident(inc)
+    assert problems == [f"{last.name}: manifest.json was edited after the run was archived "
+                        "(its manifest_sha256 does not match its content)"]
 
 
 def test_added_file_is_detected(incident_with_three_runs):
@@ -195,3 +208,33 @@ def test_html_copy_has_the_summary_and_review_files(incident_db, target_env, tmp
     affected = pd.read_parquet(out.run_dir / "affected_rows.parquet")
     assert len(affected) == out.summary["ledger rows to reverse"]
     assert out.manifest["exports"]["affected_rows"]["rows"] == len(affected)
+
+
+def test_a_live_run_of_another_process_is_not_archived_as_interrupted(tmp_path):
+    """Two operators in one incident: the second run must not take the first (still running) for dead."""
+    import subprocess
+    import sys
+    import time
+
+    marker = tmp_path / "live"
+    child = subprocess.Popen([sys.executable, "-c", (
+        "import sys, time; from pathlib import Path; from runbook_lib import evidence; "
+        f"d = evidence.new_run_dir(Path({str(tmp_path)!r}), 'L', 'token-reversal', 'execute', hold=True); "
+        f"Path({str(marker)!r}).write_text(str(d)); time.sleep(60)")])
+    try:
+        deadline = time.monotonic() + 60
+        while not marker.exists() and child.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.1)
+        live = Path(marker.read_text())
+        assert evidence.is_live(live)
+        other = evidence.new_run_dir(tmp_path, "L", "token-reversal", "review")
+        assert not (live / "manifest.json").exists()  # left alone: it archives itself when done
+        assert other.name.startswith("002_")
+        assert any("still running" in p for p in evidence.verify_incident(tmp_path / "L"))
+    finally:
+        child.kill()
+        child.wait()
+    assert not evidence.is_live(live)  # the process died: now it is an interrupted run
+    evidence.new_run_dir(tmp_path, "L", "token-reversal", "review")
+    m = json.loads((live / "manifest.json").read_text())
+    assert m["status"] == "failed" and "interrupted" in m["error"]["message"]

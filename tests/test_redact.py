@@ -39,3 +39,26 @@ def test_redact_obj_masks_secret_keys_not_figures():
                       "nested": ["postgresql://a:pw123456@h/db"]})
     assert out["password"] == MASK and out["counts"]["tokens_reversed"] == 5 and out["verification_passed"] is True
     assert "pw123456" not in out["nested"][0]
+
+
+def test_secrets_are_masked_in_their_json_html_and_url_encoded_forms(monkeypatch):
+    import html
+    import json
+    from urllib.parse import quote
+
+    pw = 'p"a\\ss<&>wörd'
+    monkeypatch.setenv("DATABASE_URL", f"postgresql://app:{quote(pw, safe='')}@db/app")
+    monkeypatch.setenv("PGPASSWORD", pw)
+    for text in (json.dumps({"out": f"pw {pw}"}), json.dumps({"out": f"pw {pw}"}, ensure_ascii=False),
+                 f"<pre>{html.escape(pw)}</pre>", f"dsn ?password_enc={quote(pw, safe='')}", pw):
+        out = redact_text(text)
+        assert MASK in out, text
+        assert pw not in out and json.dumps(pw)[1:-1] not in out and html.escape(pw) not in out, out
+        assert quote(pw, safe="") not in out, out
+
+
+def test_the_working_directory_is_not_a_secret(monkeypatch):
+    monkeypatch.setenv("PWD", "/srv/runbooks/work")
+    monkeypatch.setenv("OLDPWD", "/srv/runbooks/old")
+    assert redact_text("input_path /srv/runbooks/work/notebooks/x.ipynb") == (
+        "input_path /srv/runbooks/work/notebooks/x.ipynb")

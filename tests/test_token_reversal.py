@@ -40,8 +40,8 @@ def expected_after(bal: pd.DataFrame, led: pd.DataFrame, policy: str = "allow") 
         if uid not in after.index:
             continue
         new = after[uid] - total
-        if policy == "clamp":
-            new = max(new, 0)
+        if policy == "clamp":  # stop at zero, or where an already negative balance was: never raised
+            new = max(new, min(after[uid], 0))
         elif policy == "skip" and new < 0:
             continue
         after[uid] = new
@@ -238,3 +238,57 @@ def test_production_target_needs_confirmation(incident_db, engine_for, target_en
     dbname = sa.engine.make_url(incident_db).database
     result = Run("token-reversal", {**execute, "confirm_target": dbname}).execute()
     assert result is not None and result.changed
+
+
+def _in_window_user(eng: sa.engine.Engine) -> str:
+    with eng.connect() as c:
+        return str(c.execute(sa.text(
+            'select min("userId") from "TokenTransaction" where source = \'voucher_redemption\' '
+            'and "createdAt" >= \'2025-12-01\' and "createdAt" < \'2025-12-03\'')).scalar_one())
+
+
+@pytest.mark.parametrize("ledger_mode", ["compensate", "delete"])
+def test_clamp_never_raises_a_balance_that_was_already_negative(incident_db, engine_for, target_env, ledger_mode):
+    target_env(incident_db)
+    eng = engine_for(incident_db)
+    uid = _in_window_user(eng)
+    with eng.begin() as c:  # an earlier incident's reversal (policy allow) left this user below zero
+        c.execute(sa.text('insert into "TokenTransaction"(id, "userId", amount, type, source, "createdAt", '
+                          '"balanceAfter") select \'old_debt\', :u, -1000, \'DEBIT\', \'spend\', '
+                          '\'2026-01-31\', balance - 1000 from "UserTokenBalance" where "userId" = :u'), {"u": uid})
+        c.execute(sa.text('update "UserTokenBalance" set balance = balance - 1000 where "userId" = :u'), {"u": uid})
+    bal0, led0 = snapshot(eng)
+    assert bal0.loc[uid, "balance"] < 0
+    expected = expected_after(bal0, led0, "clamp")
+    plan, result, ex = review_then_execute(negative_policy="clamp", ledger_mode=ledger_mode)
+    bal1, _ = snapshot(eng)
+    assert bal1.loc[uid, "balance"] == bal0.loc[uid, "balance"]  # not lifted to zero by a reversal
+    pd.testing.assert_series_equal(bal1["balance"].sort_index(), expected.sort_index(), check_names=False)
+    assert plan.summary["users left negative"] == 1 == result.counts["users_left_negative"]
+    assert ex.verify().passed, ex.verify().table()
+
+
+def test_users_without_a_balance_row_are_skipped_and_verify_agrees(incident_db, engine_for, target_env):
+    target_env(incident_db)
+    eng = engine_for(incident_db)
+    uid = _in_window_user(eng)
+    with eng.begin() as c:
+        c.execute(sa.text('delete from "UserTokenBalance" where "userId" = :u'), {"u": uid})
+    plan, result, ex = review_then_execute()
+    assert any("no balance row" in w for w in plan.warnings)
+    assert uid in set(plan.frames["negative"]["userId"])
+    checks = {c.name: c for c in ex.verify().checks}
+    assert checks["no selected ledger row left unreversed"].passed
+    by_design = checks["rows left by the policy (skipped users, users without a balance row)"]
+    assert by_design.count > 0
+    _, led = snapshot(eng)
+    assert led[led["reversalOfId"].notna() & (led["userId"] == uid)].empty  # left alone, as the review said
+
+
+def test_a_misspelled_notebook_parameter_is_refused_not_ignored(incident_db, target_env):
+    """papermill -p negative_polcy abort only warns; the notebook must not run with the default policy."""
+    target_env(incident_db)
+    with pytest.raises(ParameterError, match="negative_polcy.*unknown parameter"):
+        Run.from_namespace("token-reversal", {**WINDOW, "negative_polcy": "abort", "Run": Run, "In": [""]})
+    ok = Run.from_namespace("token-reversal", {**WINDOW, "negative_policy": "abort", "plan": None, "result": 1})
+    assert ok.params.negative_policy == "abort"

@@ -11,7 +11,8 @@ Where the guide is wrong, and what this procedure does instead:
   balances adjusted in the same transaction.
 * Tokens already spent make balances negative. The review lists them; ``negative_policy`` decides:
   ``allow`` (flagged), ``clamp`` to zero (the shortfall is written to the ledger as an adjustment row so the
-  ledger still sums to the balance), ``skip`` those users, or ``abort``.
+  ledger still sums to the balance; a balance that was already below zero stays where it was, never raised),
+  ``skip`` those users, or ``abort``.
 * Rows already reversed (a ledger row points to them through ``reversalOfId``) or already deleted are not
   reversed again, so a second execute changes nothing.
 """
@@ -164,7 +165,9 @@ def _decision_sql(q: dict[str, str], policy: str) -> str:
     """Per user: count, total, balance before, included?, new balance, shortfall (clamp)."""
     raw_after = "(b.bal - p.total)"
     if policy == "clamp":
-        new_bal, shortfall = f"greatest({raw_after}, 0)", f"greatest(-{raw_after}, 0)"
+        # stop at zero, or where the balance already was if it was below zero: a reversal never raises a balance
+        floor = "least(b.bal, 0)"
+        new_bal, shortfall = f"greatest({raw_after}, {floor})", f"greatest({floor} - {raw_after}, 0)"
     else:
         new_bal, shortfall = raw_after, "0"
     include = "b.bal is not null" + (f" and {raw_after} >= 0" if policy == "skip" else "")
@@ -225,6 +228,7 @@ def plan_reversal(
           count(*) filter (where raw_after < 0 and before is not null) as users_negative,
           coalesce(sum(-raw_after) filter (where raw_after < 0 and before is not null),0) as negative_tokens,
           count(*) filter (where before is null) as users_without_balance,
+          count(*) filter (where included and new_balance < 0) as users_left_negative,
           count(*) filter (where not included) as users_excluded,
           coalesce(sum(n) filter (where included),0) as rows_to_reverse,
           coalesce(sum(total) filter (where included),0) as tokens_to_reverse,
@@ -258,7 +262,7 @@ def plan_reversal(
           case when included then new_balance else before end as "balance_after",
           case when before is null then 'no balance row: skipped'
                when not included then 'skipped (would go negative)'
-               when raw_after < 0 and shortfall > 0 then 'clamped to 0, shortfall ' || shortfall
+               when raw_after < 0 and shortfall > 0 then 'clamped, shortfall ' || shortfall
                when raw_after < 0 then 'NEGATIVE' else '' end as "flag"
         from decided order by total desc, user_id limit :top"""), {**where_params, "top": top_users}).mappings().all())
     rp.frames["negative"] = pd.DataFrame(conn.execute(sa.text(base + """
@@ -447,8 +451,19 @@ def check_reversal(conn: Connection, names: NameMap, rp: ReversalPlan, counts: d
         problems.append(f"{unreversed} affected ledger rows are not reversed exactly once")
     if counts["balances_updated"] != counts["users_affected"]:
         problems.append(f"{counts['balances_updated']} balance rows updated for {counts['users_affected']} users")
-    if rp.negative_policy in ("clamp", "skip") and counts["users_left_negative"]:
-        problems.append(f"{counts['users_left_negative']} balances negative despite policy {rp.negative_policy}")
+    if rp.negative_policy in ("clamp", "skip"):
+        # no balance may end below zero, nor below where it was when it was negative already
+        pushed_below = conn.execute(sa.text(
+            f"select count(*) from rb_users u join {q['bal']} b on b.{q['b_uid']} = u.user_id "
+            f"where u.included and b.{q['b_bal']} < least(u.before, 0)")).scalar_one()
+        if pushed_below:
+            problems.append(f"{pushed_below} balances pushed below zero despite policy {rp.negative_policy}")
+    if rp.negative_policy == "clamp":
+        raised = conn.execute(sa.text(
+            f"select count(*) from rb_users u join {q['bal']} b on b.{q['b_uid']} = u.user_id "
+            f"where u.included and b.{q['b_bal']} > u.before")).scalar_one()
+        if raised:
+            problems.append(f"{raised} balances raised by a reversal (clamp must never add tokens)")
     expected_rows = rp.summary["rows_to_reverse"]
     if counts["rows_reversed"] != expected_rows:
         problems.append(f"reversed {counts['rows_reversed']} rows, the plan said {expected_rows}")
@@ -515,7 +530,7 @@ def _to_plan(rp: ReversalPlan, params: Params) -> Plan:
         "ledger rows to reverse": s["rows_to_reverse"],
         "users affected": s["users"] - s["users_excluded"],
         "tokens to reverse": s["tokens_to_reverse"],
-        "users left negative": s["users_negative"] if params.negative_policy == "allow" else 0,
+        "users left negative": s["users_left_negative"],
         "users going negative (before policy)": s["users_negative"],
         "users skipped": s["users_excluded"],
         "clamp shortfall": s["clamp_shortfall"],
@@ -588,11 +603,17 @@ def verify(conn: Connection, params: Params, names: NameMap, plan: Plan | None) 
     where_sql, where_params = selection(conn, params, names)
     q = _n(names)
     has_link = nmod.has_column(conn, names, "TokenTransaction", "reversalOfId")
-    left = int(conn.execute(sa.text(
-        f"with {_affected_cte(q, where_sql, has_link)} select count(*) from affected"), where_params).scalar_one())
-    checks = [Check("no selected ledger row left unreversed", left == 0 or params.negative_policy == "skip", left,
-                    "rows in the selection without a reversal" + (" (skipped users keep theirs)"
-                                                                   if params.negative_policy == "skip" else ""))]
+    # rows still unreversed, split by the policy's decision for their user: rows of users the policy
+    # reverses must be gone; users it leaves out (skip, or no balance row) keep theirs, and are counted
+    left, by_design = (int(x) for x in conn.execute(sa.text(
+        f"with {_affected_cte(q, where_sql, has_link)}, {_decision_sql(q, params.negative_policy)} "
+        "select coalesce(sum(n) filter (where included), 0), coalesce(sum(n) filter (where not included), 0) "
+        "from decided"), where_params).one())
+    checks = [Check("no selected ledger row left unreversed", left == 0, left,
+                    "rows in the selection without a reversal, of users the policy reverses")]
+    if by_design:
+        checks.append(Check("rows left by the policy (skipped users, users without a balance row)", True, by_design,
+                            "listed in the review; not reversed by design"))
     if plan is not None and plan.details.get("after_expected") is not None:
         exp: pd.DataFrame = plan.details["after_expected"]
         if len(exp):
