@@ -373,8 +373,9 @@ def apply_reversal(conn: Connection, names: NameMap, rp: ReversalPlan) -> dict[s
             vals.append("'Reversal of ' || a.id || ' (voucher incident runbook)'")
         if rp.has_balance_after:
             cols.append(q["ba"])
-            # the reversal rows share one timestamp, so the ledger orders them by id ('rev_' || original id)
-            vals.append("u.before - sum(a.amount) over (partition by a.user_id order by a.id)")
+            # the reversal rows share one timestamp, so the ledger orders them by their own id ('rev_' || original id);
+            # ordering by that same expression keeps the two in step in any collation
+            vals.append("u.before - sum(a.amount) over (partition by a.user_id order by 'rev_' || a.id)")
         counts["ledger_rows_inserted"] = conn.execute(sa.text(
             f"insert into {q['ledger']} ({', '.join(cols)}) select {', '.join(vals)} from rb_affected a "
             "join rb_users u on u.user_id = a.user_id"),
