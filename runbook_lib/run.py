@@ -226,6 +226,7 @@ class Run:
             self.progress(f"opening the write transaction (lock_timeout {p.lock_timeout}, "
                           f"statement_timeout {p.statement_timeout})")
             before_id: str | None = None
+            xid: int | None = None
             try:
                 with db.write_transaction(self.engine, lock_timeout_ms=p.lock_timeout_ms(),
                                           statement_timeout_ms=p.statement_timeout_ms(),
@@ -233,6 +234,9 @@ class Run:
                     info = db.server_info(conn)
                     self.server = info.as_dict()
                     self.state["database"] = self.server
+                    # the transaction's id: after a failure, the server itself says whether it was rolled back
+                    xid = int(conn.exec_driver_sql("select txid_current()").scalar_one())
+                    self.state["transaction_id"] = xid
                     self._production_guard(info.database)
                     names = self.names = self._resolve(conn)
                     faults.hit("before_lock")
@@ -259,7 +263,7 @@ class Run:
                         faults.hit("before_commit")
                     self.plan = plan2
             except BaseException:
-                self.state["rolled_back"] = self._check_rolled_back(before_id)
+                self.state["rolled_back"] = self._check_rolled_back(before_id, xid)
                 raise
             finally:
                 if cleanup is not None:
@@ -275,17 +279,33 @@ class Run:
         self._refresh_summary()
         return result
 
-    def _check_rolled_back(self, before_id: str | None) -> dict[str, Any]:
-        """After a failed execute, prove the database is as before: the plan recomputed now is unchanged."""
-        if before_id is None:
+    def _check_rolled_back(self, before_id: str | None, xid: int | None = None) -> dict[str, Any]:
+        """After a failed execute, prove the database is as before: the server's own record of the transaction
+        (``txid_status``: aborted, not committed), and the plan recomputed now equal to the plan under the locks.
+        Application writes after the failure can change the plan; the transaction status is then what counts."""
+        if before_id is None and xid is None:
             return {"checked": True, "rolled_back": True, "how": "the failure came before any statement changed data"}
+        status: str | None = None
+        now_id: str | None = None
         try:
             with db.read_only(self.engine) as conn:
-                now_id = self._plan(conn, self._resolve(conn), detail=False).plan_id
+                if xid is not None:
+                    status = conn.execute(sa.text("select txid_status(:x)"), {"x": xid}).scalar()
+                if before_id is not None:
+                    now_id = self._plan(conn, self._resolve(conn), detail=False).plan_id
         except Exception as exc:  # noqa: BLE001 - reported, not raised over the original error
             return {"checked": False, "rolled_back": None, "how": f"could not re-check: {redact_text(str(exc))[:300]}"}
-        return {"checked": True, "rolled_back": now_id == before_id,
-                "how": f"plan recomputed after the failure: {now_id} (before the transaction: {before_id})"}
+        how = []
+        if xid is not None:
+            how.append(f"transaction {xid} is {status or 'unknown'} (txid_status)")
+        if before_id is not None:
+            how.append(f"plan recomputed after the failure: {now_id} (under the locks: {before_id})"
+                       + ("" if now_id == before_id else "; it differs: other sessions wrote since"))
+        if status in ("aborted", "committed"):
+            rolled_back: bool | None = status == "aborted"
+        else:  # no transaction id, or one too old to know: the plan comparison decides
+            rolled_back = now_id == before_id if before_id is not None else None
+        return {"checked": rolled_back is not None, "rolled_back": rolled_back, "how": "; ".join(how)}
 
     def _require_backup(self) -> None:
         """Destructive executes need a recent backup of their tables in this incident, or a recorded override."""

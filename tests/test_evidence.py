@@ -191,6 +191,7 @@ def test_failed_execute_is_archived_with_a_checked_rollback(incident_db, target_
     m = failed.manifest
     assert m["status"] == "failed" and "injected fault" in m["error"]["message"]
     assert m["rolled_back"]["checked"] is True and m["rolled_back"]["rolled_back"] is True
+    assert "is aborted (txid_status)" in m["rolled_back"]["how"]
     assert (failed.run_dir / "token_reversal.ipynb").is_file() and (failed.run_dir / "token_reversal.html").is_file()
     pd.testing.assert_frame_equal(before, _ledger(incident_db))
     assert evidence.verify_incident(root / "F") == []
@@ -238,3 +239,24 @@ def test_a_live_run_of_another_process_is_not_archived_as_interrupted(tmp_path):
     evidence.new_run_dir(tmp_path, "L", "token-reversal", "review")
     m = json.loads((live / "manifest.json").read_text())
     assert m["status"] == "failed" and "interrupted" in m["error"]["message"]
+
+
+def test_rollback_check_trusts_the_server_over_a_plan_moved_by_other_sessions(incident_db, target_env):
+    """Application writes after a failed execute change the recomputed plan; the transaction's own status
+    (txid_status) still says it was rolled back. A committed transaction is never reported as rolled back."""
+    from runbook_lib.run import Run
+
+    target_env(incident_db)
+    run = Run("token-reversal", WINDOW)
+    plan_id = run.review().plan_id
+    eng = sa.create_engine(incident_db, poolclass=sa.pool.NullPool)
+    xids = {}
+    for outcome in ("aborted", "committed"):
+        with eng.connect() as c:
+            xids[outcome] = int(c.exec_driver_sql("select txid_current()").scalar_one())
+            c.commit() if outcome == "committed" else c.rollback()
+    eng.dispose()
+    moved = run._check_rolled_back("0" * 24, xids["aborted"])  # the plan differs now: other sessions wrote
+    assert moved["checked"] is True and moved["rolled_back"] is True and "it differs" in moved["how"]
+    assert run._check_rolled_back(plan_id, xids["committed"])["rolled_back"] is False
+    assert run._check_rolled_back(plan_id, None)["rolled_back"] is True  # no id: the plan comparison decides
