@@ -123,6 +123,8 @@ def test_kill_or_terminate_at_random_points(pg_server, states, tmp_path, figures
             partial.append(f"trial {i}: {key} {kind} at {point}: {got}, expected {expected}")
         if kind == "terminate" and point != "after_commit":
             assert proc.returncode != 0, f"trial {i}: the runbook did not notice its session was terminated"
+            err = proc.stderr.read() if proc.stderr else ""
+            assert "SessionInterruptedError" in err, f"trial {i}: {err[-1500:]}"
         pg_server.drop(name)
     print(f"crash trials per procedure: {tally}")
     assert partial == []
@@ -194,3 +196,37 @@ def _alive(pid: int) -> bool:
     except OSError:
         return False
     return True
+
+
+def test_terminated_session_is_reported_as_interrupted(incident_db, pg_server, tmp_path, figures):
+    """pg_terminate_backend during execute, through the CLI: its own exit status (15, not 'cannot reach the
+    target' of an unreachable server), one line saying what happened, the database as before, evidence failed."""
+    params = ["-p", "since", "2025-12-01T00:00:00Z", "-p", "until", "2025-12-03T00:00:00Z"]
+    review = _cli(["run", "token-reversal", *params, "--incident", "TERM"], incident_db, tmp_path)
+    out, err = review.communicate(timeout=300)
+    assert review.returncode == 0, err
+    plan_id = next(line.split()[-1] for line in out.splitlines() if line.startswith("plan id:"))
+    before = db_state(incident_db)
+    marker = tmp_path / "term-marker"
+    ex = _cli(["run", "token-reversal", *params, "--incident", "TERM", "--execute", "--approve", plan_id],
+              incident_db, tmp_path, {"RUNBOOK_FAULT": "after_apply:sleep:30", "RUNBOOK_FAULT_MARKER": str(marker)})
+    try:
+        assert wait_for(marker, ex) is not None
+        assert terminate_runbook_sessions(pg_server.admin_url, sa.engine.make_url(incident_db).database) >= 1
+        _, err = ex.communicate(timeout=120)
+    finally:
+        if ex.poll() is None:
+            ex.kill()
+    figures["trials"] += 1
+    figures["faults_injected"] += 1
+    lines = err.strip().splitlines()
+    assert ex.returncode == 15 and len(lines) == 1, err
+    assert "SessionInterruptedError" in lines[0] and "before COMMIT" in lines[0] and "cannot reach" not in lines[0]
+    state = db_state(incident_db)
+    if state != before:
+        figures["partial_states"] += 1
+    assert state == before
+    run_dir = sorted(p for p in (tmp_path / "incidents" / "TERM").iterdir() if p.is_dir())[-1]
+    manifest = json.loads((run_dir / "manifest.json").read_text())
+    assert manifest["status"] == "failed" and manifest["error"]["exit_code"] == 15
+    assert manifest["rolled_back"]["rolled_back"] is True
