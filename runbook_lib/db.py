@@ -14,7 +14,14 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import DBAPIError, OperationalError
 
-from .errors import ConcurrentRunError, LockTimeoutError, ParameterError, RunbookError, TargetError
+from .errors import (
+    ConcurrentRunError,
+    LockTimeoutError,
+    ParameterError,
+    RunbookError,
+    SessionInterruptedError,
+    TargetError,
+)
 from .redact import redact_text, redact_url
 
 ENV_VAR = "DATABASE_URL"
@@ -54,16 +61,39 @@ def make_engine(url: str | None = None, application_name: str = "runbook") -> En
     )
 
 
-def translate_error(exc: BaseException, url: str | None = None) -> RunbookError:
-    """Map a driver error to the matching RunbookError, its text redacted and on one line."""
+#: driver texts of a connection that was open and is gone (terminated, server restart, network)
+_LOST = ("terminating connection", "server closed the connection", "connection already closed",
+         "could not receive data from server", "could not send data to server", "ssl syscall error",
+         "connection has been closed unexpectedly", "no connection to the server")
+
+
+def translate_error(exc: BaseException, url: str | None = None, *, connected: bool = False,
+                    committing: bool = False) -> RunbookError:
+    """Map a driver error to the matching RunbookError, its text redacted and on one line.
+
+    ``connected``: the session was open (inside a transaction), so losing it is an interruption of the run,
+    not an unreachable target; ``committing``: it happened during COMMIT, whose outcome is then unknown.
+    """
     orig = getattr(exc, "orig", exc)
     code = getattr(orig, "pgcode", None)
     text = redact_text(" ".join(str(orig).split()))
     where = f" ({redact_url(url)})" if url else ""
+    lost = code in ("57P01", "57P02", "57P03") or getattr(exc, "connection_invalidated", False) or any(
+        m in text.lower() for m in _LOST)
+    if connected and (lost or (code == "57014" and "user request" in text)):
+        how = "its statement was canceled by another session" if code == "57014" else \
+            "the database session was terminated or the connection lost"
+        outcome = ("during COMMIT: whether the change landed is unknown; review again to see which state the "
+                   "database is in (a second execute is a no-op if it landed)") if committing else \
+            "before COMMIT: the server rolled the transaction back, nothing was changed; review again"
+        return SessionInterruptedError(f"{how} {outcome}: {text}")
     if code == "55P03":
         return LockTimeoutError(f"could not lock the rows within lock_timeout: another session holds them; nothing was changed: {text}")
+    if code == "40P01":
+        return LockTimeoutError(f"deadlock with another session (PostgreSQL chose this transaction to abort); it was "
+                                f"rolled back, nothing was changed; run again: {text}")
     if code == "57014":
-        return LockTimeoutError(f"statement_timeout reached; the transaction was rolled back: {text}", status="aborted")
+        return LockTimeoutError(f"statement_timeout reached; the transaction was rolled back: {text}")
     if code == "25006":
         return TargetError(f"the database is read-only (a standby or default_transaction_read_only): {text}")
     if code in ("28P01", "28000") or "password authentication failed" in text or "no password supplied" in text:
@@ -99,10 +129,11 @@ def read_only(engine: Engine) -> Iterator[Connection]:
         try:
             yield conn
         except DBAPIError as exc:
-            raise translate_error(exc) from None
+            raise translate_error(exc, connected=True) from None
         finally:
             if tx.is_active:
-                tx.rollback()
+                with contextlib.suppress(DBAPIError):
+                    tx.rollback()
 
 
 _DURATION = re.compile(r"^\s*(\d+)\s*(ms|s|min|h)?\s*$")
@@ -164,13 +195,13 @@ def write_transaction(
                 with contextlib.suppress(Exception):
                     tx.rollback()
             if isinstance(exc, DBAPIError):
-                raise translate_error(exc) from None
+                raise translate_error(exc, connected=True) from None
             raise
         else:
             try:
                 tx.commit()
             except DBAPIError as exc:
-                raise translate_error(exc) from None
+                raise translate_error(exc, connected=True, committing=True) from None
 
 
 @dataclass(frozen=True)

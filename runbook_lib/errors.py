@@ -94,6 +94,14 @@ class ConcurrentRunError(RunbookError):
     status = "aborted"
 
 
+class SessionInterruptedError(RunbookError):
+    """The runbook's database session was terminated, its statement canceled by another session, or the
+    connection lost while a transaction was open. The server rolls back an uncommitted transaction; if the
+    loss came during COMMIT the outcome is unknown until the next review shows it."""
+
+    exit_code = 15
+
+
 class EvidenceError(RunbookError):
     """The evidence folder cannot be written, or would overwrite an earlier run, or fails verification."""
 
@@ -139,6 +147,7 @@ EXIT_CODES: dict[str, int] = {
             ToolMissingError,
             VerificationFailed,
             BackupRequiredError,
+            SessionInterruptedError,
         )
     },
 }

@@ -19,7 +19,7 @@ from typing import Any
 
 from . import db, procedures
 from . import params as params_mod
-from .errors import EvidenceError, RunbookError
+from .errors import EvidenceError, ParameterError, RunbookError
 from .redact import redact_obj, redact_text
 from .run import STATE_FILE
 
@@ -75,7 +75,10 @@ def run_procedure(
     from . import evidence
 
     proc = procedures.get(procedure)
-    params = validate_parameters(proc.NAME, {k: v for k, v in parameters.items() if k != "evidence_dir"})
+    if "evidence_dir" in parameters:
+        raise ParameterError("parameter 'evidence_dir' is set by the runner (the new run folder): use --evidence-dir "
+                             "for the evidence root", "evidence_dir")
+    params = validate_parameters(proc.NAME, parameters)
     db.database_url()  # fail fast, before any folder is made, when the target is not configured
     nb_in = notebooks_dir() / proc.NOTEBOOK
     if not nb_in.is_file():
@@ -99,28 +102,40 @@ def _run_in(run_dir: Path, proc: Any, params: params_mod.CommonParams, *, incide
     nb_out = run_dir / proc.NOTEBOOK
     injected = {**params.public_dict(), "evidence_dir": str(run_dir)}
     papermill_error: str | None = None
-    # parameters were validated strictly above; papermill's own warnings about them would only be noise
+    # parameters were validated strictly above; papermill's own warnings about them would only be noise, and its
+    # error lines (e.g. "Kernel died while waiting for execute reply.") would break the one-line error contract on
+    # stderr: the failure is reported once, below. With log_output the notebook's output streams to stdout.
     pm_logger = logging.getLogger("papermill")
-    old_level = pm_logger.level
-    pm_logger.setLevel(logging.ERROR)
+    old_level, old_propagate = pm_logger.level, pm_logger.propagate
+    stream = _OutputStream() if log_output else None
+    pm_logger.setLevel(logging.INFO if log_output else logging.CRITICAL)
+    if stream is not None:
+        pm_logger.addHandler(stream)
+        pm_logger.propagate = False  # printed once, on stdout, not again by the root logger's fallback on stderr
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         try:
             pm.execute_notebook(
                 str(nb_in), str(nb_out), parameters=injected, progress_bar=progress_bar, log_output=log_output,
                 kernel_name="python3", cwd=str(Path.cwd()), report_mode=False,
-                # the kernel's own log lines would break the one-line error contract on stderr: startup
-                # warnings ("running over TCP without encryption" on a local socket) and, at shutdown,
-                # "ERROR | KeyboardInterrupt caught in kernel" (jupyter_client interrupts the kernel before
-                # every shutdown). A cell's error still reaches us through papermill and the run state.
+                # the kernel writes its own log to the CLI's stderr: startup warnings (e.g. "running over TCP
+                # without encryption" on a local socket) and, at shutdown, "ERROR | KeyboardInterrupt caught in
+                # kernel" (jupyter_client interrupts the kernel before every shutdown); either would break the
+                # one-line error contract. Every failure reaches the operator as the one error line and the
+                # archived notebook instead.
                 extra_arguments=["--IPKernelApp.log_level=CRITICAL"],
             )
         except pm.PapermillExecutionError as exc:
             papermill_error = f"{exc.ename}: {exc.evalue}"
         except Exception as exc:  # noqa: BLE001 - kernel death etc.: archived, then reported
             papermill_error = f"{type(exc).__name__}: {exc}"
+            if type(exc).__name__ == "DeadKernelError":
+                papermill_error = _kernel_died(run_dir)
         finally:
             pm_logger.setLevel(old_level)
+            pm_logger.propagate = old_propagate
+            if stream is not None:
+                pm_logger.removeHandler(stream)
     state = _read_state(run_dir)
     status = state.get("status", "failed")
     err = state.get("error") or {}
@@ -132,6 +147,8 @@ def _run_in(run_dir: Path, proc: Any, params: params_mod.CommonParams, *, incide
     error_line = err.get("message") or (redact_text(papermill_error) if papermill_error else None)
     if exit_code and not error_line:
         error_line = "the notebook did not finish; see the executed notebook"
+    if error_line:
+        error_line = " ".join(str(error_line).split())  # one line, whatever the exception's text held
     manifest = {
         "procedure": proc.NAME,
         "mode": params.mode,
@@ -169,6 +186,32 @@ def _run_in(run_dir: Path, proc: Any, params: params_mod.CommonParams, *, incide
         plan_id=state.get("plan_id"), summary=state.get("summary") or {}, counts=state.get("counts") or {},
         error=error_line, manifest=final,
     )
+
+
+def _kernel_died(run_dir: Path) -> str:
+    steps = (_read_state(run_dir).get("steps") or {}).items()
+    running = [name for name, st in steps if isinstance(st, dict) and st.get("status") == "running"]
+    during = f" during the {running[-1]} step" if running else ""
+    return (f"DeadKernelError: the notebook's kernel died{during} (killed, or out of memory); an open database "
+            "transaction is rolled back by the server; the executed notebook is archived as failed")
+
+
+class _OutputStream(logging.Handler):
+    """``--log-output``: the notebook's output lines (papermill logs them at INFO) on stdout, redacted."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.INFO)
+        self.setFormatter(logging.Formatter("%(message)s"))
+
+    def emit(self, record: logging.LogRecord) -> None:
+        import sys
+
+        try:
+            text = redact_text(self.format(record))
+            sys.stdout.write(text if text.endswith("\n") else text + "\n")
+            sys.stdout.flush()
+        except Exception:  # noqa: BLE001 - streaming is a convenience; the notebook keeps everything
+            self.handleError(record)
 
 
 def _read_state(run_dir: Path) -> dict[str, Any]:

@@ -94,6 +94,7 @@ def test_nbval_lax_executes_the_notebooks(incident_db, tmp_path):
         ("kernel_dies", "failed", 1),
         ("never_finishes", "failed", 1),
         ("plain_exception", "failed", 1),
+        ("multiline_exception", "failed", 1),
     ],
 )
 def test_failure_modes_are_archived_with_distinct_exits(incident_db, target_env, tmp_path, monkeypatch, fixture,
@@ -110,4 +111,32 @@ def test_failure_modes_are_archived_with_distinct_exits(incident_db, target_env,
     assert (out.run_dir / "token_reversal.ipynb").is_file()  # the failed notebook is kept
     if exit_code:
         assert manifest["error"]["message"]
+        assert "\n" not in out.error and out.error == manifest["error"]["message"]  # one line, as the CLI prints it
     assert b"s3cr3t-Test-Passw0rd" not in b"".join(p.read_bytes() for p in out.run_dir.rglob("*") if p.is_file())
+
+
+@pytest.mark.parametrize("fixture", ["kernel_dies", "multiline_exception"])
+def test_cli_reports_a_failed_notebook_on_one_line(incident_db, tmp_path, fixture):
+    """Through the CLI: stderr holds exactly one line (papermill's own "Kernel died…" log line included)."""
+    nbdir = tmp_path / "nbs"
+    nbdir.mkdir()
+    shutil.copy(FIXTURES / f"{fixture}.ipynb", nbdir / "token_reversal.ipynb")
+    env = {**os.environ, "DATABASE_URL": incident_db, "RUNBOOK_NOTEBOOKS": str(nbdir)}
+    r = subprocess.run([str(Path(sys.executable).parent / "runbook"), "run", "token-reversal", "-p", "since",
+                        WINDOW["since"], "-p", "until", WINDOW["until"], "--no-progress"], env=env, cwd=tmp_path,
+                       capture_output=True, text=True, timeout=300)
+    lines = r.stderr.strip().splitlines()
+    assert r.returncode == 1 and len(lines) == 1 and lines[0].startswith("error:"), r.stderr
+    assert "s3cr3t-Test-Passw0rd" not in r.stderr
+    if fixture == "kernel_dies":
+        assert "kernel died" in lines[0]
+
+
+def test_log_output_streams_the_notebook_to_stdout(incident_db, tmp_path):
+    """--log-output shows the notebook's own progress lines (on stdout; stderr stays for the error line)."""
+    env = {**os.environ, "DATABASE_URL": incident_db}
+    r = subprocess.run([str(Path(sys.executable).parent / "runbook"), "run", "token-reversal", "-p", "since",
+                        WINDOW["since"], "-p", "until", WINDOW["until"], "--no-progress", "--log-output"], env=env,
+                       cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert "token-reversal: computing the plan" in r.stdout and r.stderr.strip() == ""

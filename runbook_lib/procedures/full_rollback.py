@@ -24,6 +24,7 @@ Where the guide is wrong or silent, and what this procedure does instead:
 from __future__ import annotations
 
 import hashlib
+import re
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
@@ -85,7 +86,25 @@ class Params(DestructiveParams):
             v = [s for s in (x.strip() for x in v.split(",")) if s]
         if not isinstance(v, list) or not all(isinstance(x, str) and x.strip() for x in v):
             raise ValueError("must be a list of non-empty strings")
+        if len(v) > 500:
+            raise ValueError(f"{len(v)} entries is too many for one run (at most 500)")
         return [x.strip() for x in v]
+
+    @field_validator("models", "enums")
+    @classmethod
+    def _identifiers(cls, v: list[str]) -> list[str]:
+        bad = [x for x in v if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_$]{0,62}", x)]
+        if bad:
+            raise ValueError(f"{bad} are not model, table or enum names (letters, digits, _ and $)")
+        return v
+
+    @field_validator("drop_dependents")
+    @classmethod
+    def _labels(cls, v: list[str]) -> list[str]:
+        bad = [x for x in v if len(x) > 300 or "--" in x or any(c in x for c in ";'\\") or not x.isprintable()]
+        if bad:
+            raise ValueError(f"{bad} are not object names as the review shows them (e.g. view public.voucher_stats)")
+        return v
 
     @field_validator("migration_name")
     @classmethod

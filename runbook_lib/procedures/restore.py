@@ -12,6 +12,7 @@ refused unless forced. ``into_database`` restores into a new database instead, f
 
 from __future__ import annotations
 
+import re
 import uuid
 from pathlib import Path
 from typing import Any, ClassVar
@@ -51,15 +52,17 @@ class Params(DestructiveParams):
     @field_validator("restore_tables", mode="before")
     @classmethod
     def _tables(cls, v: Any) -> list[str]:
-        return name_list(v, limit=500)
+        v = name_list(v, limit=500)
+        bad = [x for x in v if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_$]{0,62}", x)]
+        if bad:
+            raise ValueError(f"{bad} are not table names (letters, digits, _ and $)")
+        return v
 
     @field_validator("into_database")
     @classmethod
     def _dbname(cls, v: str | None) -> str | None:
         if v in (None, ""):
             return None
-        import re
-
         if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]{0,62}", v):
             raise ValueError(f"{v!r} is not a plain database name (letters, digits, _)")
         return v

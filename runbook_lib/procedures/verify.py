@@ -10,10 +10,12 @@ from __future__ import annotations
 
 from typing import Any, ClassVar
 
+import sqlalchemy as sa
 from pydantic import field_validator
 from sqlalchemy.engine import Connection
 
 from .. import checks as checks_mod
+from ..errors import SchemaMismatchError
 from ..names import NameMap
 from ..params import CommonParams, name_list
 from .base import ApplyResult, Plan, VerifyResult, plan_hash
@@ -45,9 +47,25 @@ class Params(CommonParams):
         return v
 
 
+#: the tables no procedure drops: without them nothing could be verified (a wrong db_schema or table_map)
+ALWAYS_THERE = ("TokenTransaction", "UserTokenBalance")
+
+
+def require_target(conn: Connection, names: NameMap) -> None:
+    """Refuse to report "all checks passed" when the checks would all be skipped for want of their tables."""
+    if conn.execute(sa.text("select to_regnamespace(:s)"), {"s": names.db_schema}).scalar() is None:
+        raise SchemaMismatchError(f"schema {names.db_schema!r} does not exist in the target database: check db_schema")
+    missing = [f"{names.t(m)} (model {m})" for m in ALWAYS_THERE
+               if conn.execute(sa.text("select to_regclass(:t)"), {"t": names.t(m)}).scalar() is None]
+    if missing:
+        raise SchemaMismatchError("missing in the target database, nothing could be verified: " + ", ".join(missing)
+                                  + " — check db_schema, prisma_schema or table_map")
+
+
 def plan(conn: Connection, params: Params, names: NameMap) -> Plan:
     """Run the checks in the review's read-only snapshot; the summary is their counts. Nothing would change
     (review and execute are the same for a procedure that only reads)."""
+    require_target(conn, names)
     result = checks_mod.run_all(conn, names, only=params.checks or None, sample_rows=params.sample_rows,
                                 expect_full_rollback=params.expect_full_rollback)
     failed = [c for c in result.checks if not c.passed]
@@ -75,5 +93,6 @@ def verify(conn: Connection, params: Params, names: NameMap, plan: Plan | None) 
     """The checks of the review's snapshot when there is one (no second pass over the data), else run them."""
     if plan is not None and isinstance(plan.details.get("result"), VerifyResult):
         return plan.details["result"]
+    require_target(conn, names)
     return checks_mod.run_all(conn, names, only=params.checks or None, sample_rows=params.sample_rows,
                               expect_full_rollback=params.expect_full_rollback)

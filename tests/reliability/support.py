@@ -36,17 +36,19 @@ print("DONE", flush=True)
 
 
 def db_state(url: str) -> dict[str, Any]:
-    """The whole content: per table a count and checksum of its rows without timestamp columns (a runbook
-    writes now() into createdAt/updatedAt, so two clean runs differ there and nowhere else), and the enum types."""
+    """The whole content: per table a count and checksum of its rows, timestamp columns reduced to set / not set
+    (a runbook writes now() into createdAt/updatedAt, so two clean runs differ there and nowhere else), and the
+    enum types."""
     eng = sa.create_engine(url, poolclass=sa.pool.NullPool)
     try:
         with eng.connect() as c:
             state: dict[str, Any] = {}
             for t in backups.all_tables(c, "public"):
-                cols = [r[0] for r in c.execute(sa.text(
-                    "select column_name from information_schema.columns where table_schema = 'public' and "
-                    "table_name = :t and data_type not like 'timestamp%' order by ordinal_position"), {"t": t})]
-                expr = "row(" + ", ".join(f'x."{col}"' for col in cols) + ")::text"
+                cols = [(r[0], r[1].startswith("timestamp")) for r in c.execute(sa.text(
+                    "select column_name, data_type from information_schema.columns where table_schema = 'public' "
+                    "and table_name = :t order by ordinal_position"), {"t": t})]
+                # a timestamp column counts only as set or not (e.g. _prisma_migrations.rolled_back_at)
+                expr = "row(" + ", ".join(f'x."{col}" is null' if ts else f'x."{col}"' for col, ts in cols) + ")::text"
                 state[t] = tuple(c.execute(sa.text(
                     f"select count(*), md5(coalesce(string_agg(h, '' order by h), '')) from "
                     f'(select md5({expr}) as h from "{t}" x) s')).one())
@@ -58,11 +60,46 @@ def db_state(url: str) -> dict[str, Any]:
         eng.dispose()
 
 
+def needs_backup(procedure: str) -> bool:
+    """Destructive procedures take backup_override_reason (the trials run on scratch clones); others refuse it."""
+    from runbook_lib import procedures
+
+    return "backup_override_reason" in procedures.get(procedure).Params.model_fields
+
+
 def start_worker(url: str, procedure: str, params: dict[str, Any], env_extra: dict[str, str]) -> subprocess.Popen[str]:
     env = {**os.environ, "DATABASE_URL": url, **env_extra}
-    return subprocess.Popen([sys.executable, "-c", WORKER, procedure, json.dumps({**params,
-                             "backup_override_reason": NO_BACKUP})], env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+    extra = {"backup_override_reason": NO_BACKUP} if needs_backup(procedure) else {}
+    return subprocess.Popen([sys.executable, "-c", WORKER, procedure, json.dumps({**params, **extra})], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+#: a Prisma migration that failed after its first statement (for migration-recovery trials)
+FAILED_MIGRATION = "20250101000000_add_campaigns"
+FAILED_SQL = 'CREATE TABLE "Campaign" ("id" TEXT NOT NULL);\n\nCREATE TABLE "CampaignStat" ("id" TEXT NOT NULL);\n'
+UNDO_SQL = 'DROP TABLE IF EXISTS "CampaignStat";\nDROP TABLE "Campaign";\n'
+
+
+def fail_a_migration(url: str, migrations: Path, folder: Path) -> dict[str, Any]:
+    """Leave the database as Prisma does when a migration fails half-way; the recovery parameters that undo it."""
+    import shutil
+    import uuid
+
+    from runbook_lib.prisma.migrate import checksum
+
+    shutil.copytree(migrations, folder)
+    (folder / FAILED_MIGRATION).mkdir()
+    (folder / FAILED_MIGRATION / "migration.sql").write_text(FAILED_SQL)
+    undo = folder.parent / "undo.sql"
+    undo.write_text(UNDO_SQL)
+    eng = sa.create_engine(url, poolclass=sa.pool.NullPool)
+    with eng.begin() as c:
+        c.execute(sa.text('insert into "_prisma_migrations" (id, checksum, migration_name, logs, started_at, '
+                          "applied_steps_count) values (:id, :c, :n, 'failed', now(), 0)"),
+                  {"id": str(uuid.uuid4()), "c": checksum(FAILED_SQL), "n": FAILED_MIGRATION})
+        c.exec_driver_sql('CREATE TABLE "Campaign" ("id" TEXT NOT NULL)')
+    eng.dispose()
+    return {"migrations_dir": str(folder), "action": "rolled_back", "compensating_sql": str(undo)}
 
 
 def wait_for(path: Path, proc: subprocess.Popen[str] | None = None, timeout: float = 120) -> str | None:

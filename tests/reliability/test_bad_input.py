@@ -10,13 +10,24 @@ import pytest
 import sqlalchemy as sa
 
 from runbook_lib.cli import main
+from runbook_lib.params import CommonParams
 
 from .support import db_state
 
 ROOT = Path(__file__).resolve().parents[2]
 W = ["-p", "since", "2025-12-01T00:00:00Z", "-p", "until", "2025-12-03T00:00:00Z"]
 SQL = "x'; DROP TABLE \"User\"; --"
+#: SQL as one element of a YAML flow list or map value (double-quoted, so the quotes survive)
+SQL_Y = '"' + SQL.replace('"', '\\"') + '"'
 TR = ["run", "token-reversal"]
+PR = ["run", "partial-rollback", "-p", "all_vouchers", "true"]
+FR = ["run", "full-rollback", "-p", "ledger_policy", "reverse", "-p", "prisma_side", "false"]
+MR = ["run", "migration-recovery"]
+#: an execute with a syntactically valid approval: a bad parameter must stop it before anything is written
+EX = ["--execute", "--approve", "0" * 24]
+NO_BACKUP = ["-p", "backup_override_reason", "bad-input test on a scratch clone"]
+MANY = "[" + ", ".join(f"c{i}" for i in range(100_001)) + "]"
+MANY_501 = "[" + ", ".join(f"t{i}" for i in range(501)) + "]"
 
 # (case id, argv after `runbook`, environment change, exit status, text the message must contain)
 CASES: list[tuple[str, list[str], dict[str, str | None], int, str]] = [
@@ -89,23 +100,161 @@ CASES: list[tuple[str, list[str], dict[str, str | None], int, str]] = [
     ("verify: unknown check", ["run", "verify", "-p", "checks", "[nope]"], {}, 2, "unknown checks"),
     ("verify: expect_full_rollback not a boolean", ["run", "verify", "-p", "expect_full_rollback", "maybe"], {}, 2,
      "expect_full_rollback"),
+    # --- SQL in every string parameter: the common ones (validated once, by CommonParams, for all procedures)
+    ("SQL in mode", [*TR, *W, "-p", "mode", SQL], {}, 2, "mode"),
+    ("SQL in since", [*TR, *W, "-p", "since", SQL, *EX], {}, 2, "since"),
+    ("SQL in until", [*TR, *W, "-p", "until", SQL, *EX], {}, 2, "until"),
+    ("SQL in approved_plan", [*TR, *W, "-p", "approved_plan", SQL], {}, 2, "approved_plan"),
+    ("SQL in lock_timeout", [*TR, *W, "-p", "lock_timeout", SQL, *EX], {}, 2, "lock_timeout"),
+    ("SQL in statement_timeout", [*TR, *W, "-p", "statement_timeout", SQL, *EX], {}, 2, "statement_timeout"),
+    ("SQL in prisma_schema", [*TR, *W, "-p", "prisma_schema", SQL], {}, 2, "does not exist"),
+    ("SQL in column_map", [*TR, *W, "-p", "column_map", f"{{TokenTransaction.amount: {SQL_Y}}}", *EX], {}, 2,
+     "column_map"),
+    ("SQL in evidence_dir", [*TR, *W, "-p", "evidence_dir", SQL], {}, 2, "evidence_dir"),
+    ("SQL in confirm_target", [*TR, *W, "-p", "confirm_target", SQL, *EX], {"RUNBOOK_TARGET_PRODUCTION": "1"}, 7,
+     "marked production"),
+    ("SQL in ledger_mode", [*TR, *W, "-p", "ledger_mode", SQL], {}, 2, "ledger_mode"),
+    ("SQL in negative_policy", [*TR, *W, "-p", "negative_policy", SQL], {}, 2, "negative_policy"),
+    ("named time zone instead of an offset", [*TR, "-p", "since", "2025-12-01T00:00:00 Europe/Paris"], {}, 2,
+     "since"),
+    ("top_users huge", [*TR, *W, "-p", "top_users", "1000000000"], {}, 2, "top_users"),
+    ("wrong schema path (db_schema)", [*TR, *W, "-p", "db_schema", "no_such_schema"], {}, 4, "no_such_schema"),
+    ("production by parameter without confirmation", [*TR, *W, "-p", "production", "true", *EX], {}, 7,
+     "marked production"),
+    # --- partial-rollback
+    ("partial: empty code list", ["run", "partial-rollback", "-p", "voucher_codes", "[]"], {}, 2, "voucher_codes"),
+    ("partial: huge code list", ["run", "partial-rollback", "-p", "voucher_codes", MANY], {}, 2, "too many"),
+    ("partial: SQL in voucher_codes", ["run", "partial-rollback", "-p", "voucher_codes", f"[{SQL_Y}]", *NO_BACKUP,
+                                       *EX], {}, 5, "unknown voucher codes"),
+    ("partial: SQL in redeemed_since", [*PR, "-p", "redeemed_since", SQL], {}, 2, "redeemed_since"),
+    ("partial: SQL in redeemed_until", [*PR, "-p", "redeemed_until", SQL], {}, 2, "redeemed_until"),
+    ("partial: SQL in reset_statuses", [*PR, "-p", "reset_statuses", f"[{SQL_Y}]"], {}, 2, "reset_statuses"),
+    ("partial: SQL in source", [*PR, "-p", "source", SQL], {}, 2, "not a ledger source"),
+    ("partial: SQL in reversal_source", [*PR, "-p", "reversal_source", SQL], {}, 2, "not a ledger source"),
+    ("partial: SQL in reversal_type", [*PR, "-p", "reversal_type", SQL], {}, 2, "reversal_type"),
+    ("partial: SQL in grant_link", [*PR, "-p", "grant_link", SQL], {}, 2, "grant_link"),
+    ("partial: SQL in ledger_mode", [*PR, "-p", "ledger_mode", SQL], {}, 2, "ledger_mode"),
+    ("partial: SQL in negative_policy", [*PR, "-p", "negative_policy", SQL], {}, 2, "negative_policy"),
+    ("partial: wrong schema path", [*PR, "-p", "db_schema", "no_such_schema"], {}, 4, "no_such_schema"),
+    # --- full-rollback
+    ("full: empty model list", [*FR, "-p", "models", "[]"], {}, 2, "models"),
+    ("full: huge model list", [*FR, "-p", "models", MANY_501], {}, 2, "too many"),
+    ("full: SQL in models", [*FR, "-p", "models", f"[Voucher, {SQL_Y}]", *NO_BACKUP, *EX], {}, 2, "models"),
+    ("full: SQL in enums", [*FR, "-p", "enums", f"[{SQL_Y}]", *NO_BACKUP, *EX], {}, 2, "enums"),
+    ("full: SQL in drop_dependents", [*FR, "-p", "drop_dependents", f"[{SQL_Y}]", *NO_BACKUP, *EX], {}, 2,
+     "drop_dependents"),
+    ("full: SQL in ledger_policy", ["run", "full-rollback", "-p", "ledger_policy", SQL], {}, 2, "ledger_policy"),
+    ("full: SQL in source", [*FR, "-p", "source", SQL], {}, 2, "not a ledger source"),
+    ("full: SQL in reversal_source", [*FR, "-p", "reversal_source", SQL], {}, 2, "not a ledger source"),
+    ("full: SQL in reversal_type", [*FR, "-p", "reversal_type", SQL], {}, 2, "reversal_type"),
+    ("full: SQL in ledger_mode", [*FR, "-p", "ledger_mode", SQL], {}, 2, "ledger_mode"),
+    ("full: SQL in negative_policy", [*FR, "-p", "negative_policy", SQL], {}, 2, "negative_policy"),
+    ("full: SQL in migration_name", [*FR, "-p", "migration_name", SQL], {}, 2, "migration_name"),
+    ("full: path in migration_name", [*FR, "-p", "migration_name", "../../etc"], {}, 2, "migration_name"),
+    # --- migration-recovery
+    ("recovery: SQL in migration_name", [*MR, "-p", "migration_name", SQL, "-p", "action", "rolled_back", *EX], {},
+     5, "neither in _prisma_migrations"),
+    ("recovery: SQL in compensating_sql", [*MR, "-p", "action", "rolled_back", "-p", "compensating_sql", SQL], {},
+     2, "compensating_sql"),
+    ("recovery: SQL in migrations_dir", [*MR, "-p", "migrations_dir", SQL], {}, 2, "migrations_dir"),
+    ("recovery: SQL in action", [*MR, "-p", "action", SQL], {}, 2, "action"),
+    # --- restore
+    ("restore: SQL in backup", ["run", "restore", "-p", "backup", SQL, *NO_BACKUP, *EX], {}, 5, "not a backup folder"),
+    ("restore: SQL in restore_tables", ["run", "restore", "-p", "restore_tables", f"[{SQL_Y}]"], {}, 2,
+     "restore_tables"),
+    ("restore: huge table list", ["run", "restore", "-p", "restore_tables", MANY_501], {}, 2, "too many"),
+    # --- rehearsal
+    ("rehearsal: SQL in rehearse", ["run", "rehearsal", "-p", "rehearse", SQL], {}, 2, "unknown procedure"),
+    ("rehearsal: SQL in rehearse_parameters", ["run", "rehearsal", "-p", "rehearse_parameters",
+                                               f"{{since: {SQL_Y}}}"], {}, 2, "since"),
+    ("rehearsal: unknown inner parameter", ["run", "rehearsal", "-p", "rehearse_parameters", "{sinse: x}"], {}, 2,
+     "sinse"),
+    # --- backup
+    ("backup: empty model list", ["run", "backup", "-p", "models", "[]"], {}, 2, "models"),
+    ("backup: huge model list", ["run", "backup", "-p", "models", MANY_501], {}, 2, "too many"),
+    ("backup: SQL in models", ["run", "backup", "-p", "models", f"[{SQL_Y}]"], {}, 4, "missing in the target"),
+    ("backup: wrong schema path", ["run", "backup", "-p", "db_schema", "no_such_schema"], {}, 4, "no_such_schema"),
+    # --- verify
+    ("verify: SQL in checks", ["run", "verify", "-p", "checks", f"[{SQL_Y}]"], {}, 2, "unknown checks"),
+    ("verify: wrong schema path", ["run", "verify", "-p", "db_schema", "no_such_schema"], {}, 4, "no_such_schema"),
+    ("verify: ledger table mapped away", ["run", "verify", "-p", "table_map", "{TokenTransaction: ledger_gone}"], {},
+     4, "ledger_gone"),
+    # --- environments: read-only target (every procedure that writes) and a wrong password
+    ("read-only: token-reversal", [*TR, *W, *EX], {"@": "readonly"}, 3, "read-only"),
+    ("read-only: partial-rollback", [*PR, *NO_BACKUP, *EX], {"@": "readonly"}, 3, "read-only"),
+    ("read-only: full-rollback", [*FR, *NO_BACKUP, *EX], {"@": "readonly"}, 3, "read-only"),
+    ("read-only: migration-recovery", [*MR, *EX], {"@": "readonly"}, 3, "read-only"),
+    ("wrong password", [*TR, *W], {"@": "badpassword"}, 3, "authentication failed"),
 ]
+
+#: string parameters that are free text recorded in the evidence, never part of any SQL text or name
+FREE_TEXT = {"backup_override_reason"}
+COMMON = set(CommonParams.model_fields)
 
 
 def test_at_least_forty_cases_across_all_procedures():
     assert len(CASES) >= 40
+    assert len({c[0] for c in CASES}) == len(CASES), "case ids must be unique"
     from runbook_lib import procedures
 
     covered = {argv[1] for _, argv, _, _, _ in CASES if len(argv) > 1}
     assert set(procedures.available()) <= covered | {"no-such-runbook"}
 
 
+def _takes_text(annotation: object) -> bool:
+    text = repr(annotation)
+    return "str" in text or "Literal" in text
+
+
+def test_sql_is_tried_in_every_string_parameter_of_every_procedure():
+    """Each procedure's own string parameters (and each common one, once) get SQL in some case of the table."""
+    from runbook_lib import procedures
+
+    tried: set[tuple[str, str]] = set()
+    for _, argv, _, _, _ in CASES:
+        for i, arg in enumerate(argv[:-2]):
+            value = argv[i + 2].lower()
+            if arg == "-p" and (";" in value or "'" in value or " or " in value or "drop " in value):
+                tried.add((argv[1], argv[i + 1]))
+    missing = []
+    for name in procedures.available():
+        for field, info in procedures.get(name).Params.model_fields.items():
+            if field in FREE_TEXT or not _takes_text(info.annotation):
+                continue
+            if field in COMMON:
+                ok = any(f == field for _, f in tried)
+            else:
+                ok = (name, field) in tried
+            if not ok:
+                missing.append(f"{name}.{field}")
+    assert missing == [], f"no SQL case for: {missing}"
+
+
 @pytest.mark.parametrize(("case", "argv", "env", "code", "text"), CASES, ids=[c[0] for c in CASES])
-def test_bad_input_is_refused(case, argv, env, code, text, incident_db, fresh_db, pg_server, monkeypatch, capsys,
+def test_bad_input_is_refused(case, argv, env, code, text, incident_db, fresh_db, pg_server, monkeypatch, capfd,
                               tmp_path, figures):
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("DATABASE_URL", incident_db)
+    special = env.get("@")
+    if special == "readonly":
+        admin = pg_server.admin()
+        with admin.connect() as c:
+            c.exec_driver_sql(f'ALTER DATABASE "{sa.engine.make_url(incident_db).database}" '
+                              "SET default_transaction_read_only = on")
+        admin.dispose()
+    elif special == "badpassword":
+        if pg_server.embedded is None:
+            pytest.skip("needs the embedded server to create a password role")
+        from conftest import PASSWORD
+
+        from runbook_lib import embedded
+
+        embedded.ensure_password_role(pg_server.embedded, "rb_pw_user", PASSWORD)
+        bad = sa.engine.make_url(incident_db).set(username="rb_pw_user", password="Wr0ng-" + PASSWORD[::-1])
+        monkeypatch.setenv("DATABASE_URL", bad.render_as_string(hide_password=False))
     for k, v in env.items():
+        if k == "@":
+            continue
         if v is None:
             monkeypatch.delenv(k, raising=False)
         elif v == "@nodb":
@@ -117,21 +266,23 @@ def test_bad_input_is_refused(case, argv, env, code, text, incident_db, fresh_db
     before = db_state(incident_db)
     figures["bad_inputs"] += 1
     status = main([*argv, "--no-progress"] if argv[0] == "run" else argv)
-    err = capsys.readouterr().err.strip()
+    err = capfd.readouterr().err.strip()
     lines = [line for line in err.splitlines() if line.strip()]
     assert status == code, (status, err)
     assert len(lines) == 1 and lines[0].startswith("error:") and text in lines[0], err
     assert "Traceback" not in err
     assert db_state(incident_db) == before
+    if special == "badpassword":
+        assert "Wr0ng-" not in err
     figures["refused"] += 1
 
 
-def test_read_only_database_refuses_execute(incident_db, pg_server, monkeypatch, capsys, tmp_path, figures):
+def test_read_only_database_refuses_execute(incident_db, pg_server, monkeypatch, capfd, tmp_path, figures):
     """A read-only target (a standby, or default_transaction_read_only): execute fails, nothing written."""
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("DATABASE_URL", incident_db)
     assert main(["run", *TR[1:], *W, "--no-progress"]) == 0
-    out = capsys.readouterr().out
+    out = capfd.readouterr().out
     plan_id = next(line.split()[-1] for line in out.splitlines() if line.startswith("plan id:"))
     name = sa.engine.make_url(incident_db).database
     admin = pg_server.admin()
@@ -141,7 +292,7 @@ def test_read_only_database_refuses_execute(incident_db, pg_server, monkeypatch,
     before = db_state(incident_db)
     figures["bad_inputs"] += 1
     status = main(["run", *TR[1:], *W, "--no-progress", "--execute", "--approve", plan_id])
-    err = capsys.readouterr().err.strip()
+    err = capfd.readouterr().err.strip()
     assert status == 3 and "read-only" in err and len(err.splitlines()) == 1, err
     assert db_state(incident_db) == before
     figures["refused"] += 1
@@ -149,13 +300,13 @@ def test_read_only_database_refuses_execute(incident_db, pg_server, monkeypatch,
     assert json.loads((run_dirs[-1] / "manifest.json").read_text())["status"] == "failed"
 
 
-def test_huge_list_is_refused(incident_db, monkeypatch, capsys, tmp_path, figures):
+def test_huge_list_is_refused(incident_db, monkeypatch, capfd, tmp_path, figures):
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("DATABASE_URL", incident_db)
     big = tmp_path / "big.yaml"
     big.write_text(json.dumps({"user_ids": [f"u{i}" for i in range(100_001)]}))
     figures["bad_inputs"] += 1
     status = main(["run", *TR[1:], *W, "-f", str(big), "--no-progress"])
-    err = capsys.readouterr().err.strip()
+    err = capfd.readouterr().err.strip()
     assert status == 2 and "too many" in err and len(err.splitlines()) == 1
     figures["refused"] += 1

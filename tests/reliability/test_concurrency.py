@@ -14,7 +14,16 @@ import sqlalchemy as sa
 from runbook_lib.errors import ApprovalError, ConcurrentRunError, LockTimeoutError
 from runbook_lib.run import Run
 
-from .support import NO_BACKUP, WINDOW, db_state, start_worker, wait_for
+from .support import (
+    FAILED_MIGRATION,
+    FAILED_SQL,
+    NO_BACKUP,
+    WINDOW,
+    db_state,
+    fail_a_migration,
+    start_worker,
+    wait_for,
+)
 
 
 class App:
@@ -26,6 +35,9 @@ class App:
         self.rng = random.Random(seed)
         self.done = 0
         self.errors: list[str] = []
+        #: users whose balance differed from their ledger when a regenerate came to them: an update was lost
+        #: before the regenerate (which rewrites the balance from the ledger) could hide it from the final check
+        self.lost: list[str] = []
 
     def redeem(self, uid: str) -> None:
         code = f"APP{uuid.uuid4().hex[:10]}"
@@ -53,6 +65,11 @@ class App:
     def regenerate(self, uid: str) -> None:
         with self.eng.begin() as c:  # the app's "recompute balance from ledger" job, row-locked like the app
             c.execute(sa.text('select 1 from "UserTokenBalance" where "userId" = :u for update'), {"u": uid})
+            bal, ledger = c.execute(sa.text(
+                'select balance, (select coalesce(sum(amount), 0) from "TokenTransaction" t where t."userId" = :u) '
+                'from "UserTokenBalance" where "userId" = :u'), {"u": uid}).one()
+            if bal != ledger:
+                self.lost.append(f"{uid}: balance {bal}, ledger {ledger}")
             c.execute(sa.text('update "UserTokenBalance" b set balance = (select coalesce(sum(amount), 0) from '
                               '"TokenTransaction" t where t."userId" = b."userId") where "userId" = :u'), {"u": uid})
 
@@ -108,9 +125,10 @@ def run_with_app(url: str, procedure: str, params: dict, hold: float, app_second
     assert worker.returncode == 0, err[-2000:]
     for a in apps:
         a.eng.dispose()
-    lost = lost_updates(url)
+    lost = lost_updates(url) + sum(len(a.lost) for a in apps)
     figures["trials"] += 1
     figures["lost_updates"] += lost
+    assert sum(a.done for a in apps) > 0 and [e for a in apps for e in a.errors] == []
     return lost, apps[0]
 
 
@@ -216,6 +234,21 @@ def _new_redemption(c: sa.engine.Connection) -> None:
     c.exec_driver_sql("update \"Voucher\" set \"currentUses\" = \"currentUses\" + 1 where id = 'v_unused5'")
 
 
+def _depleted_voucher_disabled(c: sa.engine.Connection) -> None:
+    """An admin disables the depleted voucher the rollback would reactivate."""
+    c.exec_driver_sql("update \"Voucher\" set status = 'DISABLED' where code = 'LIMITED500'")
+
+
+def _grant_of_the_voucher_changed(c: sa.engine.Connection) -> None:
+    c.exec_driver_sql("update \"TokenTransaction\" set amount = amount + 1 where id = (select min(t.id) from "
+                      "\"TokenTransaction\" t join \"VoucherRedemption\" r on r.id = t.\"sourceId\" "
+                      "where r.\"voucherId\" = 'v_limited500')")
+
+
+def _redemption_removed(c: sa.engine.Connection) -> None:
+    c.exec_driver_sql("delete from \"VoucherRedemption\" where id = (select min(id) from \"VoucherRedemption\")")
+
+
 @pytest.mark.parametrize(("procedure", "params", "change"), [
     ("token-reversal", WINDOW, _grant_in_window),
     ("token-reversal", WINDOW, _spend_by_affected),
@@ -224,6 +257,11 @@ def _new_redemption(c: sa.engine.Connection) -> None:
     ("token-reversal", WINDOW, _amount_changed),
     ("partial-rollback", {"all_vouchers": True}, _new_redemption),
     ("partial-rollback", {"all_vouchers": True}, _spend_by_affected),
+    ("partial-rollback", {"all_vouchers": True}, _depleted_voucher_disabled),
+    ("partial-rollback", {"all_vouchers": True}, _redemption_removed),
+    ("partial-rollback", {"voucher_codes": ["LIMITED500"]}, _grant_of_the_voucher_changed),
+    ("full-rollback", {"ledger_policy": "reverse", "prisma_side": False}, _grant_in_window),
+    ("full-rollback", {"ledger_policy": "reverse", "prisma_side": False}, _spend_by_affected),
     ("full-rollback", {"ledger_policy": "reverse", "prisma_side": False}, _new_redemption),
 ], ids=lambda x: getattr(x, "__name__", None) or (x if isinstance(x, str) else None))
 def test_plan_drift_aborts(incident_db, monkeypatch, figures, procedure, params, change):
@@ -237,6 +275,112 @@ def test_plan_drift_aborts(incident_db, monkeypatch, figures, procedure, params,
     with pytest.raises(ApprovalError, match="plan changed"):
         Run(procedure, {**params, "mode": "execute", "approved_plan": plan.plan_id,
                         "backup_override_reason": NO_BACKUP}).execute()
+    assert db_state(incident_db) == before
+    figures["trials"] += 1
+    figures["faults_injected"] += 1
+
+
+def _backup_of(url: str, tmp_path) -> str:
+    from runbook_lib import backups, db
+
+    eng = sa.create_engine(url, poolclass=sa.pool.NullPool)
+    with eng.connect() as c:
+        info = db.server_info(c)
+    folder = tmp_path / "backup"
+    folder.mkdir()
+    backups.take_backup(eng, url, "public", ["Voucher", "VoucherRedemption", "TokenTransaction", "UserTokenBalance"],
+                        folder, info.fingerprint, info.database)
+    eng.dispose()
+    return str(folder)
+
+
+@pytest.mark.parametrize("change", [_spend_by_affected, _new_redemption, _redemption_removed],
+                         ids=lambda f: f.__name__)
+def test_plan_drift_aborts_a_restore(incident_db, monkeypatch, tmp_path, figures, change):
+    """A restore's plan covers the live tables it overwrites: a write between review and execute aborts it."""
+    monkeypatch.setenv("DATABASE_URL", incident_db)
+    params = {"backup": _backup_of(incident_db, tmp_path)}
+    eng = sa.create_engine(incident_db, poolclass=sa.pool.NullPool)
+    with eng.begin() as c:  # the damage the restore is to undo
+        c.exec_driver_sql("update \"UserTokenBalance\" set balance = balance + 7 where \"userId\" <= 'user_0050'")
+    plan = Run("restore", params).review()
+    with eng.begin() as c:
+        change(c)
+    eng.dispose()
+    before = db_state(incident_db)
+    with pytest.raises(ApprovalError, match="plan changed"):
+        Run("restore", {**params, "mode": "execute", "approved_plan": plan.plan_id,
+                        "backup_override_reason": NO_BACKUP}).execute()
+    assert db_state(incident_db) == before
+    figures["trials"] += 1
+    figures["faults_injected"] += 1
+
+
+@pytest.mark.parametrize("change", ["step_applied_by_hand", "resolved_elsewhere_then_failed_again"])
+def test_plan_drift_aborts_a_migration_recovery(schema_db, monkeypatch, tmp_path, figures, change):
+    """migration-recovery: the failed migration's steps or rows change between review and execute: abort."""
+    import uuid as _uuid
+
+    from conftest import MIGRATIONS
+
+    from runbook_lib.prisma.migrate import checksum
+
+    params = fail_a_migration(schema_db, MIGRATIONS, tmp_path / "migrations")
+    name = FAILED_MIGRATION
+    eng = sa.create_engine(schema_db, poolclass=sa.pool.NullPool)
+    monkeypatch.setenv("DATABASE_URL", schema_db)
+    plan = Run("migration-recovery", params).review()
+    with eng.begin() as c:
+        if change == "step_applied_by_hand":
+            c.exec_driver_sql('CREATE TABLE "CampaignStat" ("id" TEXT NOT NULL)')
+        else:  # someone resolved it and a new attempt failed again: a second failed row
+            c.exec_driver_sql("update \"_prisma_migrations\" set rolled_back_at = now() where migration_name = "
+                              f"'{name}'")
+            c.execute(sa.text('insert into "_prisma_migrations" (id, checksum, migration_name, logs, started_at, '
+                              "applied_steps_count) values (:id, :c, :n, 'failed again', now(), 0)"),
+                      {"id": str(_uuid.uuid4()), "c": checksum(FAILED_SQL), "n": name})
+    eng.dispose()
+    before = db_state(schema_db)
+    with pytest.raises(ApprovalError, match="plan changed"):
+        Run("migration-recovery", {**params, "mode": "execute", "approved_plan": plan.plan_id}).execute()
+    assert db_state(schema_db) == before
+    figures["trials"] += 1
+    figures["faults_injected"] += 1
+
+
+def test_deadlock_with_the_app_is_a_clean_lock_abort(incident_db, figures):
+    """A deadlock between the runbook's transaction and an app transaction: exit 9 with a message saying so
+    (it was an 'unexpected error', exit 1, with the driver's multi-line text), nothing written."""
+    from runbook_lib import db
+
+    before = db_state(incident_db)
+    app = sa.create_engine(incident_db, poolclass=sa.pool.NullPool)
+    runbook = db.make_engine(incident_db)
+    lock = 'select 1 from "UserTokenBalance" where "userId" = :u for update'
+    with app.connect() as ac:
+        tx = ac.begin()
+        ac.exec_driver_sql("set local deadlock_timeout = '60s'")  # the runbook's session detects the cycle
+        ac.execute(sa.text(lock), {"u": "user_0002"})
+
+        def app_takes_the_other_row() -> None:
+            time.sleep(0.5)
+            try:
+                ac.execute(sa.text(lock), {"u": "user_0001"})
+            except sa.exc.DBAPIError:
+                pass
+
+        t = threading.Thread(target=app_takes_the_other_row)
+        with pytest.raises(LockTimeoutError, match="deadlock"):
+            with db.write_transaction(runbook, lock_timeout_ms=60_000, statement_timeout_ms=120_000) as c:
+                c.exec_driver_sql("set local deadlock_timeout = '2s'")
+                c.execute(sa.text(lock), {"u": "user_0001"})
+                c.exec_driver_sql("update \"UserTokenBalance\" set balance = balance + 1 where \"userId\" = 'user_0001'")
+                t.start()
+                c.execute(sa.text(lock), {"u": "user_0002"})
+        t.join()
+        tx.rollback()
+    app.dispose()
+    runbook.dispose()
     assert db_state(incident_db) == before
     figures["trials"] += 1
     figures["faults_injected"] += 1

@@ -21,7 +21,16 @@ import sqlalchemy as sa
 
 from runbook_lib import faults
 
-from .support import NO_BACKUP, PROCEDURES, db_state, start_worker, terminate_runbook_sessions, wait_for
+from .support import (
+    NO_BACKUP,
+    PROCEDURES,
+    db_state,
+    fail_a_migration,
+    needs_backup,
+    start_worker,
+    terminate_runbook_sessions,
+    wait_for,
+)
 
 SEED = 20261125
 LIBRARY_TRIALS = int(os.environ.get("RELIABILITY_TRIALS", "48"))
@@ -62,8 +71,13 @@ def states(pg_server, tmp_path_factory):
         c.exec_driver_sql("update \"UserTokenBalance\" set balance = balance + 7 where \"userId\" <= 'user_0050'")
         c.exec_driver_sql("delete from \"VoucherRedemption\" where \"voucherId\" = 'v_partner75'")
     deng.dispose()
+    # migration-recovery trials: a migration that failed half-way, resolved as rolled back with compensating SQL
+    failed = f"rb_crash_failedmig_{uuid.uuid4().hex[:8]}"
+    recovery = fail_a_migration(pg_server.create(failed, template=base), MIGRATIONS,
+                                tmp_path_factory.mktemp("crash-migrations") / "migrations")
     specs = {**PROCEDURES, "restore": {"procedure": "restore", "template": damaged,
-                                       "params": {"backup": str(backup_dir), "force_other_database": True}}}
+                                       "params": {"backup": str(backup_dir), "force_other_database": True}},
+             "migration-recovery": {"procedure": "migration-recovery", "template": failed, "params": recovery}}
     templates = {k: v.get("template", base) for k, v in specs.items()}
     before = {k: db_state(pg_server.url(t)) for k, t in templates.items()}
     after = {}
@@ -77,6 +91,7 @@ def states(pg_server, tmp_path_factory):
         assert after[key] != before[key], key
         pg_server.drop(name)
     yield {"specs": specs, "templates": templates, "before": before, "after": after}
+    pg_server.drop(failed)
     pg_server.drop(damaged)
     pg_server.drop(base)
 
@@ -90,12 +105,14 @@ def test_kill_or_terminate_at_random_points(pg_server, states, tmp_path, figures
     rng = random.Random(SEED)
     partial: list[str] = []
     tally: dict[str, int] = {}
+    kinds: set[tuple[str, str]] = set()
     for i in range(LIBRARY_TRIALS):
         key = rng.choice(sorted(states["specs"]))
         spec = states["specs"][key]
         tally[key] = tally.get(key, 0) + 1
         point = rng.choice(_points(spec["procedure"]))
         kind = rng.choice(["sigkill", "terminate"])
+        kinds.add((key, kind))
         name = f"rb_crash_{i}_{uuid.uuid4().hex[:6]}"
         url = pg_server.create(name, template=states["templates"][key])
         marker = tmp_path / f"marker-{i}"
@@ -123,11 +140,14 @@ def test_kill_or_terminate_at_random_points(pg_server, states, tmp_path, figures
             partial.append(f"trial {i}: {key} {kind} at {point}: {got}, expected {expected}")
         if kind == "terminate" and point != "after_commit":
             assert proc.returncode != 0, f"trial {i}: the runbook did not notice its session was terminated"
+            err = proc.stderr.read() if proc.stderr else ""
+            assert "SessionInterruptedError" in err, f"trial {i}: {err[-1500:]}"
         pg_server.drop(name)
     print(f"crash trials per procedure: {tally}")
     assert partial == []
     if LIBRARY_TRIALS >= 40:
         assert set(tally) == set(states["specs"]), tally  # every writing procedure was crashed
+        assert kinds == {(k, f) for k in states["specs"] for f in ("sigkill", "terminate")}, kinds  # both ways
 
 
 def _cli(args: list[str], url: str, cwd: Path, env_extra: dict[str, str] | None = None) -> subprocess.Popen[str]:
@@ -141,16 +161,17 @@ def _cli(args: list[str], url: str, cwd: Path, env_extra: dict[str, str] | None 
 def test_kill_the_kernel_or_the_cli_and_the_evidence_says_failed(pg_server, states, tmp_path, figures):
     rng = random.Random(SEED + 1)
     problems: list[str] = []
+    tally: dict[str, int] = {}
     for i in range(CLI_TRIALS):
-        key = rng.choice(["token-reversal/compensate", "token-reversal/delete", "partial-rollback"])
-        spec = PROCEDURES[key]
-        point = rng.choice(["after_lock", "after_apply", "before_commit"])
-        victim = rng.choice(["kernel", "cli"])
+        key = rng.choice(sorted(states["specs"]))
+        spec = states["specs"][key]
+        point = rng.choice([p for p in _points(spec["procedure"]) if p not in ("before_lock", "after_commit")])
+        victim = rng.choice(["kernel", "cli", "session"])
         name = f"rb_crashcli_{i}_{uuid.uuid4().hex[:6]}"
         url = pg_server.create(name, template=states["templates"][key])
         params = [x for k, v in spec["params"].items() for x in ("-p", k, json.dumps(v) if not isinstance(v, str)
                                                                   else v)]
-        params += ["-p", "backup_override_reason", NO_BACKUP]
+        params += ["-p", "backup_override_reason", NO_BACKUP] if needs_backup(spec["procedure"]) else []
         incident = f"CRASH-{i}"
         review = _cli(["run", spec["procedure"], *params, "--incident", incident], url, tmp_path)
         out, err = review.communicate(timeout=300)
@@ -163,7 +184,10 @@ def test_kill_the_kernel_or_the_cli_and_the_evidence_says_failed(pg_server, stat
             reached = wait_for(marker, ex)
             assert reached is not None, ex.stderr.read() if ex.stderr else ""
             kernel_pid = int(reached.split()[1])
-            os.kill(kernel_pid if victim == "kernel" else ex.pid, signal.SIGKILL)
+            if victim == "session":
+                assert terminate_runbook_sessions(pg_server.admin_url, name) >= 1
+            else:
+                os.kill(kernel_pid if victim == "kernel" else ex.pid, signal.SIGKILL)
             ex.wait(timeout=120)
         finally:
             if ex.poll() is None:
@@ -184,7 +208,11 @@ def test_kill_the_kernel_or_the_cli_and_the_evidence_says_failed(pg_server, stat
         manifest = json.loads((runs[1] / "manifest.json").read_text())
         if manifest["status"] != "failed" or manifest["mode"] != "execute":
             problems.append(f"cli trial {i}: evidence says {manifest['status']} for the killed execute")
+        if victim == "session" and ex.returncode != 15:
+            problems.append(f"cli trial {i}: terminated session gave exit {ex.returncode}, not 15")
+        tally[f"{key}/{victim}"] = tally.get(f"{key}/{victim}", 0) + 1
         pg_server.drop(name)
+    print(f"CLI crash trials per procedure and victim: {tally}")
     assert problems == []
 
 
@@ -194,3 +222,37 @@ def _alive(pid: int) -> bool:
     except OSError:
         return False
     return True
+
+
+def test_terminated_session_is_reported_as_interrupted(incident_db, pg_server, tmp_path, figures):
+    """pg_terminate_backend during execute, through the CLI: its own exit status (15, not 'cannot reach the
+    target' of an unreachable server), one line saying what happened, the database as before, evidence failed."""
+    params = ["-p", "since", "2025-12-01T00:00:00Z", "-p", "until", "2025-12-03T00:00:00Z"]
+    review = _cli(["run", "token-reversal", *params, "--incident", "TERM"], incident_db, tmp_path)
+    out, err = review.communicate(timeout=300)
+    assert review.returncode == 0, err
+    plan_id = next(line.split()[-1] for line in out.splitlines() if line.startswith("plan id:"))
+    before = db_state(incident_db)
+    marker = tmp_path / "term-marker"
+    ex = _cli(["run", "token-reversal", *params, "--incident", "TERM", "--execute", "--approve", plan_id],
+              incident_db, tmp_path, {"RUNBOOK_FAULT": "after_apply:sleep:30", "RUNBOOK_FAULT_MARKER": str(marker)})
+    try:
+        assert wait_for(marker, ex) is not None
+        assert terminate_runbook_sessions(pg_server.admin_url, sa.engine.make_url(incident_db).database) >= 1
+        _, err = ex.communicate(timeout=120)
+    finally:
+        if ex.poll() is None:
+            ex.kill()
+    figures["trials"] += 1
+    figures["faults_injected"] += 1
+    lines = err.strip().splitlines()
+    assert ex.returncode == 15 and len(lines) == 1, err
+    assert "SessionInterruptedError" in lines[0] and "before COMMIT" in lines[0] and "cannot reach" not in lines[0]
+    state = db_state(incident_db)
+    if state != before:
+        figures["partial_states"] += 1
+    assert state == before
+    run_dir = sorted(p for p in (tmp_path / "incidents" / "TERM").iterdir() if p.is_dir())[-1]
+    manifest = json.loads((run_dir / "manifest.json").read_text())
+    assert manifest["status"] == "failed" and manifest["error"]["exit_code"] == 15
+    assert manifest["rolled_back"]["rolled_back"] is True

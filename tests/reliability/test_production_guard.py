@@ -11,17 +11,17 @@ from .support import db_state
 W = ["-p", "since", "2025-12-01T00:00:00Z", "-p", "until", "2025-12-03T00:00:00Z", "--no-progress"]
 
 
-def test_production_guard_end_to_end(incident_db, monkeypatch, capsys, tmp_path, figures):
+def test_production_guard_end_to_end(incident_db, monkeypatch, capfd, tmp_path, figures):
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("DATABASE_URL", incident_db)
     monkeypatch.setenv("RUNBOOK_TARGET_PRODUCTION", "1")
     assert main(["run", "token-reversal", *W]) == 0  # review is always allowed
-    plan_id = next(line.split()[-1] for line in capsys.readouterr().out.splitlines() if line.startswith("plan id:"))
+    plan_id = next(line.split()[-1] for line in capfd.readouterr().out.splitlines() if line.startswith("plan id:"))
     before = db_state(incident_db)
     for extra in ([], ["--confirm-target", "some_other_db"]):
         figures["bad_inputs"] += 1
         assert main(["run", "token-reversal", *W, "--execute", "--approve", plan_id, *extra]) == 7
-        err = capsys.readouterr().err
+        err = capfd.readouterr().err
         assert "marked production" in err and len(err.strip().splitlines()) == 1
         assert db_state(incident_db) == before
         figures["refused"] += 1
