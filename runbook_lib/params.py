@@ -257,7 +257,12 @@ def merge_sources(
     """Merge parameter sources in the documented order: files (in order), then -p pairs, then overrides."""
     merged: dict[str, Any] = {}
     for f in files or []:
-        merged.update(read_parameter_file(f))
+        values = read_parameter_file(f)
+        if "confirm_target" in values:
+            # naming the production database is a deliberate act at the command line, never a saved default
+            raise ParameterError(f"parameter file {f}: 'confirm_target' cannot come from a file; give "
+                                 "--confirm-target DATABASE on the command line", "confirm_target")
+        merged.update(values)
     for name, raw in pairs or []:
         merged[name] = parse_cli_value(raw)
     merged.update({k: v for k, v in (overrides or {}).items() if v is not None})

@@ -80,3 +80,13 @@ def test_cli_values_become_lists_or_maps_only_when_written_so():
     assert parse_cli_value("{a: 1}") == {"a": 1}
     assert parse_cli_value("true") is True and parse_cli_value("12") == 12
     assert parse_cli_value("2025-12-01T00:00:00Z") == "2025-12-01T00:00:00Z"
+
+
+def test_confirm_target_never_comes_from_a_file(tmp_path):
+    f = tmp_path / "p.yaml"
+    f.write_text("since: 2025-12-01T00:00:00Z\nconfirm_target: app\n")
+    with pytest.raises(ParameterError, match="'confirm_target' cannot come from a file"):
+        P.merge_sources([f])
+    g = tmp_path / "q.yaml"
+    g.write_text("since: 2025-12-01T00:00:00Z\n")
+    assert P.merge_sources([g], [], {"confirm_target": "app"})["confirm_target"] == "app"
