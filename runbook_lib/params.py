@@ -19,6 +19,16 @@ from .errors import ParameterError
 
 Mode = Literal["review", "execute"]
 _PLAN_ID = re.compile(r"^[0-9a-f]{16,64}$")
+#: a plain SQL identifier (schema, table, column, enum, model): quoted where used, but never anything else
+IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_$]{0,62}")
+
+
+def identifiers(values: list[str], what: str) -> list[str]:
+    """``values`` if every one is a plain identifier, else a ValueError naming the bad ones."""
+    bad = [x for x in values if not IDENTIFIER.fullmatch(x)]
+    if bad:
+        raise ValueError(f"{bad} are not {what} (letters, digits, _ and $)")
+    return values
 
 
 class _NoTimestampLoader(yaml.SafeLoader):
@@ -137,7 +147,7 @@ class CommonParams(BaseModel):
     @field_validator("db_schema")
     @classmethod
     def _ident(cls, v: str) -> str:
-        if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_$]{0,62}", v):
+        if not IDENTIFIER.fullmatch(v):
             raise ValueError(f"{v!r} is not a valid schema name")
         return v
 
@@ -145,9 +155,7 @@ class CommonParams(BaseModel):
     @classmethod
     def _maps(cls, v: dict[str, str]) -> dict[str, str]:
         for k, val in v.items():
-            if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_.]{0,126}", str(k)) or not re.fullmatch(
-                r"[A-Za-z_][A-Za-z0-9_$]{0,62}", str(val)
-            ):
+            if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_.]{0,126}", str(k)) or not IDENTIFIER.fullmatch(str(val)):
                 raise ValueError(f"{k!r}: {val!r} is not a valid model.field -> identifier mapping")
         return v
 

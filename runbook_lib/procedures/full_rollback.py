@@ -24,7 +24,6 @@ Where the guide is wrong or silent, and what this procedure does instead:
 from __future__ import annotations
 
 import hashlib
-import re
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
@@ -38,7 +37,7 @@ from .. import names as nmod
 from ..db import quote_ident
 from ..errors import EvidenceError, InvariantError, ParameterError, PolicyAbort
 from ..names import NameMap
-from ..params import DestructiveParams, LedgerSource
+from ..params import DestructiveParams, LedgerSource, identifiers
 from ..prisma import edit as pedit
 from ..prisma import history
 from . import token_reversal as tr
@@ -93,10 +92,7 @@ class Params(DestructiveParams):
     @field_validator("models", "enums")
     @classmethod
     def _identifiers(cls, v: list[str]) -> list[str]:
-        bad = [x for x in v if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_$]{0,62}", x)]
-        if bad:
-            raise ValueError(f"{bad} are not model, table or enum names (letters, digits, _ and $)")
-        return v
+        return identifiers(v, "model, table or enum names")
 
     @field_validator("drop_dependents")
     @classmethod

@@ -25,7 +25,7 @@ from sqlalchemy.engine import Connection
 from .. import backups, db, pgtools
 from ..errors import InvariantError, ParameterError, PolicyAbort
 from ..names import NameMap
-from ..params import DestructiveParams, name_list
+from ..params import DestructiveParams, identifiers, name_list
 from .base import ApplyResult, Check, Plan, VerifyResult, plan_hash
 
 NAME = "restore"
@@ -52,11 +52,7 @@ class Params(DestructiveParams):
     @field_validator("restore_tables", mode="before")
     @classmethod
     def _tables(cls, v: Any) -> list[str]:
-        v = name_list(v, limit=500)
-        bad = [x for x in v if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_$]{0,62}", x)]
-        if bad:
-            raise ValueError(f"{bad} are not table names (letters, digits, _ and $)")
-        return v
+        return identifiers(name_list(v, limit=500), "table names")
 
     @field_validator("into_database")
     @classmethod
