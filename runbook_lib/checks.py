@@ -118,24 +118,29 @@ def _opening_sql(conn: Connection, n: NameMap) -> str:
 
 
 def _balance_vs_ledger(conn: Connection, n: NameMap, k: int) -> Check:
-    bal = f"b.{n.c(B, 'balance')}::bigint"
-    expected = "coalesce(o.opening, 0) + coalesce(l.total, 0)"
-    sql = (f"select b.{n.c(B, 'userId')} as user_id, {bal} as balance, coalesce(o.opening, 0) as opening, "
-           f"coalesce(l.total, 0) as ledger_sum, {bal} - ({expected}) as drift from {n.t(B)} b "
-           f"left join (select {n.c(L, 'userId')} as uid, sum({n.c(L, 'amount')})::bigint as total from {n.t(L)} "
-           f"group by 1) l on l.uid = b.{n.c(B, 'userId')} left join ({_opening_sql(conn, n)}) o "
-           f"on o.uid = b.{n.c(B, 'userId')} where {bal} <> {expected}")
-    check = _count_and_sample(conn, "every balance equals its ledger sum", sql + f" order by abs({bal} - ({expected})) "
-                              "desc", k)
-    total = int(conn.execute(sa.text(f"select coalesce(sum(drift), 0) from ({sql}) d")).scalar_one())
-    opened = int(conn.execute(sa.text(
-        f"select count(*) from ({_opening_sql(conn, n)}) o where o.opening <> 0")).scalar_one())
-    check.detail = (f"{check.count} users drift from their ledger by {total:+,} tokens in total" if check.count
-                    else "no drift: every balance equals the sum of its ledger")
+    title = "every balance equals its ledger sum"
+    per_user = (
+        f"select b.{n.c(B, 'userId')} as user_id, b.{n.c(B, 'balance')}::bigint as balance, "
+        f"coalesce(o.opening, 0) as opening, coalesce(l.total, 0) as ledger_sum, "
+        f"b.{n.c(B, 'balance')}::bigint - coalesce(o.opening, 0) - coalesce(l.total, 0) as drift from {n.t(B)} b "
+        f"left join (select {n.c(L, 'userId')} as uid, sum({n.c(L, 'amount')})::bigint as total from {n.t(L)} "
+        f"group by 1) l on l.uid = b.{n.c(B, 'userId')} left join ({_opening_sql(conn, n)}) o "
+        f"on o.uid = b.{n.c(B, 'userId')}")
+    # one pass over the ledger: the count, the total drift and the users with an opening balance together
+    count, total, opened = conn.execute(sa.text(
+        f"select count(*) filter (where drift <> 0), coalesce(sum(drift) filter (where drift <> 0), 0), "
+        f"count(*) filter (where opening <> 0) from ({per_user}) p")).one()
+    count, total, opened = int(count), int(total), int(opened)
+    sample = None
+    if count:
+        sample = pd.read_sql(sa.text(f"select * from ({per_user}) p where drift <> 0 order by abs(drift) desc, "
+                                     "user_id limit :k"), conn, params={"k": k})
+    detail = (f"{count} users drift from their ledger by {total:+,} tokens in total" if count
+              else "no drift: every balance equals the sum of its ledger")
     if opened:
-        check.detail += (f"; {opened} users' ledgers start from an opening balance (their first row's balanceAfter "
-                         "- amount: earlier history not in the ledger), counted in")
-    return check
+        detail += (f"; {opened} users' ledgers start from an opening balance (their first row's balanceAfter "
+                   "- amount: earlier history not in the ledger), counted in")
+    return Check(title, count == 0, count, detail, sample)
 
 
 def _running_balance(conn: Connection, n: NameMap, k: int) -> Check:
@@ -143,13 +148,14 @@ def _running_balance(conn: Connection, n: NameMap, k: int) -> Check:
     if not nmod.has_column(conn, n, L, "balanceAfter"):
         return Check(title, True, 0, "the ledger has no running-balance column")
     ba = n.c(L, "balanceAfter")
-    # from the user's opening balance (0 for a complete ledger): each row is its predecessor plus its amount
+    amt = f"t.{n.c(L, 'amount')}"
+    # from the user's opening balance (the first row's balanceAfter - amount, as in _opening_sql; 0 for a
+    # complete ledger), in the same window pass: each row is its predecessor plus its amount
     return _count_and_sample(conn, title, (
         f"select * from (select t.{n.c(L, 'id')} as ledger_id, t.{n.c(L, 'userId')} as user_id, "
-        f"t.{n.c(L, 'createdAt')} as created_at, t.{n.c(L, 'amount')} as amount, t.{ba} as balance_after, "
-        f"coalesce(o.opening, 0) + sum(t.{n.c(L, 'amount')}) over (partition by t.{n.c(L, 'userId')} "
-        f"order by t.{n.c(L, 'createdAt')}, t.{n.c(L, 'id')}) as running from {n.t(L)} t "
-        f"left join ({_opening_sql(conn, n)}) o on o.uid = t.{n.c(L, 'userId')}) w "
+        f"t.{n.c(L, 'createdAt')} as created_at, {amt} as amount, t.{ba} as balance_after, "
+        f"first_value(coalesce(t.{ba} - {amt}, 0)) over w + sum({amt}) over w as running from {n.t(L)} t "
+        f"window w as (partition by t.{n.c(L, 'userId')} order by t.{n.c(L, 'createdAt')}, t.{n.c(L, 'id')})) w "
         "where balance_after is not null and balance_after <> running"),
         k)
 
