@@ -77,13 +77,21 @@ def summary_box(title: str, summary: Mapping[str, Any], warnings: Iterable[str] 
         + (f"<div style='color:#b71c1c'><b>Warnings</b><ul>{warn}</ul></div>" if warn else "") + "</div>"))
 
 
+def _timestamp(v: object) -> str:
+    return v.isoformat(sep=" ", timespec="milliseconds") if isinstance(v, pd.Timestamp) and not pd.isna(v) else ""
+
+
 def style_table(df: pd.DataFrame, highlight_negative: Iterable[str] = ()) -> Any:
-    """A pandas Styler: thousands separators, numbers right-aligned, negatives and failures highlighted."""
+    """A pandas Styler: thousands separators, numbers right-aligned, timestamps to the millisecond, negatives and
+    failures highlighted."""
     styler = df.style.hide(axis="index")
     numeric: list[Any] = [c for c in df.columns if pd.api.types.is_numeric_dtype(df[c]) and not pd.api.types.is_bool_dtype(df[c])]
     if numeric:
         styler = styler.format("{:,}", subset=[c for c in numeric if pd.api.types.is_integer_dtype(df[c])])
         styler = styler.set_properties(subset=numeric, **{"text-align": "right"})
+    stamps: list[Any] = [c for c in df.columns if pd.api.types.is_datetime64_any_dtype(df[c])]
+    if stamps:  # one width for every timestamp: milliseconds always (Prisma's timestamp(3)), the zone when known
+        styler = styler.format(_timestamp, subset=stamps)
     neg: list[Any] = [c for c in highlight_negative if c in df.columns]
     if neg:
         styler = styler.map(lambda v: _NEGATIVE if isinstance(v, (int, float)) and v < 0 else "", subset=neg)
