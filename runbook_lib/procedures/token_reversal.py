@@ -436,10 +436,14 @@ def check_reversal(conn: Connection, names: NameMap, rp: ReversalPlan, counts: d
     """Invariants before COMMIT, recomputed from the database; raise InvariantError (-> ROLLBACK)."""
     q = _n(names)
     problems: list[str] = []
-    wrong_balance = conn.execute(sa.text(
-        f"select count(*) from rb_users u join {q['bal']} b on b.{q['b_uid']} = u.user_id "
-        f"where u.included and b.{q['b_bal']} <> u.before - u.total + u.shortfall")).scalar_one()
-    if wrong_balance:
+
+    def users_whose_balance(condition: str) -> int:
+        """How many included users' balances meet ``condition`` (on ``b``, the balance row, and ``u``)."""
+        return int(conn.execute(sa.text(
+            f"select count(*) from rb_users u join {q['bal']} b on b.{q['b_uid']} = u.user_id "
+            f"where u.included and {condition}")).scalar_one())
+
+    if wrong_balance := users_whose_balance(f"b.{q['b_bal']} <> u.before - u.total + u.shortfall"):
         problems.append(f"{wrong_balance} balances differ from before - reversed total (+ clamp shortfall)")
     if rp.ledger_mode == "compensate":
         unreversed = conn.execute(sa.text(
@@ -452,19 +456,12 @@ def check_reversal(conn: Connection, names: NameMap, rp: ReversalPlan, counts: d
         problems.append(f"{unreversed} affected ledger rows are not reversed exactly once")
     if counts["balances_updated"] != counts["users_affected"]:
         problems.append(f"{counts['balances_updated']} balance rows updated for {counts['users_affected']} users")
-    if rp.negative_policy in ("clamp", "skip"):
-        # no balance may end below zero, nor below where it was when it was negative already
-        pushed_below = conn.execute(sa.text(
-            f"select count(*) from rb_users u join {q['bal']} b on b.{q['b_uid']} = u.user_id "
-            f"where u.included and b.{q['b_bal']} < least(u.before, 0)")).scalar_one()
-        if pushed_below:
-            problems.append(f"{pushed_below} balances pushed below zero despite policy {rp.negative_policy}")
-    if rp.negative_policy == "clamp":
-        raised = conn.execute(sa.text(
-            f"select count(*) from rb_users u join {q['bal']} b on b.{q['b_uid']} = u.user_id "
-            f"where u.included and b.{q['b_bal']} > u.before")).scalar_one()
-        if raised:
-            problems.append(f"{raised} balances raised by a reversal (clamp must never add tokens)")
+    # no balance may end below zero, nor below where it was when it was negative already
+    if rp.negative_policy in ("clamp", "skip") and (
+            pushed_below := users_whose_balance(f"b.{q['b_bal']} < least(u.before, 0)")):
+        problems.append(f"{pushed_below} balances pushed below zero despite policy {rp.negative_policy}")
+    if rp.negative_policy == "clamp" and (raised := users_whose_balance(f"b.{q['b_bal']} > u.before")):
+        problems.append(f"{raised} balances raised by a reversal (clamp must never add tokens)")
     expected_rows = rp.summary["rows_to_reverse"]
     if counts["rows_reversed"] != expected_rows:
         problems.append(f"reversed {counts['rows_reversed']} rows, the plan said {expected_rows}")
