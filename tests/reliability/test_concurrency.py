@@ -3,6 +3,7 @@ Two operators at once: one proceeds, the other is refused. Any change between re
 
 from __future__ import annotations
 
+import json
 import random
 import threading
 import time
@@ -197,6 +198,36 @@ def test_two_operators_one_proceeds_the_other_is_refused(incident_db, tmp_path, 
     # afterwards the second operator's approved plan is stale: it is applied already, nothing to do
     again = Run("token-reversal", {**WINDOW, "mode": "execute", "approved_plan": plan.plan_id}).execute()
     assert again is not None and not again.changed
+
+
+@pytest.mark.slow
+def test_two_operators_through_the_cli_the_second_gets_exit_10(incident_db, tmp_path, figures, monkeypatch, capfd):
+    """The same refusal end to end: one error line naming the other operator, exit 10, its run archived."""
+    from runbook_lib.cli import main
+
+    monkeypatch.setenv("DATABASE_URL", incident_db)
+    monkeypatch.chdir(tmp_path)
+    plan = Run("token-reversal", WINDOW).review()
+    marker = tmp_path / "op-a"
+    a = start_worker(incident_db, "token-reversal", dict(WINDOW), {"RUNBOOK_FAULT": "after_lock:sleep:25",
+                                                                  "RUNBOOK_FAULT_MARKER": str(marker)})
+    try:
+        assert wait_for(marker, a) is not None
+        before = db_state(incident_db)
+        status = main(["run", "token-reversal", "-p", "since", WINDOW["since"], "-p", "until", WINDOW["until"],
+                       "-p", "backup_override_reason", NO_BACKUP, "--incident", "TWO", "--no-progress",
+                       "--execute", "--approve", plan.plan_id])
+        err = [line for line in capfd.readouterr().err.splitlines() if line.strip()]
+        assert status == 10, err
+        assert len(err) == 1 and err[0].startswith("error:") and "another operator" in err[0], err
+        assert db_state(incident_db) == before  # operator A still holds its uncommitted transaction
+        runs = sorted((tmp_path / "incidents" / "TWO").glob("*_token-reversal_execute"))
+        manifest = json.loads((runs[0] / "manifest.json").read_text())
+        assert len(runs) == 1 and manifest["status"] == "aborted" and manifest["error"]["exit_code"] == 10
+    finally:
+        _, out_err = a.communicate(timeout=180)
+    assert a.returncode == 0, out_err[-2000:]
+    figures["trials"] += 1
 
 
 def _grant_in_window(c: sa.engine.Connection) -> None:
