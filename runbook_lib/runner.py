@@ -12,6 +12,7 @@ import getpass
 import json
 import logging
 import os
+import sys
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -86,19 +87,18 @@ def run_procedure(
     # held (flock on the folder) until archived: a concurrent run of the incident must not take it for dead
     run_dir = evidence.new_run_dir(Path(evidence_root), incident, proc.NAME, params.mode, hold=True)
     try:
-        return _run_in(run_dir, proc, params, incident=incident, operator=operator, progress_bar=progress_bar,
-                       log_output=log_output)
+        return _run_in(run_dir, proc, nb_in, params, incident=incident, operator=operator,
+                       progress_bar=progress_bar, log_output=log_output)
     finally:
         evidence.release_run(run_dir)
 
 
-def _run_in(run_dir: Path, proc: Any, params: params_mod.CommonParams, *, incident: str, operator: str | None,
-            progress_bar: bool, log_output: bool) -> RunOutcome:
+def _run_in(run_dir: Path, proc: Any, nb_in: Path, params: params_mod.CommonParams, *, incident: str,
+            operator: str | None, progress_bar: bool, log_output: bool) -> RunOutcome:
     import papermill as pm
 
     from . import evidence
 
-    nb_in = notebooks_dir() / proc.NOTEBOOK
     nb_out = run_dir / proc.NOTEBOOK
     injected = {**params.public_dict(), "evidence_dir": str(run_dir)}
     papermill_error: str | None = None
@@ -204,8 +204,6 @@ class _OutputStream(logging.Handler):
         self.setFormatter(logging.Formatter("%(message)s"))
 
     def emit(self, record: logging.LogRecord) -> None:
-        import sys
-
         try:
             text = redact_text(self.format(record))
             sys.stdout.write(text if text.endswith("\n") else text + "\n")
