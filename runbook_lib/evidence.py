@@ -9,6 +9,7 @@ Layout::
             token_reversal.html         offline HTML copy (nbconvert)
             affected_rows.parquet       the full affected set, streamed in chunks
             run-state.json              what the notebook's Run recorded step by step
+            kernel.log                  only when the kernel process wrote outside any cell (e.g. a native abort)
             manifest.json               parameters, operator, versions, target, SHA-256 of every file,
                                         and the SHA-256 of the previous run's manifest (the chain)
 

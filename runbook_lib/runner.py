@@ -16,7 +16,7 @@ import sys
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from . import db, procedures
 from . import params as params_mod
@@ -25,6 +25,7 @@ from .redact import redact_obj, redact_text
 from .run import STATE_FILE
 
 DEFAULT_EVIDENCE_ROOT = Path("incidents")
+KERNEL_LOG = "kernel.log"
 
 
 def notebooks_dir() -> Path:
@@ -100,6 +101,7 @@ def _run_in(run_dir: Path, proc: Any, nb_in: Path, params: params_mod.CommonPara
     from . import evidence
 
     nb_out = run_dir / proc.NOTEBOOK
+    kernel_log = run_dir / KERNEL_LOG
     injected = {**params.public_dict(), "evidence_dir": str(run_dir)}
     papermill_error: str | None = None
     # parameters were validated strictly above; papermill's own warnings about them would only be noise, and its
@@ -112,17 +114,17 @@ def _run_in(run_dir: Path, proc: Any, nb_in: Path, params: params_mod.CommonPara
     if stream is not None:
         pm_logger.addHandler(stream)
         pm_logger.propagate = False  # printed once, on stdout, not again by the root logger's fallback on stderr
-    with warnings.catch_warnings():
+    with warnings.catch_warnings(), open(kernel_log, "ab") as kernel_fh:
         warnings.simplefilter("ignore")
         try:
             pm.execute_notebook(
                 str(nb_in), str(nb_out), parameters=injected, progress_bar=progress_bar, log_output=log_output,
                 kernel_name="python3", cwd=str(Path.cwd()), report_mode=False,
-                # the kernel writes its own log to the CLI's stderr: startup warnings (e.g. "running over TCP
-                # without encryption" on a local socket) and, at shutdown, "ERROR | KeyboardInterrupt caught in
-                # kernel" (jupyter_client interrupts the kernel before every shutdown); either would break the
-                # one-line error contract. Every failure reaches the operator as the one error line and the
-                # archived notebook instead.
+                kernel_manager_class=_kernel_manager_class(kernel_fh),
+                # the kernel's own log (startup warnings such as "running over TCP without encryption" on a
+                # local socket, and at shutdown "ERROR | KeyboardInterrupt caught in kernel", as jupyter_client
+                # interrupts the kernel before every shutdown) is routine noise: only what is critical reaches
+                # kernel.log. Every failure reaches the operator as the one error line and the archived notebook.
                 extra_arguments=["--IPKernelApp.log_level=CRITICAL"],
             )
         except pm.PapermillExecutionError as exc:
@@ -130,12 +132,15 @@ def _run_in(run_dir: Path, proc: Any, nb_in: Path, params: params_mod.CommonPara
         except Exception as exc:  # noqa: BLE001 - kernel death etc.: archived, then reported
             papermill_error = f"{type(exc).__name__}: {exc}"
             if type(exc).__name__ == "DeadKernelError":
-                papermill_error = _kernel_died(run_dir)
+                kernel_fh.flush()
+                papermill_error = _kernel_died(run_dir, kernel_log)
         finally:
             pm_logger.setLevel(old_level)
             pm_logger.propagate = old_propagate
             if stream is not None:
                 pm_logger.removeHandler(stream)
+            if kernel_log.is_file() and kernel_log.stat().st_size == 0:
+                kernel_log.unlink()  # kept only when the kernel process said something outside the notebook
     state = _read_state(run_dir)
     status = state.get("status", "failed")
     err = state.get("error") or {}
@@ -188,12 +193,34 @@ def _run_in(run_dir: Path, proc: Any, nb_in: Path, params: params_mod.CommonPara
     )
 
 
-def _kernel_died(run_dir: Path) -> str:
+def _kernel_manager_class(log: IO[bytes]) -> type:
+    """A kernel manager whose kernel process writes its own stdout and stderr to ``log``, not to the CLI's.
+
+    The kernel inherits the CLI's file descriptors. Inside a cell ipykernel captures them into the notebook, but
+    before and after (start-up, shutdown, a native library aborting, e.g. libzmq's "Assertion failed:
+    pfd.revents & POLLIN (src/signaler.cpp:238)" at teardown) the kernel writes straight to them and would break
+    the CLI's contract: stderr holds the one error line, nothing else. What it writes is evidence, so it goes to
+    ``kernel.log`` in the run folder (redacted and hashed with the rest; removed when empty).
+    """
+    from jupyter_client import AsyncKernelManager
+
+    class _LoggedKernelManager(AsyncKernelManager):
+        async def start_kernel(self, **kw: Any) -> None:  # type: ignore[override]  # async in this class
+            kw.setdefault("stdout", log)  # a restart reuses these launch arguments: ``log`` stays open for the run
+            kw.setdefault("stderr", log)
+            await super().start_kernel(**kw)
+
+    return _LoggedKernelManager
+
+
+def _kernel_died(run_dir: Path, kernel_log: Path) -> str:
     steps = (_read_state(run_dir).get("steps") or {}).items()
     running = [name for name, st in steps if isinstance(st, dict) and st.get("status") == "running"]
     during = f" during the {running[-1]} step" if running else ""
+    said = f"; what the kernel process wrote is in {KERNEL_LOG}" if kernel_log.is_file() and \
+        kernel_log.stat().st_size else ""
     return (f"DeadKernelError: the notebook's kernel died{during} (killed, or out of memory); an open database "
-            "transaction is rolled back by the server; the executed notebook is archived as failed")
+            f"transaction is rolled back by the server; the executed notebook is archived as failed{said}")
 
 
 class _OutputStream(logging.Handler):

@@ -132,6 +132,31 @@ def test_cli_reports_a_failed_notebook_on_one_line(incident_db, tmp_path, fixtur
         assert "kernel died" in lines[0]
 
 
+def test_the_kernel_process_never_writes_to_the_cli_stderr(incident_db, target_env, tmp_path, monkeypatch):
+    """A native library in the kernel (libzmq aborting at teardown, say) writes to the process's real stderr:
+    that goes to the run's kernel.log, never between the CLI's own lines (a CI run once saw "Assertion failed:
+    pfd.revents & POLLIN (src/signaler.cpp:238)" before the error line)."""
+    nbdir = tmp_path / "nbs"
+    nbdir.mkdir()
+    shutil.copy(FIXTURES / "kernel_writes_to_stderr.ipynb", nbdir / "token_reversal.ipynb")
+    env = {**os.environ, "DATABASE_URL": incident_db, "RUNBOOK_NOTEBOOKS": str(nbdir)}
+    r = subprocess.run([str(Path(sys.executable).parent / "runbook"), "run", "token-reversal", "-p", "since",
+                        WINDOW["since"], "-p", "until", WINDOW["until"], "--no-progress", "--incident", "K",
+                        "--evidence-dir", str(tmp_path / "ev")], env=env, cwd=tmp_path, capture_output=True,
+                       text=True, timeout=300)
+    assert r.returncode == 0 and r.stderr.strip() == "", r.stderr
+    (run_dir,) = [p for p in (tmp_path / "ev" / "K").iterdir() if p.is_dir()]
+    assert "simulated native abort" in (run_dir / "kernel.log").read_text()
+    manifest = json.loads((run_dir / "manifest.json").read_text())
+    assert "kernel.log" in manifest["files"]  # hashed like the rest of the evidence
+    # a run whose kernel said nothing keeps no empty log
+    shutil.copy(FIXTURES / "succeeds.ipynb", nbdir / "token_reversal.ipynb")
+    target_env(incident_db)
+    monkeypatch.setenv("RUNBOOK_NOTEBOOKS", str(nbdir))
+    out = run_procedure("token-reversal", WINDOW, incident="K2", evidence_root=tmp_path / "ev", progress_bar=False)
+    assert out.exit_code == 0 and not (out.run_dir / "kernel.log").exists()
+
+
 def test_log_output_streams_the_notebook_to_stdout(incident_db, tmp_path):
     """--log-output shows the notebook's own progress lines (on stdout; stderr stays for the error line)."""
     env = {**os.environ, "DATABASE_URL": incident_db}
