@@ -292,3 +292,36 @@ def test_a_misspelled_notebook_parameter_is_refused_not_ignored(incident_db, tar
         Run.from_namespace("token-reversal", {**WINDOW, "negative_polcy": "abort", "Run": Run, "In": [""]})
     ok = Run.from_namespace("token-reversal", {**WINDOW, "negative_policy": "abort", "plan": None, "result": 1})
     assert ok.params.negative_policy == "abort"
+
+
+def test_apply_reverses_exactly_the_rows_the_plan_recomputed_under_the_locks(incident_db, engine_for, target_env):
+    """Execute reads the selection once, under the locks, into temp tables: the recomputed plan's figures and
+    the apply both come from them. A grant the app writes after that recompute (a new row: row locks cannot keep
+    it out) is not half-included: the rows applied are the rows approved, the invariants hold, and the late grant
+    is left for the next review."""
+    from runbook_lib import db
+    from runbook_lib.procedures import token_reversal as tr
+
+    target_env(incident_db)
+    eng = engine_for(incident_db)
+    review = Run("token-reversal", WINDOW).review()
+    run = Run("token-reversal", {**WINDOW, "mode": "execute", "approved_plan": review.plan_id})
+    uid = review.frames["balances"]["userId"].iloc[0]
+    with db.write_transaction(run.engine, lock_timeout_ms=5000, statement_timeout_ms=60000) as conn:
+        names = run._resolve(conn)
+        tr.lock(conn, run.params, names)
+        plan = tr.plan(conn, run.params, names, detail=False)
+        assert plan.plan_id == review.plan_id and plan.details["reversal"].materialized
+        with eng.begin() as app:  # the app grants once more, inside the window, while the execute runs
+            app.execute(sa.text(
+                'insert into "TokenTransaction" (id, "userId", amount, type, source, "createdAt") '
+                "values ('late_grant', :u, 7, 'CREDIT', 'voucher_redemption', '2025-12-02T12:00:00')"), {"u": uid})
+        result = tr.apply(conn, run.params, names, plan)
+        tr.check(conn, run.params, names, plan, result)
+    assert result.counts["rows_reversed"] == review.summary["ledger rows to reverse"]
+    assert result.counts["tokens_reversed"] == review.summary["tokens to reverse"]
+    with eng.connect() as c:
+        assert c.exec_driver_sql(
+            """select count(*) from "TokenTransaction" where "reversalOfId" = 'late_grant'""").scalar() == 0
+    again = Run("token-reversal", WINDOW).review()
+    assert again.summary["ledger rows to reverse"] == 1  # the late grant, for the next approval

@@ -135,6 +135,9 @@ class ReversalPlan:
     has_source_id: bool = False
     has_description: bool = False
     type_is_enum: bool = False
+    #: the selection and the per-user decisions are already in this transaction's temp tables rb_affected and
+    #: rb_users (computed under the locks, for execute): apply_reversal works on exactly the rows the plan saw
+    materialized: bool = False
 
 
 def _n(names: NameMap) -> dict[str, str]:
@@ -150,14 +153,13 @@ def _n(names: NameMap) -> dict[str, str]:
     }
 
 
-def _affected_cte(q: dict[str, str], where_sql: str, has_link: bool, source_id: bool = False) -> str:
-    extra = f", tt.{q['sid']} as source_id" if source_id else ""
+def _affected_cte(q: dict[str, str], where_sql: str, has_link: bool) -> str:
     not_reversed = (
         f"and not exists (select 1 from {q['ledger']} r where r.{q['link']} = tt.{q['id']})" if has_link else ""
     )
     return (
         f"affected as (select tt.{q['id']} as id, tt.{q['uid']} as user_id, tt.{q['amt']}::bigint as amount, "
-        f"tt.{q['ts']} as created_at{extra} from {q['ledger']} tt where ({where_sql}) {not_reversed})"
+        f"tt.{q['ts']} as created_at from {q['ledger']} tt where ({where_sql}) {not_reversed})"
     )
 
 
@@ -219,11 +221,28 @@ def plan_reversal(
                     "reversal_type",
                 )
     base = f"with {_affected_cte(q, where_sql, has['reversalOfId'])}, {_decision_sql(q, negative_policy)} "
-    already_sql = (
-        f"(select count(*) from {q['ledger']} tt where ({where_sql}) and exists "
-        f"(select 1 from {q['ledger']} r where r.{q['link']} = tt.{q['id']}))" if has["reversalOfId"] else "0")
-    # one statement: the affected CTE is materialized once and feeds totals, digests and the already-count
-    totals = conn.execute(sa.text(base + f"""
+    # execute recomputes the plan under the locks (detail=False) in a write transaction: the selection is then
+    # read once into temp tables that the plan's figures and digests, and later the apply, all come from
+    materialize = not detail and bool(conn.execute(sa.text(
+        "select current_setting('transaction_read_only') = 'off'")).scalar())
+    if materialize:
+        already = _materialize(conn, q, where_sql, where_params, has_link=has["reversalOfId"],
+                               source_id=ledger_mode == "compensate" and has["sourceId"], policy=negative_policy)
+        selected = "with affected as (select id, user_id, amount from rb_affected), decided as (select * from rb_users) "
+        already_sql = str(int(already))
+    elif has["reversalOfId"]:
+        # one scan of the selection feeds both the affected rows and the count of those already reversed
+        selected = (
+            f"with selected as (select tt.{q['id']} as id, tt.{q['uid']} as user_id, tt.{q['amt']}::bigint as "
+            f"amount, exists (select 1 from {q['ledger']} r where r.{q['link']} = tt.{q['id']}) as done "
+            f"from {q['ledger']} tt where ({where_sql})), "
+            "affected as (select id, user_id, amount from selected where not done), "
+            f"{_decision_sql(q, negative_policy)} ")
+        already_sql = "(select count(*) from selected where done)"
+    else:
+        selected, already_sql = base, "0"
+    # one statement: the selection is read once and feeds totals, digests and the already-count
+    totals = conn.execute(sa.text(selected + f"""
         select count(*) as users, coalesce(sum(n),0) as rows, coalesce(sum(total),0) as tokens,
           count(*) filter (where raw_after < 0 and before is not null) as users_negative,
           coalesce(sum(-raw_after) filter (where raw_after < 0 and before is not null),0) as negative_tokens,
@@ -235,8 +254,8 @@ def plan_reversal(
           coalesce(sum(shortfall) filter (where included),0) as clamp_shortfall,
           coalesce(sum(before) filter (where included),0) as balance_before_total,
           coalesce(sum(new_balance) filter (where included),0) as balance_after_total,
-          md5(coalesce(string_agg(user_id || ':' || coalesce(before::text,'-'), ',' order by user_id),'')) as bal_digest,
-          (select md5(coalesce(string_agg(id || ':' || user_id || ':' || amount, ',' order by id),''))
+          md5(coalesce(string_agg(user_id || ':' || coalesce(before::text,'-'), ',' order by user_id::text collate "C"),'')) as bal_digest,
+          (select md5(coalesce(string_agg(id || ':' || user_id || ':' || amount, ',' order by id::text collate "C"),''))
              from affected) as rows_digest,
           {already_sql} as rows_already_reversed
         from decided"""), where_params).mappings().one()
@@ -253,6 +272,7 @@ def plan_reversal(
         reversal_type=reversal_type, reversal_source=reversal_source, summary=summary, digest=digest,
         has_balance_after=has["balanceAfter"], has_link=has["reversalOfId"], has_type=has["type"],
         has_source_id=has["sourceId"], has_description=has["description"], type_is_enum=type_is_enum,
+        materialized=materialize,
     )
     _warnings(rp, summary, negative_policy, already)
     if not detail:  # recomputed under locks for execute: the figures, not the display frames
@@ -329,33 +349,48 @@ def _type_enum_values(conn: Connection, names: NameMap) -> list[str]:
         {"t": names.t(L), "c": names.column(L, "type")})]
 
 
+def _materialize(conn: Connection, q: dict[str, str], where_sql: str, where_params: dict[str, Any], *,
+                 has_link: bool, source_id: bool, policy: str) -> int:
+    """The selection into ``rb_affected`` (rows not reversed yet) and the per-user decisions into ``rb_users``,
+    temp tables dropped at COMMIT; returns how many selected rows were already reversed. One scan of the ledger."""
+    conn.execute(sa.text("drop table if exists rb_affected, rb_users"))
+    extra = f", tt.{q['sid']} as source_id" if source_id else ""
+    done = f"exists (select 1 from {q['ledger']} r where r.{q['link']} = tt.{q['id']})" if has_link else "false"
+    conn.execute(sa.text(
+        f"create temp table rb_affected on commit drop as select tt.{q['id']} as id, tt.{q['uid']} as user_id, "
+        f"tt.{q['amt']}::bigint as amount, tt.{q['ts']} as created_at{extra}, {done} as done "
+        f"from {q['ledger']} tt where ({where_sql})"), where_params)
+    already = conn.execute(sa.text("delete from rb_affected where done")).rowcount
+    conn.execute(sa.text("alter table rb_affected drop column done"))
+    conn.execute(sa.text(
+        f"create temp table rb_users on commit drop as with affected as (select * from rb_affected), "
+        f"{_decision_sql(q, policy)} select * from decided"))
+    # statistics for the planner (a temp table has none); no indexes: the later statements join by hash
+    conn.execute(sa.text("analyze rb_users"))
+    return int(already)
+
+
 def lock_reversal(conn: Connection, names: NameMap, where_sql: str, where_params: dict[str, Any]) -> int:
     """Lock the affected ledger rows and their users' balance rows, in id order (no deadlocks)."""
     q = _n(names)
-    # counted in the database: the locked rows are not shipped to Python
-    conn.execute(sa.text(
-        f"select count(*) from (select 1 from {q['ledger']} tt where ({where_sql}) order by tt.{q['id']} "
-        "for update of tt) s"), where_params)
+    # one statement, one scan of the selection: the CTE locks the ledger rows in id order (a CTE with FOR UPDATE
+    # is never inlined); the aggregate over it must read it to its end, so every selected row is locked before
+    # the balance rows of their users are locked, in user order. Counted in the database: no row goes to Python.
     return int(conn.execute(sa.text(
-        f"select count(*) from (select 1 from {q['bal']} b where b.{q['b_uid']} in (select tt.{q['uid']} from "
-        f"{q['ledger']} tt where ({where_sql})) order by b.{q['b_uid']} for update) s"), where_params).scalar_one())
+        f"with locked as (select tt.{q['uid']} as user_id from {q['ledger']} tt where ({where_sql}) "
+        f"order by tt.{q['id']}::text collate \"C\" for update of tt), "
+        "users as (select coalesce(array_agg(distinct user_id), '{}') as ids from locked) "
+        f"select count(*) from (select 1 from {q['bal']} b where b.{q['b_uid']} in (select unnest(ids) from users) "
+        f"order by b.{q['b_uid']}::text collate \"C\" for update) s"), where_params).scalar_one())
 
 
 def apply_reversal(conn: Connection, names: NameMap, rp: ReversalPlan) -> dict[str, int]:
     """Reverse the planned rows with set-based statements; balances move by per-user totals."""
     q = _n(names)
-    conn.execute(sa.text("drop table if exists rb_affected, rb_users"))
-    # the selection is scanned once into rb_affected; per-user decisions come from it
-    conn.execute(sa.text(
-        "create temp table rb_affected on commit drop as with "
-        f"{_affected_cte(q, rp.where_sql, rp.has_link, source_id=rp.ledger_mode == 'compensate' and rp.has_source_id)} "
-        "select * from affected"), rp.where_params)
-    conn.execute(sa.text(
-        f"create temp table rb_users on commit drop as with affected as (select * from rb_affected), "
-        f"{_decision_sql(q, rp.negative_policy)} select * from decided"))
+    if not (rp.materialized and conn.execute(sa.text("select to_regclass('pg_temp.rb_users')")).scalar()):
+        _materialize(conn, q, rp.where_sql, rp.where_params, has_link=rp.has_link,
+                     source_id=rp.ledger_mode == "compensate" and rp.has_source_id, policy=rp.negative_policy)
     conn.execute(sa.text("delete from rb_affected a using rb_users u where u.user_id = a.user_id and not u.included"))
-    conn.execute(sa.text("create index on rb_affected (id); create index on rb_users (user_id); "
-                         "analyze rb_affected; analyze rb_users"))
     counts: dict[str, int] = {}
     now = "(now() at time zone 'utc')"
     if rp.ledger_mode == "compensate":
