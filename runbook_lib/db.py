@@ -20,6 +20,7 @@ from .errors import (
     ParameterError,
     RunbookError,
     SessionInterruptedError,
+    StatementTimeoutError,
     TargetError,
 )
 from .redact import redact_text, redact_url
@@ -93,7 +94,8 @@ def translate_error(exc: BaseException, url: str | None = None, *, connected: bo
         return LockTimeoutError(f"deadlock with another session (PostgreSQL chose this transaction to abort); it was "
                                 f"rolled back, nothing was changed; run again: {text}")
     if code == "57014":
-        return LockTimeoutError(f"statement_timeout reached; the transaction was rolled back: {text}")
+        return StatementTimeoutError(f"statement_timeout reached; the transaction was rolled back, nothing was "
+                                     f"changed: raise statement_timeout or narrow the scope: {text}")
     if code == "25006":
         return TargetError(f"the database is read-only (a standby or default_transaction_read_only): {text}")
     if code in ("28P01", "28000") or "password authentication failed" in text or "no password supplied" in text:

@@ -81,7 +81,7 @@ class InvariantError(RunbookError):
 
 
 class LockTimeoutError(RunbookError):
-    """Rows or tables were locked by other sessions longer than lock_timeout; rolled back."""
+    """Rows or tables were locked by other sessions longer than lock_timeout, or a deadlock; rolled back."""
 
     exit_code = 9
     status = "aborted"
@@ -100,6 +100,21 @@ class SessionInterruptedError(RunbookError):
     loss came during COMMIT the outcome is unknown until the next review shows it."""
 
     exit_code = 15
+
+
+class StatementTimeoutError(RunbookError):
+    """A statement ran longer than statement_timeout; the transaction was rolled back. Raise the timeout or
+    narrow the scope (a lock wait is LockTimeoutError, exit 9)."""
+
+    exit_code = 16
+    status = "aborted"
+
+
+class KernelDiedError(RunbookError):
+    """The notebook's kernel process died (killed, or out of memory) while the runner executed it. The
+    runner reports it with this exit status; an open database transaction is rolled back by the server."""
+
+    exit_code = 17
 
 
 class EvidenceError(RunbookError):
@@ -148,6 +163,8 @@ EXIT_CODES: dict[str, int] = {
             VerificationFailed,
             BackupRequiredError,
             SessionInterruptedError,
+            StatementTimeoutError,
+            KernelDiedError,
         )
     },
 }

@@ -20,7 +20,7 @@ from typing import IO, Any
 
 from . import db, procedures
 from . import params as params_mod
-from .errors import EvidenceError, ParameterError, RunbookError
+from .errors import EvidenceError, KernelDiedError, ParameterError, RunbookError
 from .redact import redact_obj, redact_text
 from .run import STATE_FILE
 
@@ -104,6 +104,7 @@ def _run_in(run_dir: Path, proc: Any, nb_in: Path, params: params_mod.CommonPara
     kernel_log = run_dir / KERNEL_LOG
     injected = {**params.public_dict(), "evidence_dir": str(run_dir)}
     papermill_error: str | None = None
+    kernel_died = False
     # parameters were validated strictly above; papermill's own warnings about them would only be noise, and its
     # error lines (e.g. "Kernel died while waiting for execute reply.") would break the one-line error contract on
     # stderr: the failure is reported once, below. With log_output the notebook's output streams to stdout.
@@ -134,6 +135,7 @@ def _run_in(run_dir: Path, proc: Any, nb_in: Path, params: params_mod.CommonPara
             if type(exc).__name__ == "DeadKernelError":
                 kernel_fh.flush()
                 papermill_error = _kernel_died(run_dir, kernel_log)
+                kernel_died = True
         finally:
             pm_logger.setLevel(old_level)
             pm_logger.propagate = old_propagate
@@ -146,7 +148,7 @@ def _run_in(run_dir: Path, proc: Any, nb_in: Path, params: params_mod.CommonPara
     err = state.get("error") or {}
     exit_code = 0
     if papermill_error or status not in ("succeeded",):
-        exit_code = int(err.get("exit_code") or 1)
+        exit_code = int(err.get("exit_code") or (KernelDiedError.exit_code if kernel_died else 1))
         if status in ("running", "succeeded"):
             status = "failed"
     error_line = err.get("message") or (redact_text(papermill_error) if papermill_error else None)

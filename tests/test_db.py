@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from runbook_lib import db
-from runbook_lib.errors import ConcurrentRunError, LockTimeoutError, TargetError
+from runbook_lib.errors import ConcurrentRunError, LockTimeoutError, StatementTimeoutError, TargetError
 
 
 def test_read_only_refuses_writes(schema_db, engine_for):
@@ -77,3 +77,12 @@ def test_duration_parsing():
     assert db.duration_ms("2min", "x") == 120000
     with pytest.raises(Exception, match="not a duration"):
         db.duration_ms("soon", "x")
+
+
+def test_statement_timeout_has_its_own_error_and_exit(incident_db, engine_for):
+    """A slow statement is not a lock wait: its own error (exit 16) says to raise the timeout or narrow the scope."""
+    eng = engine_for(incident_db)
+    with pytest.raises(StatementTimeoutError, match="statement_timeout") as info:
+        with db.write_transaction(eng, lock_timeout_ms=1000, statement_timeout_ms=100) as c:
+            c.exec_driver_sql("select pg_sleep(2)")
+    assert info.value.exit_code == 16 and "narrow the scope" in str(info.value)

@@ -91,7 +91,7 @@ def test_nbval_lax_executes_the_notebooks(incident_db, tmp_path):
     [
         ("succeeds", "succeeded", 0),
         ("raises_runbook_error", "aborted", 9),
-        ("kernel_dies", "failed", 1),
+        ("kernel_dies", "failed", 17),
         ("never_finishes", "failed", 1),
         ("plain_exception", "failed", 1),
         ("multiline_exception", "failed", 1),
@@ -126,7 +126,8 @@ def test_cli_reports_a_failed_notebook_on_one_line(incident_db, tmp_path, fixtur
                         WINDOW["since"], "-p", "until", WINDOW["until"], "--no-progress"], env=env, cwd=tmp_path,
                        capture_output=True, text=True, timeout=300)
     lines = r.stderr.strip().splitlines()
-    assert r.returncode == 1 and len(lines) == 1 and lines[0].startswith("error:"), r.stderr
+    assert r.returncode == (17 if fixture == "kernel_dies" else 1), r.stderr
+    assert len(lines) == 1 and lines[0].startswith("error:"), r.stderr
     assert "s3cr3t-Test-Passw0rd" not in r.stderr
     if fixture == "kernel_dies":
         assert "kernel died" in lines[0]

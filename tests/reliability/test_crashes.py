@@ -210,6 +210,8 @@ def test_kill_the_kernel_or_the_cli_and_the_evidence_says_failed(pg_server, stat
             problems.append(f"cli trial {i}: evidence says {manifest['status']} for the killed execute")
         if victim == "session" and ex.returncode != 15:
             problems.append(f"cli trial {i}: terminated session gave exit {ex.returncode}, not 15")
+        if victim == "kernel" and (ex.returncode != 17 or manifest["error"]["exit_code"] != 17):
+            problems.append(f"cli trial {i}: killed kernel gave exit {ex.returncode}, not 17 (KernelDiedError)")
         tally[f"{key}/{victim}"] = tally.get(f"{key}/{victim}", 0) + 1
         pg_server.drop(name)
     print(f"CLI crash trials per procedure and victim: {tally}")
