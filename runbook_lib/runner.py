@@ -133,7 +133,6 @@ def _run_in(run_dir: Path, proc: Any, nb_in: Path, params: params_mod.CommonPara
         except Exception as exc:  # noqa: BLE001 - kernel death etc.: archived, then reported
             papermill_error = f"{type(exc).__name__}: {exc}"
             if type(exc).__name__ == "DeadKernelError":
-                kernel_fh.flush()
                 papermill_error = _kernel_died(run_dir, kernel_log)
                 kernel_died = True
         finally:
@@ -178,7 +177,7 @@ def _run_in(run_dir: Path, proc: Any, nb_in: Path, params: params_mod.CommonPara
         "backup": state.get("backup"),
         "started_at": state.get("started_at"),
         "finished_at": state.get("finished_at"),
-        "error": {"message": error_line, "type": err.get("type"), "step": err.get("step"),
+        "error": {"message": error_line, "type": err.get("type") or ("KernelDiedError" if kernel_died else None), "step": err.get("step"),
                   "exit_code": exit_code} if exit_code else None,
         "notebook": nb_out.name,
     }

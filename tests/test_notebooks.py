@@ -109,6 +109,8 @@ def test_failure_modes_are_archived_with_distinct_exits(incident_db, target_env,
     manifest = json.loads((out.run_dir / "manifest.json").read_text())
     assert manifest["status"] == status
     assert (out.run_dir / "token_reversal.ipynb").is_file()  # the failed notebook is kept
+    if fixture == "kernel_dies":
+        assert manifest["error"]["type"] == "KernelDiedError"
     if exit_code:
         assert manifest["error"]["message"]
         assert "\n" not in out.error and out.error == manifest["error"]["message"]  # one line, as the CLI prints it
