@@ -169,7 +169,7 @@ def _nothing_left(conn: Connection, n: NameMap, k: int, expect_full_rollback: bo
     tables = [m for m in (V, R) if _exists(conn, n, m)]
     if len(tables) == 2 and not expect_full_rollback:
         return Check(title, True, 0, "the voucher system is present (no full rollback to check)")
-    enum_names = [n.enums.get(e, e) for e in VOUCHER_ENUMS]
+    enum_names = [n.enum_name(e) for e in VOUCHER_ENUMS]
     leftovers = pd.read_sql(sa.text(
         "select 'enum' as kind, t.typname::text as name from pg_type t join pg_namespace s on s.oid = t.typnamespace "
         "where s.nspname = :s and t.typtype = 'e' and t.typname = any(:enums) "

@@ -43,11 +43,17 @@ class NameMap:
     columns: dict[str, dict[str, str]] = field(default_factory=dict)
     enums: dict[str, str] = field(default_factory=dict)
     source: str = "defaults"
+    #: the models, fields and enums this run looked up (what the evidence records; a schema of 168 models
+    #: would otherwise put every name of the application into every manifest)
+    used: set[str] = field(default_factory=set, compare=False, repr=False)
 
     def table_name(self, model: str) -> str:
+        self.used.add(model)
         return self.tables.get(model, model)
 
     def column(self, model: str, fld: str) -> str:
+        self.used.add(model)
+        self.used.add(f"{model}.{fld}")
         return self.columns.get(model, {}).get(fld, fld)
 
     def t(self, model: str) -> str:
@@ -58,12 +64,24 @@ class NameMap:
         """Quoted column of ``model.fld``."""
         return quote_ident(self.column(model, fld))
 
-    def enum_type(self, enum: str) -> str:
-        return f"{quote_ident(self.db_schema)}.{quote_ident(self.enums.get(enum, enum))}"
+    def enum_name(self, enum: str) -> str:
+        self.used.add(f"enum:{enum}")
+        return self.enums.get(enum, enum)
 
-    def as_dict(self) -> dict[str, Any]:
-        return {"db_schema": self.db_schema, "source": self.source, "tables": dict(self.tables),
-                "columns": {m: dict(c) for m, c in self.columns.items()}, "enums": dict(self.enums)}
+    def enum_type(self, enum: str) -> str:
+        return f"{quote_ident(self.db_schema)}.{quote_ident(self.enum_name(enum))}"
+
+    def as_dict(self, used_only: bool = False) -> dict[str, Any]:
+        """The map; with ``used_only`` just the models, fields and enums this run looked up."""
+        if not used_only:
+            return {"db_schema": self.db_schema, "source": self.source, "tables": dict(self.tables),
+                    "columns": {m: dict(c) for m, c in self.columns.items()}, "enums": dict(self.enums)}
+        used = set(self.used)
+        return {"db_schema": self.db_schema, "source": self.source,
+                "tables": {m: self.tables.get(m, m) for m in sorted(u for u in used if "." not in u and ":" not in u)},
+                "columns": {m: {f: c for f, c in sorted(cols.items()) if f"{m}.{f}" in used}
+                            for m, cols in sorted(self.columns.items()) if m in used},
+                "enums": {e: self.enums.get(e, e) for e in sorted(u[5:] for u in used if u.startswith("enum:"))}}
 
 
 def from_prisma(path: str, db_schema: str = "public") -> NameMap:
@@ -177,4 +195,4 @@ def enum_values(conn: Connection, names: NameMap, enum: str) -> list[str]:
         sa.text("select e.enumlabel from pg_enum e join pg_type t on t.oid = e.enumtypid "
                 "join pg_namespace n on n.oid = t.typnamespace where n.nspname = :s and t.typname = :t "
                 "order by e.enumsortorder"),
-        {"s": names.db_schema, "t": names.enums.get(enum, enum)})]
+        {"s": names.db_schema, "t": names.enum_name(enum)})]

@@ -124,7 +124,7 @@ class Params(DestructiveParams):
 
 
 def _db_names(names: NameMap, params: Params) -> tuple[list[str], list[str]]:
-    return [names.table_name(m) for m in params.models], [names.enums.get(e, e) for e in params.enums]
+    return [names.table_name(m) for m in params.models], [names.enum_name(e) for e in params.enums]
 
 
 def _migration_sql(disc: catalog.Discovery, params: Params, ledger_note: str) -> str:
