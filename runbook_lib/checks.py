@@ -60,18 +60,27 @@ def _redemptions_without_user(conn: Connection, n: NameMap, k: int) -> Check:
 
 
 def _orphan_grants(conn: Connection, n: NameMap, k: int) -> Check:
-    """Voucher grants whose redemption (or its voucher) is gone and that no reversal row compensates."""
+    """Voucher grants whose redemption is gone and that no reversing row compensates.
+
+    A grant belongs to a redemption the way the application writes it, ``(userId, sourceId = voucherId)``, or,
+    on schemas that write it so, ``sourceId`` = the redemption's id; either counts. A grant is reversed when a
+    ledger row names it: ``sourceId`` = its id (how the runbooks link reversals without a schema change), or a
+    dedicated link column (``reversalOfId``) where the schema has one."""
     title = "voucher grants without redemption or voucher, and not reversed"
     if not nmod.has_column(conn, n, L, "sourceId"):
         return Check(title, True, 0, "the ledger has no sourceId column: grants cannot be linked to redemptions")
     tables_gone = not (_exists(conn, n, R) and _exists(conn, n, V))
+    sid, tid = f"t.{n.c(L, 'sourceId')}", f"t.{n.c(L, 'id')}"
     if tables_gone:
         gone = "true"
     else:
-        gone = (f"not exists (select 1 from {n.t(R)} r join {n.t(V)} v on v.{n.c(V, 'id')} = r.{n.c(R, 'voucherId')} "
-                f"where r.{n.c(R, 'id')} = t.{n.c(L, 'sourceId')})")
-    reversed_ = (f"and not exists (select 1 from {n.t(L)} x where x.{n.c(L, 'reversalOfId')} = t.{n.c(L, 'id')})"
-                 if nmod.has_column(conn, n, L, "reversalOfId") else "")
+        # two anti-joins, one per convention (each can use an index the application has)
+        gone = (f"not exists (select 1 from {n.t(R)} r where r.{n.c(R, 'voucherId')} = {sid} "
+                f"and r.{n.c(R, 'userId')} = t.{n.c(L, 'userId')}) "
+                f"and not exists (select 1 from {n.t(R)} r where r.{n.c(R, 'id')} = {sid})")
+    reversed_ = f"and not exists (select 1 from {n.t(L)} x where x.{n.c(L, 'sourceId')} = {tid})"
+    if nmod.has_column(conn, n, L, "reversalOfId"):
+        reversed_ += f" and not exists (select 1 from {n.t(L)} x where x.{n.c(L, 'reversalOfId')} = {tid})"
     check = _count_and_sample(conn, title, (
         f"select t.{n.c(L, 'id')} as ledger_id, t.{n.c(L, 'userId')} as user_id, t.{n.c(L, 'amount')} as amount, "
         f"t.{n.c(L, 'sourceId')} as source_id from {n.t(L)} t where t.{n.c(L, 'source')} = 'voucher_redemption' "
@@ -98,8 +107,13 @@ def _voucher_counters(conn: Connection, n: NameMap, k: int) -> Check:
 
 
 def _depleted_status(conn: Connection, n: NameMap, k: int) -> Check:
+    title = "DEPLETED status agrees with the use limit"
+    statuses = nmod.enum_values(conn, n, "VoucherStatus")
+    if statuses and not {"DEPLETED", "ACTIVE"} <= set(statuses):
+        return Check(title, True, 0, f"the voucher status enum has no DEPLETED/ACTIVE ({', '.join(statuses)}): "
+                     "nothing to compare")
     st, uses, mx = n.c(V, "status"), n.c(V, "currentUses"), n.c(V, "maxUses")
-    return _count_and_sample(conn, "DEPLETED status agrees with the use limit", (
+    return _count_and_sample(conn, title, (
         f"select v.{n.c(V, 'code')} as code, v.{st}::text as status, v.{uses} as current_uses, v.{mx} as max_uses, "
         f"case when v.{st}::text = 'DEPLETED' then 'depleted but under its limit' else 'at its limit but ACTIVE' "
         f"end as problem from {n.t(V)} v where (v.{st}::text = 'DEPLETED' and (v.{mx} is null or v.{uses} < v.{mx})) "

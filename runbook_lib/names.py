@@ -22,12 +22,13 @@ KNOWN_MODELS: dict[str, list[str]] = {
     "User": ["id"],
     "UserTokenBalance": ["id", "userId", "balance", "updatedAt"],
     "TokenTransaction": [
-        "id", "userId", "amount", "type", "source", "sourceId", "description", "balanceAfter",
-        "reversalOfId", "createdAt",
+        "id", "userId", "amount", "type", "source", "sourceId", "balanceAfter", "metadata", "createdAt",
+        # not in the real application: used when a schema has them (a link column, a description)
+        "reversalOfId", "description",
     ],
-    "Voucher": ["id", "code", "type", "status", "tokenAmount", "maxUses", "currentUses", "expiresAt",
-                "createdAt", "updatedAt"],
-    "VoucherRedemption": ["id", "voucherId", "userId", "redeemedAt"],
+    "Voucher": ["id", "code", "type", "status", "value", "maxUses", "currentUses", "expiresAt", "metadata",
+                "createdAt", "updatedAt", "tokenAmount"],
+    "VoucherRedemption": ["id", "voucherId", "userId", "tokensGranted", "redeemedAt"],
 }
 KNOWN_ENUMS = ["TokenTransactionType", "VoucherType", "VoucherStatus"]
 

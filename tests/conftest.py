@@ -20,8 +20,12 @@ from runbook_lib import embedded
 from runbook_lib.db import normalize_url
 
 ROOT = Path(__file__).resolve().parent.parent
+#: the default fixture: the real application's shape (tables @@map-ped to snake_case, no link column)
 MIGRATIONS = ROOT / "demo" / "prisma" / "migrations"
 SCHEMA = ROOT / "demo" / "prisma" / "schema.prisma"
+#: the second fixture: model-named tables and a dedicated link column (reversalOfId)
+LINKED_MIGRATIONS = ROOT / "demo" / "prisma_linked" / "migrations"
+LINKED_SCHEMA = ROOT / "demo" / "prisma_linked" / "schema.prisma"
 PASSWORD = "s3cr3t-Test-Passw0rd"  # a known fake password; the redaction tests scan for it
 
 
@@ -65,21 +69,26 @@ _TEMPLATES: dict[str, str] = {}
 
 
 def _template(server: Server, kind: str) -> str:
-    """A template database per kind ('empty', 'schema', 'incident'), built once per session."""
+    """A template database per kind, built once per session: 'empty', 'schema'/'incident' (the real
+    application's shape, ``demo/prisma``), 'linked_schema'/'linked_incident' (``demo/prisma_linked``)."""
     if kind in _TEMPLATES:
         return _TEMPLATES[kind]
     name = f"rb_tmpl_{kind}_{uuid.uuid4().hex[:8]}"
     url = server.create(name)
     eng = sa.create_engine(url, poolclass=sa.pool.NullPool)
-    if kind in ("schema", "incident"):
+    if kind != "empty":
         from runbook_lib.prisma.migrate import deploy
 
         with eng.begin() as c:
-            deploy(c, MIGRATIONS)
+            deploy(c, LINKED_MIGRATIONS if kind.startswith("linked") else MIGRATIONS)
     if kind == "incident":
         from runbook_lib import seed
 
         seed.seed_incident(eng)
+    if kind == "linked_incident":
+        from runbook_lib import seed_linked
+
+        seed_linked.seed_incident(eng)
     eng.dispose()
     _TEMPLATES[kind] = name
     return name
@@ -118,8 +127,20 @@ def schema_db(pg_server: Server) -> Iterator[str]:
 
 @pytest.fixture
 def incident_db(pg_server: Server) -> Iterator[str]:
-    """URL of a new database holding the seeded incident (runbook_lib.seed.seed_incident)."""
+    """URL of a new database holding the seeded incident in the real application's shape (runbook_lib.seed)."""
     yield from _fresh(pg_server, "incident")
+
+
+@pytest.fixture
+def linked_schema_db(pg_server: Server) -> Iterator[str]:
+    """URL of a new database with ``demo/prisma_linked``'s migrations (model-named tables, reversalOfId)."""
+    yield from _fresh(pg_server, "linked_schema")
+
+
+@pytest.fixture
+def linked_incident_db(pg_server: Server) -> Iterator[str]:
+    """URL of a new database holding the incident on the linked schema (runbook_lib.seed_linked)."""
+    yield from _fresh(pg_server, "linked_incident")
 
 
 @pytest.fixture

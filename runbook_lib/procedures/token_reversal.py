@@ -6,15 +6,21 @@ Where the guide is wrong, and what this procedure does instead:
   PostgreSQL applies only one of them per target row, so a user with three voucher grants gets one
   reversed. Here the ledger rows are aggregated per user first, and each balance moves by its total.
 * Deleting the ledger rows erases the record of what happened. The default ``ledger_mode=compensate``
-  writes one reversing row per affected row (amount negated, linked through ``reversalOfId``, running
-  balance filled) and keeps the originals; ``ledger_mode=delete`` is the guide's behaviour, still with the
-  balances adjusted in the same transaction.
+  writes one reversing row per affected row (amount negated, running balance filled) and keeps the
+  originals. The application has no column linking ledger rows, so the reversing row names its original
+  through columns it has: ``source`` = the reversal source, ``sourceId`` = the original row's id (indexed),
+  ``metadata`` = the original, the voucher code, the incident and the plan id (see ``runbook_lib.grants``);
+  a dedicated link column (``reversalOfId``) is used where a schema has one. Its ``type`` is ``REVERSAL``
+  where the enum has it, else ``EARN_ADMIN_ADJUSTMENT``. ``ledger_mode=delete`` is the guide's behaviour,
+  still with the balances (and later running balances) adjusted in the same transaction.
 * Tokens already spent make balances negative. The review lists them; ``negative_policy`` decides:
   ``allow`` (flagged), ``clamp`` to zero (the shortfall is written to the ledger as an adjustment row so the
   ledger still sums to the balance; a balance that was already below zero stays where it was, never raised),
   ``skip`` those users, or ``abort``.
-* Rows already reversed (a ledger row points to them through ``reversalOfId``) or already deleted are not
-  reversed again, so a second execute changes nothing.
+* Rows already reversed (a reversing row links to them) or already deleted are not reversed again, so a
+  second execute changes nothing.
+* ``voucher_codes`` selects grants as the application writes them: ``sourceId`` = the voucher's id
+  (``grant_link=redemption_id`` where ``sourceId`` holds the redemption's id instead).
 """
 
 from __future__ import annotations
@@ -28,8 +34,10 @@ import sqlalchemy as sa
 from pydantic import field_validator, model_validator
 from sqlalchemy.engine import Connection
 
+from .. import grants
 from .. import names as nmod
-from ..errors import InvariantError, NotFoundError, ParameterError, PolicyAbort, SchemaMismatchError
+from ..errors import InvariantError, NotFoundError, PolicyAbort, SchemaMismatchError
+from ..grants import GrantLink, ReversalLink
 from ..names import NameMap
 from ..params import DestructiveParams, LedgerSource, name_list, parse_aware_datetime
 from .base import ApplyResult, Plan, VerifyResult, plan_hash
@@ -59,8 +67,9 @@ class Params(DestructiveParams):
     user_ids: list[str] = []
     ledger_mode: LedgerMode = "compensate"
     negative_policy: NegativePolicy = "allow"
-    reversal_type: str = "REVERSAL"
+    reversal_type: str = "auto"
     reversal_source: LedgerSource = "voucher_reversal"
+    grant_link: GrantLink = "voucher_and_user"
     top_users: int = 50
 
     @field_validator("since", "until", mode="before")
@@ -130,11 +139,17 @@ class ReversalPlan:
     frames: dict[str, pd.DataFrame] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
     has_balance_after: bool = False
-    has_link: bool = False
+    #: how a reversing row names its original (None: delete mode on a ledger that has no way to link)
+    link: ReversalLink | None = None
     has_type: bool = False
     has_source_id: bool = False
     has_description: bool = False
     type_is_enum: bool = False
+    #: SQL for the original's metadata.voucherCode (None without a json metadata column)
+    voucher_code_sql: str | None = None
+    #: written into the reversing rows' metadata: the incident and the plan id of the run
+    incident: str | None = None
+    plan_id: str | None = None
     #: the selection and the per-user decisions are already in this transaction's temp tables rb_affected and
     #: rb_users (computed under the locks, for execute): apply_reversal works on exactly the rows the plan saw
     materialized: bool = False
@@ -146,17 +161,19 @@ def _n(names: NameMap) -> dict[str, str]:
     return {
         "ledger": names.t(L), "bal": names.t(B),
         "id": names.c(L, "id"), "uid": names.c(L, "userId"), "amt": names.c(L, "amount"),
-        "src": names.c(L, "source"), "ts": names.c(L, "createdAt"), "link": names.c(L, "reversalOfId"),
+        "src": names.c(L, "source"), "ts": names.c(L, "createdAt"), "meta": names.c(L, "metadata"),
         "type": names.c(L, "type"), "sid": names.c(L, "sourceId"), "desc": names.c(L, "description"),
         "ba": names.c(L, "balanceAfter"),
         "b_uid": names.c(B, "userId"), "b_bal": names.c(B, "balance"), "b_upd": names.c(B, "updatedAt"),
     }
 
 
-def _affected_cte(q: dict[str, str], where_sql: str, has_link: bool) -> str:
+def _affected_cte(q: dict[str, str], where_sql: str, link: ReversalLink | None) -> str:
+    # an anti-join in WHERE (never a correlated subquery per row in a select list): set-based with or without
+    # an index on the link column
     not_reversed = (
-        f"and not exists (select 1 from {q['ledger']} r where r.{q['link']} = tt.{q['id']})" if has_link else ""
-    )
+        f"and not exists (select 1 from {q['ledger']} r where {link.is_reversal_of('r', 'tt.' + q['id'])})"
+        if link else "")
     return (
         f"affected as (select tt.{q['id']} as id, tt.{q['uid']} as user_id, tt.{q['amt']}::bigint as amount, "
         f"tt.{q['ts']} as created_at from {q['ledger']} tt where ({where_sql}) {not_reversed})"
@@ -191,51 +208,51 @@ def plan_reversal(
     where_params: dict[str, Any],
     ledger_mode: str = "compensate",
     negative_policy: str = "allow",
-    reversal_type: str = "REVERSAL",
+    reversal_type: str = "auto",
     reversal_source: LedgerSource = "voucher_reversal",
     sample_rows: int = 20,
     top_users: int = 50,
     detail: bool = True,
+    grant_link: str = "voucher_and_user",
 ) -> ReversalPlan:
     """Compute what reversing the matching ledger rows would do, with aggregated, set-based queries."""
     L = "TokenTransaction"
     nmod.require(conn, names, {L: LEDGER_NEEDS, "UserTokenBalance": BALANCE_NEEDS})
     q = _n(names)
-    has = {f: nmod.has_column(conn, names, L, f) for f in ("reversalOfId", "balanceAfter", "type", "sourceId",
-                                                          "description")}
-    if ledger_mode == "compensate" and not has["reversalOfId"]:
-        raise SchemaMismatchError(
-            f'ledger_mode=compensate needs a column linking a reversal to its original ({L}.reversalOfId, '
-            f'looked for "{names.column(L, "reversalOfId")}"); map it with column_map or use ledger_mode=delete'
-        )
-    type_is_enum = False
-    if has["type"]:
-        ctype = nmod.column_type(conn, names, L, "type")
-        if ctype == "USER-DEFINED":
-            type_is_enum = True
-            allowed = _type_enum_values(conn, names)
-            if reversal_type not in allowed:
-                raise ParameterError(
-                    f"parameter 'reversal_type': {reversal_type!r} is not a value of the ledger's type enum; "
-                    f"allowed: {', '.join(allowed)}",
-                    "reversal_type",
-                )
-    base = f"with {_affected_cte(q, where_sql, has['reversalOfId'])}, {_decision_sql(q, negative_policy)} "
+    has = {f: nmod.has_column(conn, names, L, f) for f in ("balanceAfter", "type", "sourceId", "description",
+                                                          "metadata")}
+    # compensate mode needs the link; delete mode uses it, where the ledger has one, to leave alone rows an
+    # earlier compensating run reversed
+    link: ReversalLink | None
+    try:
+        link = grants.reversal_link(conn, names)
+    except SchemaMismatchError:
+        if ledger_mode == "compensate":
+            raise
+        link = None
+    where_params = {**where_params, "rb_rsource": reversal_source}
+    type_is_enum = has["type"] and nmod.column_type(conn, names, L, "type") == "USER-DEFINED"
+    # the type of the rows this run writes (reversing rows, clamp adjustments); part of the plan id
+    writes_rows = ledger_mode == "compensate" or negative_policy == "clamp"
+    resolved_type = grants.resolve_reversal_type(conn, names, reversal_type) if has["type"] and writes_rows else None
+    voucher_code_sql = grants.metadata_code(conn, names)
+    base = f"with {_affected_cte(q, where_sql, link)}, {_decision_sql(q, negative_policy)} "
     # execute recomputes the plan under the locks (detail=False) in a write transaction: the selection is then
     # read once into temp tables that the plan's figures and digests, and later the apply, all come from
     materialize = not detail and bool(conn.execute(sa.text(
         "select current_setting('transaction_read_only') = 'off'")).scalar())
     if materialize:
-        already = _materialize(conn, q, where_sql, where_params, has_link=has["reversalOfId"],
-                               source_id=ledger_mode == "compensate" and has["sourceId"], policy=negative_policy)
+        already = _materialize(conn, q, where_sql, where_params, link=link,
+                               source_id=has["sourceId"], voucher_code_sql=voucher_code_sql, policy=negative_policy)
         selected = "with affected as (select id, user_id, amount from rb_affected), decided as (select * from rb_users) "
         already_sql = str(int(already))
-    elif has["reversalOfId"]:
-        # one scan of the selection feeds both the affected rows and the count of those already reversed
+    elif link:
+        # one scan of the selection feeds both the affected rows and the count of those already reversed; the
+        # reversed ids are joined as a set (hash or index join), never looked up row by row
         selected = (
             f"with selected as (select tt.{q['id']} as id, tt.{q['uid']} as user_id, tt.{q['amt']}::bigint as "
-            f"amount, exists (select 1 from {q['ledger']} r where r.{q['link']} = tt.{q['id']}) as done "
-            f"from {q['ledger']} tt where ({where_sql})), "
+            f"amount, d.oid is not null as done from {q['ledger']} tt "
+            f"left join ({link.reversed_ids(q['ledger'])}) d on d.oid = tt.{q['id']} where ({where_sql})), "
             "affected as (select id, user_id, amount from selected where not done), "
             f"{_decision_sql(q, negative_policy)} ")
         already_sql = "(select count(*) from selected where done)"
@@ -265,15 +282,18 @@ def plan_reversal(
     already = summary["rows_already_reversed"]
     summary["nothing_to_do"] = summary["rows_to_reverse"] == 0
     digest = {"rows": rows_digest, "balances": totals["bal_digest"], "mode": ledger_mode,
-              "policy": negative_policy, "type": reversal_type, "source": reversal_source, "where": where_sql,
+              "policy": negative_policy, "type": resolved_type, "source": reversal_source, "where": where_sql,
+              "link": link.kind if link else None,
               "params": {k: (sorted(v) if isinstance(v, list) else v) for k, v in where_params.items()}}
     rp = ReversalPlan(
         where_sql=where_sql, where_params=where_params, ledger_mode=ledger_mode, negative_policy=negative_policy,
-        reversal_type=reversal_type, reversal_source=reversal_source, summary=summary, digest=digest,
-        has_balance_after=has["balanceAfter"], has_link=has["reversalOfId"], has_type=has["type"],
+        reversal_type=resolved_type or reversal_type, reversal_source=reversal_source, summary=summary,
+        digest=digest, has_balance_after=has["balanceAfter"], link=link, has_type=has["type"],
         has_source_id=has["sourceId"], has_description=has["description"], type_is_enum=type_is_enum,
-        materialized=materialize,
+        voucher_code_sql=voucher_code_sql, materialized=materialize,
     )
+    summary["reversal_type"] = resolved_type or "-"
+    summary["reversal_link"] = link.description if link else "none (delete mode)"
     _warnings(rp, summary, negative_policy, already)
     if not detail:  # recomputed under locks for execute: the figures, not the display frames
         return rp
@@ -291,23 +311,38 @@ def plan_reversal(
         from decided where raw_after < 0 or before is null order by raw_after nulls first, user_id
         limit :top"""), {**where_params, "top": top_users}).mappings().all())
     rp.frames["sample"] = pd.DataFrame(conn.execute(sa.text(
-        f"with {_affected_cte(q, where_sql, has['reversalOfId'])} select id, user_id as \"userId\", amount, "
+        f"with {_affected_cte(q, where_sql, link)} select id, user_id as \"userId\", amount, "
         "created_at as \"createdAt\" from affected order by created_at, id limit :lim"),
         {**where_params, "lim": sample_rows}).mappings().all())
     rp.frames["by_day"] = pd.DataFrame(conn.execute(sa.text(
-        f"with {_affected_cte(q, where_sql, has['reversalOfId'])} select date_trunc('day', created_at)::date as day, "
-        "count(*) as rows, sum(amount) as tokens from affected group by 1 order by 1"), where_params).mappings().all())
+        f"with {_affected_cte(q, where_sql, link)} select date_trunc('day', created_at)::date as day, "
+        "count(*) as rows, sum(amount)::bigint as tokens from affected group by 1 order by 1"),
+        where_params).mappings().all(), columns=["day", "rows", "tokens"])
     rp.frames["histogram"] = _histogram(conn, base, where_params)
     if has["sourceId"] and _voucher_tables_exist(conn, names):
-        V, R = "Voucher", "VoucherRedemption"
-        rp.frames["by_voucher"] = pd.DataFrame(conn.execute(sa.text(
-            f"with {_affected_cte(q, where_sql, has['reversalOfId'])} "
-            f"select coalesce(v.{names.c(V, 'code')}, '(no voucher)') as voucher, count(*) as rows, "
-            f"sum(a.amount) as tokens from affected a join {q['ledger']} tt on tt.{q['id']} = a.id "
-            f"left join {names.t(R)} r on r.{names.c(R, 'id')} = tt.{q['sid']} "
-            f"left join {names.t(V)} v on v.{names.c(V, 'id')} = r.{names.c(R, 'voucherId')} "
-            "group by 1 order by 3 desc limit 50"), where_params).mappings().all())
+        rp.frames["by_voucher"] = _by_voucher(conn, names, q, where_sql, where_params, link, grant_link,
+                                              voucher_code_sql)
     return rp
+
+
+def _by_voucher(conn: Connection, names: NameMap, q: dict[str, str], where_sql: str, where_params: dict[str, Any],
+                link: ReversalLink | None, grant_link: str, voucher_code_sql: str | None) -> pd.DataFrame:
+    """Per voucher (as the grant names it, ``grant_link``): rows, tokens, grants without their redemption, and
+    grants whose ``metadata.voucherCode`` names another voucher. One aggregated statement."""
+    V, R = "Voucher", "VoucherRedemption"
+    code_of_meta = voucher_code_sql or "null::text"
+    rows = conn.execute(sa.text(
+        f"with {_affected_cte(q, where_sql, link)} "
+        f"select coalesce(v.{names.c(V, 'code')}, '(no voucher)') as voucher, count(*) as rows, "
+        f"sum(a.amount)::bigint as tokens, "
+        f"count(*) filter (where not exists (select 1 from {names.t(R)} r where "
+        f"{grants.redemption_join(names, grant_link)})) as without_redemption, "
+        f"count(*) filter (where {code_of_meta} is not null and {code_of_meta} <> v.{names.c(V, 'code')}) "
+        f"as code_mismatch "
+        f"from affected a join {q['ledger']} tt on tt.{q['id']} = a.id "
+        f"left join {names.t(V)} v on v.{names.c(V, 'id')} = {grants.voucher_of_grant(names, grant_link)} "
+        "group by 1 order by 3 desc, 1 limit 50"), where_params).mappings().all()
+    return pd.DataFrame(rows, columns=["voucher", "rows", "tokens", "without_redemption", "code_mismatch"])
 
 
 def _warnings(rp: ReversalPlan, summary: dict[str, Any], negative_policy: str, already: int) -> None:
@@ -341,25 +376,20 @@ def _voucher_tables_exist(conn: Connection, names: NameMap) -> bool:
                for m in ("Voucher", "VoucherRedemption"))
 
 
-def _type_enum_values(conn: Connection, names: NameMap) -> list[str]:
-    L = "TokenTransaction"
-    return [r[0] for r in conn.execute(sa.text(
-        "select e.enumlabel from pg_attribute a join pg_enum e on e.enumtypid = a.atttypid "
-        "where a.attrelid = to_regclass(:t) and a.attname = :c order by e.enumsortorder"),
-        {"t": names.t(L), "c": names.column(L, "type")})]
-
-
 def _materialize(conn: Connection, q: dict[str, str], where_sql: str, where_params: dict[str, Any], *,
-                 has_link: bool, source_id: bool, policy: str) -> int:
+                 link: ReversalLink | None, source_id: bool, voucher_code_sql: str | None, policy: str) -> int:
     """The selection into ``rb_affected`` (rows not reversed yet) and the per-user decisions into ``rb_users``,
     temp tables dropped at COMMIT; returns how many selected rows were already reversed. One scan of the ledger."""
     conn.execute(sa.text("drop table if exists rb_affected, rb_users"))
-    extra = f", tt.{q['sid']} as source_id" if source_id else ""
-    done = f"exists (select 1 from {q['ledger']} r where r.{q['link']} = tt.{q['id']})" if has_link else "false"
+    extra = f", tt.{q['sid']} as source_id" if source_id else ", null::text as source_id"
+    extra += f", {voucher_code_sql} as voucher_code" if voucher_code_sql else ", null::text as voucher_code"
+    done, join = "false", ""
+    if link:
+        done, join = "d.oid is not null", f"left join ({link.reversed_ids(q['ledger'])}) d on d.oid = tt.{q['id']}"
     conn.execute(sa.text(
         f"create temp table rb_affected on commit drop as select tt.{q['id']} as id, tt.{q['uid']} as user_id, "
         f"tt.{q['amt']}::bigint as amount, tt.{q['ts']} as created_at{extra}, {done} as done "
-        f"from {q['ledger']} tt where ({where_sql})"), where_params)
+        f"from {q['ledger']} tt {join} where ({where_sql})"), where_params)
     already = conn.execute(sa.text("delete from rb_affected where done")).rowcount
     conn.execute(sa.text("alter table rb_affected drop column done"))
     conn.execute(sa.text(
@@ -388,21 +418,31 @@ def apply_reversal(conn: Connection, names: NameMap, rp: ReversalPlan) -> dict[s
     """Reverse the planned rows with set-based statements; balances move by per-user totals."""
     q = _n(names)
     if not (rp.materialized and conn.execute(sa.text("select to_regclass('pg_temp.rb_users')")).scalar()):
-        _materialize(conn, q, rp.where_sql, rp.where_params, has_link=rp.has_link,
-                     source_id=rp.ledger_mode == "compensate" and rp.has_source_id, policy=rp.negative_policy)
+        _materialize(conn, q, rp.where_sql, rp.where_params, link=rp.link, source_id=rp.has_source_id,
+                     voucher_code_sql=rp.voucher_code_sql, policy=rp.negative_policy)
     conn.execute(sa.text("delete from rb_affected a using rb_users u where u.user_id = a.user_id and not u.included"))
     counts: dict[str, int] = {}
     now = "(now() at time zone 'utc')"
+    meta_type = nmod.column_type(conn, names, "TokenTransaction", "metadata") if rp.voucher_code_sql else None
+    binds = {"rsource": rp.reversal_source, "rtype": rp.reversal_type, "incident": rp.incident,
+             "plan_id": rp.plan_id}
     if rp.ledger_mode == "compensate":
-        cols = [q["id"], q["uid"], q["amt"], q["src"], q["ts"], q["link"]]
+        assert rp.link is not None  # plan_reversal refuses compensate mode without a link
+        cols = [q["id"], q["uid"], q["amt"], q["src"], q["ts"], rp.link.column]
         vals = ["'rev_' || a.id", "a.user_id", "-a.amount", ":rsource", now, "a.id"]
         type_expr = "cast(:rtype as " + _enum_type_of(conn, names) + ")" if rp.type_is_enum else ":rtype"
         if rp.has_type:
             cols.append(q["type"])
             vals.append(type_expr)
-        if rp.has_source_id:
-            cols.append(q["sid"])
+        if rp.link.kind == "column" and rp.has_source_id:
+            cols.append(q["sid"])  # the link column names the original; sourceId keeps the original's
             vals.append("a.source_id")
+        if meta_type:
+            # the application's own way to say what a row is: the original, its voucher, this incident and plan
+            cols.append(q["meta"])
+            vals.append("jsonb_build_object('reversalOf', a.id, 'voucherCode', a.voucher_code, 'incident', "
+                        "cast(:incident as text), 'planId', cast(:plan_id as text), 'reason', "
+                        f"'voucher incident runbook: token reversal')::{meta_type}")
         if rp.has_description:
             cols.append(q["desc"])
             vals.append("'Reversal of ' || a.id || ' (voucher incident runbook)'")
@@ -413,8 +453,7 @@ def apply_reversal(conn: Connection, names: NameMap, rp: ReversalPlan) -> dict[s
             vals.append("u.before - sum(a.amount) over (partition by a.user_id order by 'rev_' || a.id)")
         counts["ledger_rows_inserted"] = conn.execute(sa.text(
             f"insert into {q['ledger']} ({', '.join(cols)}) select {', '.join(vals)} from rb_affected a "
-            "join rb_users u on u.user_id = a.user_id"),
-            {"rsource": rp.reversal_source, "rtype": rp.reversal_type}).rowcount
+            "join rb_users u on u.user_id = a.user_id"), binds).rowcount
         counts["ledger_rows_deleted"] = 0
     else:
         counts["ledger_rows_deleted"] = conn.execute(sa.text(
@@ -439,12 +478,17 @@ def apply_reversal(conn: Connection, names: NameMap, rp: ReversalPlan) -> dict[s
         if rp.has_description:
             cols.append(q["desc"])
             vals.append("'Clamp to zero after voucher reversal: shortfall ' || u.shortfall")
+        if meta_type:
+            cols.append(q["meta"])
+            vals.append("jsonb_build_object('clampShortfall', u.shortfall, 'incident', cast(:incident as text), "
+                        "'planId', cast(:plan_id as text), 'reason', 'voucher incident runbook: a reversal "
+                        f"stopped at zero (negative_policy=clamp)')::{meta_type}")
         if rp.has_balance_after:
             cols.append(q["ba"])
             vals.append("u.new_balance")
         counts["clamp_rows_inserted"] = conn.execute(sa.text(
             f"insert into {q['ledger']} ({', '.join(cols)}) select {', '.join(vals)} from rb_users u "
-            "where u.included and u.shortfall > 0"), {"rsource": rp.reversal_source, "rtype": rp.reversal_type}).rowcount
+            "where u.included and u.shortfall > 0"), binds).rowcount
     upd = f", {q['b_upd']} = {now}" if nmod.has_column(conn, names, "UserTokenBalance", "updatedAt") else ""
     counts["balances_updated"] = conn.execute(sa.text(
         f"update {q['bal']} b set {q['b_bal']} = u.new_balance{upd} from rb_users u "
@@ -481,9 +525,13 @@ def check_reversal(conn: Connection, names: NameMap, rp: ReversalPlan, counts: d
     if wrong_balance := users_whose_balance(f"b.{q['b_bal']} <> u.before - u.total + u.shortfall"):
         problems.append(f"{wrong_balance} balances differ from before - reversed total (+ clamp shortfall)")
     if rp.ledger_mode == "compensate":
+        assert rp.link is not None
+        # each affected row has exactly one reversing row of the opposite amount: one aggregated join
         unreversed = conn.execute(sa.text(
-            f"select count(*) from rb_affected a where (select count(*) from {q['ledger']} r "
-            f"where r.{q['link']} = a.id and r.{q['amt']} = -a.amount) <> 1")).scalar_one()
+            f"select count(*) from rb_affected a left join (select r.{rp.link.column} as oid, count(*) as n, "
+            f"sum(r.{q['amt']})::bigint as total from {q['ledger']} r join rb_affected a2 "
+            f"on {rp.link.is_reversal_of('r', 'a2.id')} group by 1) x on x.oid = a.id "
+            "where coalesce(x.n, 0) <> 1 or x.total <> -a.amount"), {"rb_rsource": rp.reversal_source}).scalar_one()
     else:
         unreversed = conn.execute(sa.text(
             f"select count(*) from rb_affected a join {q['ledger']} tt on tt.{q['id']} = a.id")).scalar_one()
@@ -542,7 +590,7 @@ def selection(conn: Connection, params: Params, names: NameMap) -> tuple[str, di
         values["user_ids"] = params.user_ids
     if params.voucher_codes:
         V, R = "Voucher", "VoucherRedemption"
-        nmod.require(conn, names, {V: ["id", "code"], R: ["id", "voucherId"], L: ["sourceId"]})
+        nmod.require(conn, names, {V: ["id", "code"], R: ["id", "voucherId", "userId"], L: ["sourceId"]})
         known = {r[0] for r in conn.execute(sa.text(
             f"select {names.c(V, 'code')} from {names.t(V)} where {names.c(V, 'code')} = any(:codes)"),
             {"codes": params.voucher_codes})}
@@ -550,9 +598,13 @@ def selection(conn: Connection, params: Params, names: NameMap) -> tuple[str, di
         if unknown:
             raise NotFoundError(f"unknown voucher codes ({len(unknown)}): {', '.join(unknown[:10])}"
                                 + (" …" if len(unknown) > 10 else ""), unknown=unknown)
-        where.append(
-            f"tt.{q['sid']} in (select r.{names.c(R, 'id')} from {names.t(R)} r join {names.t(V)} v "
-            f"on v.{names.c(V, 'id')} = r.{names.c(R, 'voucherId')} where v.{names.c(V, 'code')} = any(:codes))")
+        if params.grant_link == "redemption_id":
+            where.append(
+                f"tt.{q['sid']} in (select r.{names.c(R, 'id')} from {names.t(R)} r join {names.t(V)} v "
+                f"on v.{names.c(V, 'id')} = r.{names.c(R, 'voucherId')} where v.{names.c(V, 'code')} = any(:codes))")
+        else:  # the application: a grant's sourceId is its voucher's id
+            where.append(f"tt.{q['sid']} in (select v.{names.c(V, 'id')} from {names.t(V)} v "
+                         f"where v.{names.c(V, 'code')} = any(:codes))")
         values["codes"] = params.voucher_codes
     return " and ".join(where), values
 
@@ -570,6 +622,9 @@ def _to_plan(rp: ReversalPlan, params: Params) -> Plan:
         "rows already reversed": s["rows_already_reversed"],
         "ledger mode": params.ledger_mode,
         "negative policy": params.negative_policy,
+        "reversing rows' type": s["reversal_type"],
+        "reversal linked by": s["reversal_link"],
+        "grants matched to redemptions by": params.grant_link,
         "nothing_to_do": s["nothing_to_do"],
     }
     return Plan(
@@ -588,19 +643,30 @@ def plan(conn: Connection, params: Params, names: NameMap, detail: bool = True) 
         conn, names, where_sql=where_sql, where_params=where_params, ledger_mode=params.ledger_mode,
         negative_policy=params.negative_policy, reversal_type=params.reversal_type,
         reversal_source=params.reversal_source, sample_rows=params.sample_rows, top_users=params.top_users,
-        detail=detail,
+        detail=detail, grant_link=params.grant_link,
     )
     p = _to_plan(rp, params)
+    if params.voucher_codes and rp.summary["rows"] == 0 and rp.summary["rows_already_reversed"] == 0:
+        p.warnings.append(
+            f"voucher_codes {', '.join(params.voucher_codes)} select no ledger row in the window: grants are matched "
+            f"to vouchers by grant_link={params.grant_link}; check the window, the codes and grant_link")
     q = _n(names)
     p.exports = {
         "affected_rows": (
-            f"with {_affected_cte(q, where_sql, rp.has_link)} select * from affected order by created_at, id",
-            where_params),
+            f"with {_affected_cte(q, where_sql, rp.link)} select * from affected order by created_at, id",
+            rp.where_params),
         "per_user_before_after": (
-            f"with {_affected_cte(q, where_sql, rp.has_link)}, {_decision_sql(q, params.negative_policy)} "
-            "select * from decided order by user_id", where_params),
+            f"with {_affected_cte(q, where_sql, rp.link)}, {_decision_sql(q, params.negative_policy)} "
+            "select * from decided order by user_id", rp.where_params),
     }
     return p
+
+
+def incident_of(params: DestructiveParams) -> str | None:
+    """The incident of the run, from its evidence folder (``<root>/<incident>/<run>/``), if it has one."""
+    from pathlib import Path
+
+    return Path(params.evidence_dir).parent.name if params.evidence_dir else None
 
 
 def lock(conn: Connection, params: Params, names: NameMap) -> None:
@@ -618,6 +684,7 @@ def apply(conn: Connection, params: Params, names: NameMap, plan: Plan) -> Apply
     if rp.summary["nothing_to_do"]:
         return ApplyResult(changed=False, counts={"rows_reversed": 0},
                            messages=["nothing to reverse: every matching row is already reversed or gone"])
+    rp.incident, rp.plan_id = incident_of(params), params.approved_plan
     counts = apply_reversal(conn, names, rp)
     return ApplyResult(changed=True, counts=counts, messages=[
         f"reversed {counts['rows_reversed']} ledger rows of {counts['users_affected']} users "
@@ -635,13 +702,16 @@ def verify(conn: Connection, params: Params, names: NameMap, plan: Plan | None) 
 
     where_sql, where_params = selection(conn, params, names)
     q = _n(names)
-    has_link = nmod.has_column(conn, names, "TokenTransaction", "reversalOfId")
+    try:
+        link: ReversalLink | None = grants.reversal_link(conn, names)
+    except SchemaMismatchError:
+        link = None  # delete mode on a ledger without any link: a deleted row is simply gone
     # rows still unreversed, split by the policy's decision for their user: rows of users the policy
     # reverses must be gone; users it leaves out (skip, or no balance row) keep theirs, and are counted
     left, by_design = (int(x) for x in conn.execute(sa.text(
-        f"with {_affected_cte(q, where_sql, has_link)}, {_decision_sql(q, params.negative_policy)} "
+        f"with {_affected_cte(q, where_sql, link)}, {_decision_sql(q, params.negative_policy)} "
         "select coalesce(sum(n) filter (where included), 0), coalesce(sum(n) filter (where not included), 0) "
-        "from decided"), where_params).one())
+        "from decided"), {**where_params, "rb_rsource": params.reversal_source}).one())
     checks = [Check("no selected ledger row left unreversed", left == 0, left,
                     "rows in the selection without a reversal, of users the policy reverses")]
     if by_design:
