@@ -7,11 +7,18 @@ Where the guide is wrong, and what this procedure does instead:
   redemptions in scope are reversed with the token-reversal logic (balances moved by per-user totals,
   compensating ledger rows by default) in the same transaction that removes the redemptions.
 * ``UPDATE "Voucher" SET "currentUses" = 0, "status" = 'ACTIVE'`` is only right when *every* redemption is
-  removed, and it revives vouchers an admin DISABLED or that EXPIRED by date. Here each voucher's counter is
-  set to the number of redemptions that remain, and the status changes only where the rollback is the
+  removed, and it revives vouchers an admin set INACTIVE or that EXPIRED by date. Here each voucher's counter
+  is set to the number of redemptions that remain, and the status changes only where the rollback is the
   reason: a DEPLETED voucher that was at its limit and is below it again because redemptions were removed
-  becomes ACTIVE (EXPIRED if its date has passed); other DEPLETED vouchers are listed, not revived.
-  DISABLED/EXPIRED vouchers are reset only when the operator names those statuses in ``reset_statuses``.
+  becomes ACTIVE (EXPIRED if its date has passed); other DEPLETED vouchers are listed, not revived. Vouchers
+  of any other status (INACTIVE, EXPIRED, or a status this runbook does not know) keep it and are listed;
+  they are reset only when the operator names their status in ``reset_statuses``. The status names come
+  from the database's enum, never assumed: a transition whose status the enum lacks is not made.
+* The grants of a redemption are found as the application writes them: ``(userId, sourceId = voucherId)``
+  (``grant_link=redemption_id`` for schemas whose ``sourceId`` is the redemption's id). The review counts
+  redemptions without a grant and grants without a redemption; an execute whose redemptions granted tokens
+  but matched no grant at all refuses, naming the cause (the guide's bug again otherwise: redemptions gone,
+  tokens kept).
 * The scope can be narrowed to voucher codes and a redemption time window instead of everything.
 """
 
@@ -27,8 +34,10 @@ import sqlalchemy as sa
 from pydantic import field_validator, model_validator
 from sqlalchemy.engine import Connection
 
+from .. import grants
 from .. import names as nmod
 from ..errors import InvariantError, NotFoundError, ParameterError, PolicyAbort
+from ..grants import GrantLink
 from ..names import NameMap
 from ..params import DestructiveParams, LedgerSource, parse_aware_datetime
 from . import token_reversal as tr
@@ -45,7 +54,8 @@ tables = ["Voucher", "VoucherRedemption", "TokenTransaction", "UserTokenBalance"
 V, R, L = "Voucher", "VoucherRedemption", "TokenTransaction"
 VOUCHER_NEEDS = ["id", "code", "status", "maxUses", "currentUses"]
 REDEMPTION_NEEDS = ["id", "voucherId", "userId", "redeemedAt"]
-GrantLink = Literal["redemption_id", "voucher_and_user"]
+#: the status names the rollback's transitions use, when the voucher status enum has them
+ACTIVE, DEPLETED, EXPIRED = "ACTIVE", "DEPLETED", "EXPIRED"
 
 
 class Params(DestructiveParams):
@@ -57,10 +67,10 @@ class Params(DestructiveParams):
     redeemed_until: str | None = None
     reset_statuses: list[str] = []
     source: LedgerSource = "voucher_redemption"
-    grant_link: GrantLink = "redemption_id"
+    grant_link: GrantLink = "voucher_and_user"
     ledger_mode: tr.LedgerMode = "compensate"
     negative_policy: Literal["allow", "clamp", "abort"] = "allow"
-    reversal_type: str = "REVERSAL"
+    reversal_type: str = "auto"
     reversal_source: LedgerSource = "voucher_reversal"
     top_users: int = 50
 
@@ -118,7 +128,7 @@ def _q(names: NameMap) -> dict[str, str]:
         "r_id": names.c(R, "id"), "r_vid": names.c(R, "voucherId"), "r_uid": names.c(R, "userId"),
         "r_ts": names.c(R, "redeemedAt"),
         "l_id": names.c(L, "id"), "l_src": names.c(L, "source"), "l_sid": names.c(L, "sourceId"),
-        "l_uid": names.c(L, "userId"), "l_amt": names.c(L, "amount"), "l_link": names.c(L, "reversalOfId"),
+        "l_uid": names.c(L, "userId"), "l_amt": names.c(L, "amount"),
     }
 
 
@@ -137,7 +147,7 @@ class Scope:
         nmod.require(conn, names, {V: VOUCHER_NEEDS, R: REDEMPTION_NEEDS, L: ["id", "userId", "amount", "source",
                                                                             "sourceId"]})
         self.q = q = _q(names)
-        self.binds: dict[str, Any] = {"pr_source": params.source}
+        self.binds: dict[str, Any] = {"pr_source": params.source, "rb_rsource": params.reversal_source}
         v_where = ["true"]
         if params.voucher_codes:
             known = {r[0] for r in conn.execute(sa.text(
@@ -166,13 +176,19 @@ class Scope:
             f"select r.{q['r_id']} as id, r.{q['r_vid']} as voucher_id, r.{q['r_uid']} as user_id, "
             f"r.{q['r_ts']} as redeemed_at, v.{q['v_code']} as code from {q['R']} r join {q['V']} v "
             f"on v.{q['v_id']} = r.{q['r_vid']} where {' and '.join(r_where)}")
-        # the ledger grants those redemptions produced, as a condition on the ledger aliased tt
+        #: tokens each redemption granted, where the schema records it (the application's tokensGranted)
+        self.tokens_granted = (f"r.{names.c(R, 'tokensGranted')}" if nmod.has_column(conn, names, R, "tokensGranted")
+                               else "null::int")
+        self.redemptions = self.redemptions.replace(
+            " as code from", f" as code, {self.tokens_granted} as tokens_granted from", 1)
+        # the ledger grants those redemptions produced, as a condition on the ledger aliased tt (a semi-join)
+        self.grant_link = params.grant_link
         if params.grant_link == "redemption_id":
             self.grant_where = (f"tt.{q['l_src']} = :pr_source and tt.{q['l_sid']} in "
                                 f"(select s.id from ({self.redemptions}) s)")
-        else:
-            self.grant_where = (f"tt.{q['l_src']} = :pr_source and exists (select 1 from ({self.redemptions}) s "
-                                f"where tt.{q['l_sid']} = s.voucher_id and tt.{q['l_uid']} = s.user_id)")
+        else:  # the application: sourceId = the voucher's id, for the redeeming user
+            self.grant_where = (f"tt.{q['l_src']} = :pr_source and (tt.{q['l_sid']}, tt.{q['l_uid']}) in "
+                                f"(select s.voucher_id, s.user_id from ({self.redemptions}) s)")
         self.has_expiry = nmod.has_column(conn, names, V, "expiresAt")
         self.has_updated = nmod.has_column(conn, names, V, "updatedAt")
         #: "now" as the timestamp columns hold it: Prisma's DateTime is UTC in ``timestamp without time zone``;
@@ -180,6 +196,13 @@ class Scope:
         self.now_expiry = _now_for(conn, names, V, "expiresAt") if self.has_expiry else "now()"
         self.now_updated = _now_for(conn, names, V, "updatedAt") if self.has_updated else "now()"
         self.status_type = _column_type_sql(conn, names, V, "status")
+        #: the voucher statuses the database knows (the enum's values, else those in use)
+        self.statuses = nmod.enum_values(conn, names, "VoucherStatus") or [
+            r[0] for r in conn.execute(sa.text(f"select distinct {q['v_status']}::text from {q['V']}"))]
+        # a transition is made only to and from statuses the enum has (None disables it)
+        self.active = ACTIVE if ACTIVE in self.statuses else None
+        self.depleted = DEPLETED if DEPLETED in self.statuses else None
+        self.expired = EXPIRED if EXPIRED in self.statuses else None
 
     def voucher_changes_sql(self) -> str:
         """Per voucher in scope: counter and status before and after (the rollback's reasons only)."""
@@ -192,11 +215,13 @@ class Scope:
         # losing nothing in this scope was depleted by someone else and keeps its status
         revived = ("(v.removed > 0 and v.max_uses is not null and greatest(v.uses, v.old_uses) >= v.max_uses "
                    "and v.new_uses < v.max_uses)")
+        # status names are bind values from the enum (:pr_active, :pr_depleted, :pr_expired; null when absent)
         return f"""
             select v.id, v.code, v.status, v.uses, v.max_uses, v.removed, v.new_uses, v.expired,
-              case when v.status = any(cast(:pr_reset as text[])) then
-                     case when {below} then 'ACTIVE' else 'DEPLETED' end
-                   when v.status = 'DEPLETED' and {revived} then case when v.expired then 'EXPIRED' else 'ACTIVE' end
+              case when v.status = any(cast(:pr_reset as text[])) and :pr_active is not null then
+                     case when {below} then :pr_active else coalesce(:pr_depleted, v.status) end
+                   when v.status = :pr_depleted and {revived} and :pr_active is not null then
+                     case when v.expired then coalesce(:pr_expired, v.status) else :pr_active end
                    else v.status end as new_status
             from (select v.{q['v_id']} as id, v.{q['v_code']} as code, v.{q['v_status']}::text as status,
                     v.{q['v_uses']} as uses, v.{q['v_max']} as max_uses, {expired} as expired,
@@ -209,7 +234,8 @@ class Scope:
                     on tot.voucher_id = v.{q['v_id']}) v"""
 
     def bind(self, reset: list[str]) -> dict[str, Any]:
-        return {**self.binds, "pr_reset": reset}
+        return {**self.binds, "pr_reset": reset, "pr_active": self.active, "pr_depleted": self.depleted,
+                "pr_expired": self.expired}
 
 
 def _now_for(conn: Connection, names: NameMap, model: str, fld: str) -> str:
@@ -241,6 +267,73 @@ def _check_statuses(conn: Connection, names: NameMap, params: Params) -> None:
 # ---------------------------------------------------------------------------------------------------------
 
 
+def grant_matching(conn: Connection, names: NameMap, sc: Scope, binds: dict[str, Any]) -> dict[str, Any]:
+    """How the redemptions in scope and the ledger's grants find each other; never silent about either side.
+
+    One aggregated statement: redemptions in scope without any grant (and how many of those granted tokens),
+    grants of the vouchers in scope without any redemption and not reversed, and grants whose
+    ``metadata.voucherCode`` names another voucher than the one they point to."""
+    q = sc.q
+    link = grants.reversal_link(conn, names) if nmod.has_column(conn, names, L, "sourceId") else None
+    this = grants.redemption_join(names, sc.grant_link, "s", "tt").replace(f"s.{names.c(R, 'voucherId')}",
+                                                                          "s.voucher_id")
+    this = this.replace(f"s.{names.c(R, 'userId')}", "s.user_id").replace(f"s.{names.c(R, 'id')}", "s.id")
+    other = "redemption_id" if sc.grant_link == "voucher_and_user" else "voucher_and_user"
+    that = grants.redemption_join(names, other, "s", "tt").replace(f"s.{names.c(R, 'voucherId')}", "s.voucher_id")
+    that = that.replace(f"s.{names.c(R, 'userId')}", "s.user_id").replace(f"s.{names.c(R, 'id')}", "s.id")
+    code_sql = grants.metadata_code(conn, names, "tt")
+    not_reversed = (f"not exists (select 1 from {q['L']} x where {link.is_reversal_of('x', 'tt.' + q['l_id'])})"
+                    if link else "true")
+    if sc.grant_link == "voucher_and_user":
+        orphan_grants = (
+            f"select count(*) from {q['L']} tt where tt.{q['l_src']} = :pr_source and tt.{q['l_sid']} in "
+            f"(select v.{q['v_id']} from ({sc.vouchers}) v) and not exists (select 1 from {q['R']} r where "
+            f"{grants.redemption_join(names, 'voucher_and_user', 'r', 'tt')}) and {not_reversed}")
+    else:
+        orphan_grants = (
+            f"select count(*) from {q['L']} tt where tt.{q['l_src']} = :pr_source and tt.{q['l_sid']} is not null "
+            f"and not exists (select 1 from {q['R']} r where r.{q['r_id']} = tt.{q['l_sid']}) and {not_reversed}")
+    mismatch = (f"(select count(*) from ({sc.redemptions}) s join {q['L']} tt on tt.{q['l_src']} = :pr_source "
+                f"and {this} where {code_sql} is not null and {code_sql} <> s.code)") if code_sql else "0"
+    row = conn.execute(sa.text(
+        f"select count(*) filter (where not m.matched) as without_grant, "
+        f"count(*) filter (where not m.matched and coalesce(m.tokens_granted, 1) > 0) as granting_without, "
+        f"count(*) filter (where coalesce(m.tokens_granted, 1) > 0) as granting, "
+        f"count(*) filter (where m.other_matched) as other_matched, "
+        f"({orphan_grants}) as orphan_grants, {mismatch} as mismatch "
+        f"from (select s.tokens_granted, exists (select 1 from {q['L']} tt where tt.{q['l_src']} = :pr_source "
+        f"and {this}) as matched, exists (select 1 from {q['L']} tt where tt.{q['l_src']} = :pr_source "
+        f"and {that}) as other_matched from ({sc.redemptions}) s) m"), binds).mappings().one()
+    out: dict[str, Any] = {
+        "redemptions_without_grant": int(row["without_grant"]),
+        "granting_without_grant": int(row["granting_without"]),
+        "grants_without_redemption": int(row["orphan_grants"]),
+        "code_mismatch": int(row["mismatch"]),
+        "warnings": [], "refuse": None,
+    }
+    source = binds["pr_source"]
+    if out["granting_without_grant"]:
+        out["warnings"].append(
+            f"{out['granting_without_grant']} redemptions in scope granted tokens but have no ledger grant "
+            f"(source = '{source}', grant_link={sc.grant_link}): their tokens cannot be reversed")
+    if out["grants_without_redemption"]:
+        out["warnings"].append(f"{out['grants_without_redemption']} ledger grants of these vouchers belong to no "
+                               "redemption and are not reversed (listed by verify's orphan_voucher_grants)")
+    if out["code_mismatch"]:
+        out["warnings"].append(f"{out['code_mismatch']} matched grants carry a metadata.voucherCode of another "
+                               "voucher: check them before executing")
+    granting = int(row["granting"])
+    if granting and out["granting_without_grant"] == granting:
+        hint = (f"{int(row['other_matched'])} of them match with grant_link={other}: pass -p grant_link {other}"
+                if row["other_matched"] else f"check 'source' (grants are looked up with source = '{source}') "
+                "and whether this database records grants in the ledger at all")
+        out["refuse"] = (f"{granting} redemptions in scope granted tokens but no ledger grant matches any of them "
+                         f"by grant_link={sc.grant_link}: deleting them would keep every granted token (the guide's "
+                         f"bug); nothing was changed. {hint}")
+        out["warnings"].insert(0, "EXECUTE WILL REFUSE: " + out["refuse"].replace("; nothing was changed", ""))
+    return out
+
+
 def plan(conn: Connection, params: Params, names: NameMap) -> Plan:
     sc = Scope(conn, params, names)
     _check_statuses(conn, names, params)
@@ -255,10 +348,12 @@ def plan(conn: Connection, params: Params, names: NameMap) -> Plan:
         f"select count(*) as in_scope, "
         f"count(*) filter (where uses <> new_uses or status <> new_status) as changing, "
         f"count(*) filter (where status <> new_status) as status_changing, "
-        f"count(*) filter (where status in ('DISABLED', 'EXPIRED') and removed > 0 "
-        f"  and status = new_status) as kept_status, "
-        f"count(*) filter (where status = 'DEPLETED' and new_status = 'EXPIRED') as depleted_but_expired, "
-        f"count(*) filter (where new_status = 'DEPLETED' and (max_uses is null or new_uses < max_uses)) "
+        f"count(*) filter (where status is distinct from :pr_active and status is distinct from :pr_depleted "
+        f"  and removed > 0 and status = new_status) as kept_status, "
+        f"coalesce(string_agg(distinct status, ', ') filter (where status is distinct from :pr_active and status "
+        f"  is distinct from :pr_depleted and removed > 0 and status = new_status), '') as kept_statuses, "
+        f"count(*) filter (where status = :pr_depleted and new_status = :pr_expired) as depleted_but_expired, "
+        f"count(*) filter (where new_status = :pr_depleted and (max_uses is null or new_uses < max_uses)) "
         f"  as depleted_under_limit, "
         f"md5(coalesce(string_agg(id || ':' || uses || '>' || new_uses || ':' || status || '>' || new_status, ',' "
         f"  order by id) filter (where uses <> new_uses or status <> new_status), '')) as digest "
@@ -266,19 +361,26 @@ def plan(conn: Connection, params: Params, names: NameMap) -> Plan:
     rp = tr.plan_reversal(
         conn, names, where_sql=sc.grant_where, where_params=binds, ledger_mode=params.ledger_mode,
         negative_policy=params.negative_policy, reversal_type=params.reversal_type,
-        reversal_source=params.reversal_source, sample_rows=params.sample_rows, top_users=params.top_users)
+        reversal_source=params.reversal_source, sample_rows=params.sample_rows, top_users=params.top_users,
+        grant_link=params.grant_link)
     rs = rp.summary
     grants_total = conn.execute(sa.text(
-        f"select count(*), coalesce(sum(tt.{sc.q['l_amt']}), 0) from {sc.q['L']} tt where {sc.grant_where}"),
+        f"select count(*), coalesce(sum(tt.{sc.q['l_amt']}), 0)::bigint from {sc.q['L']} tt where {sc.grant_where}"),
         binds).one()
+    matching = grant_matching(conn, names, sc, binds)
     summary = {
         "redemptions to clear": int(red["n"]),
         "users with redemptions cleared": int(red["users"]),
         "vouchers in scope": int(vch["in_scope"]),
         "vouchers whose counter or status changes": int(vch["changing"]),
         "vouchers whose status changes": int(vch["status_changing"]),
-        "DISABLED/EXPIRED vouchers keeping their status": int(vch["kept_status"]),
+        "vouchers keeping their status (not ACTIVE/DEPLETED)": int(vch["kept_status"]),
         "ledger grants of these redemptions": int(grants_total[0]),
+        "redemptions without a grant": matching["redemptions_without_grant"],
+        "of them granting tokens": matching["granting_without_grant"],
+        "grants of these vouchers without a redemption": matching["grants_without_redemption"],
+        "grants whose metadata names another voucher": matching["code_mismatch"],
+        "grants matched to redemptions by": params.grant_link,
         "ledger rows to reverse": rs["rows_to_reverse"],
         "tokens to reverse": rs["tokens_to_reverse"],
         "users whose balance changes": rs["users"] - rs["users_excluded"],
@@ -293,10 +395,15 @@ def plan(conn: Connection, params: Params, names: NameMap) -> Plan:
     if rs["users_without_balance"]:
         warnings.append(f"{rs['users_without_balance']} users have grants but no balance row: execute stops "
                         "(their grants could not be reversed); fix the balances or narrow the scope")
+    warnings.extend(matching["warnings"])
     if vch["kept_status"]:
-        warnings.append(f"{vch['kept_status']} DISABLED/EXPIRED vouchers lose redemptions but keep their status "
-                        "(the guide's SET status='ACTIVE' would revive them); name the statuses in reset_statuses "
+        warnings.append(f"{vch['kept_status']} vouchers lose redemptions but keep their status ({vch['kept_statuses']}; "
+                        "the guide's SET status='ACTIVE' would revive them); name the statuses in reset_statuses "
                         "to reset them")
+    unknown = sorted(set(sc.statuses) - {ACTIVE, DEPLETED, EXPIRED, "INACTIVE"})
+    if unknown:
+        warnings.append(f"voucher statuses this runbook has no rule for: {', '.join(unknown)}; vouchers with them "
+                        "keep their status unless named in reset_statuses")
     if vch["depleted_but_expired"]:
         warnings.append(f"{vch['depleted_but_expired']} DEPLETED vouchers are below their limit again but past "
                         "expiresAt: they become EXPIRED, not ACTIVE")
@@ -325,7 +432,7 @@ def plan(conn: Connection, params: Params, names: NameMap) -> Plan:
     digest = {"redemptions": red["digest"], "vouchers": vch["digest"], "reversal": rp.digest,
               "reset": sorted(params.reset_statuses), "link": params.grant_link}
     p = Plan(procedure=NAME, plan_id=plan_hash(NAME, digest), summary=summary, frames=frames, warnings=warnings,
-             details={"reversal": rp, "raw_reversal": rs, "scope": sc})
+             details={"reversal": rp, "raw_reversal": rs, "scope": sc, "matching": matching})
     p.exports = {
         "redemptions_cleared": (f"select * from ({sc.redemptions}) s order by redeemed_at, id", binds),
         "vouchers_before_after": (f"select * from ({changes}) c order by code", binds),
@@ -359,6 +466,9 @@ def apply(conn: Connection, params: Params, names: NameMap, plan: Plan) -> Apply
         raise PolicyAbort(f"{rs['users_without_balance']} users have voucher grants but no balance row, so their "
                           "grants cannot be reversed; nothing was changed. Create their balance rows or narrow "
                           "voucher_codes")
+    if plan.details["matching"]["refuse"]:
+        raise PolicyAbort(plan.details["matching"]["refuse"])
+    rp.incident, rp.plan_id = tr.incident_of(params), params.approved_plan
     conn.execute(sa.text("drop table if exists pr_removed, pr_vouchers"))
     conn.execute(sa.text(f"create temp table pr_removed on commit drop as {sc.redemptions}"), binds)
     conn.execute(sa.text(f"create temp table pr_vouchers on commit drop as "
@@ -401,25 +511,25 @@ def check(conn: Connection, params: Params, names: NameMap, plan: Plan, result: 
         f"where v.{q['v_status']}::text <> c.new_status")).scalar_one()
     if wrong_status:
         problems.append(f"{wrong_status} vouchers' status differs from the plan")
+    # only DEPLETED vouchers may change status on their own (the rollback being the reason); any other status
+    # (INACTIVE, EXPIRED, one the runbook does not know) changes only when named in reset_statuses
     revived = conn.execute(sa.text(
-        f"select count(*) from pr_vouchers c join {q['V']} v on v.{q['v_id']} = c.id where c.status in "
-        f"('DISABLED', 'EXPIRED') and not (c.status = any(:reset)) and v.{q['v_status']}::text <> c.status"),
-        {"reset": params.reset_statuses}).scalar_one()
+        f"select count(*) from pr_vouchers c join {q['V']} v on v.{q['v_id']} = c.id where c.status is distinct "
+        f"from :dep and not (c.status = any(:reset)) and v.{q['v_status']}::text <> c.status"),
+        {"reset": params.reset_statuses, "dep": sc.depleted}).scalar_one()
     if revived:
-        problems.append(f"{revived} DISABLED/EXPIRED vouchers changed status without reset_statuses")
+        problems.append(f"{revived} vouchers that were not DEPLETED changed status without reset_statuses")
     left = conn.execute(sa.text(
         f"select count(*) from {q['R']} r join pr_removed x on x.id = r.{q['r_id']}")).scalar_one()
     if left:
         problems.append(f"{left} redemptions in scope still exist")
-    link = params.grant_link
-    join = ("tt.{sid} = x.id" if link == "redemption_id" else "tt.{sid} = x.voucher_id and tt.{uid} = x.user_id") \
-        .format(sid=q["l_sid"], uid=q["l_uid"])
-    has_link = nmod.has_column(conn, names, L, "reversalOfId")
-    unreversed_cond = f"and not exists (select 1 from {q['L']} rv where rv.{q['l_link']} = tt.{q['l_id']})" \
-        if has_link else ""
+    join = ("tt.{sid} = x.id" if params.grant_link == "redemption_id"
+            else "tt.{sid} = x.voucher_id and tt.{uid} = x.user_id").format(sid=q["l_sid"], uid=q["l_uid"])
+    link = grants.reversal_link(conn, names)
     dangling = conn.execute(sa.text(
         f"select count(*) from {q['L']} tt join pr_removed x on {join} where tt.{q['l_src']} = :src "
-        f"{unreversed_cond}"), {"src": params.source}).scalar_one()
+        f"and not exists (select 1 from {q['L']} rv where {link.is_reversal_of('rv', 'tt.' + q['l_id'])})"),
+        {"src": params.source, "rb_rsource": params.reversal_source}).scalar_one()
     if dangling:
         problems.append(f"{dangling} ledger grants point to a removed redemption without their reversal")
     if problems:
@@ -440,12 +550,6 @@ def verify(conn: Connection, params: Params, names: NameMap, plan: Plan | None) 
               "redemptions matching the scope (expected 0 after execute)"),
         Check("counters equal remaining redemptions", wrong == 0, wrong, "vouchers in scope whose currentUses differs"),
     ]
-    if params.grant_link == "redemption_id" and nmod.has_column(conn, names, L, "reversalOfId"):
-        orphans = int(conn.execute(sa.text(
-            f"select count(*) from {q['L']} tt where tt.{q['l_src']} = :src and tt.{q['l_sid']} is not null "
-            f"and not exists (select 1 from {q['R']} r where r.{q['r_id']} = tt.{q['l_sid']}) "
-            f"and not exists (select 1 from {q['L']} rv where rv.{q['l_link']} = tt.{q['l_id']})"),
-            {"src": params.source}).scalar_one())
-        checks.append(Check("no unreversed grant of a missing redemption", orphans == 0, orphans,
-                            "voucher grants whose redemption is gone and that have no reversal"))
+    # grants of a missing redemption that no reversing row compensates: the shared check
+    # orphan_voucher_grants (runbook_lib.checks), run after every execute, covers every convention
     return VerifyResult(checks=checks)
