@@ -26,7 +26,8 @@ SPENT = {"u1": 140, "u3": 20}  # u1 spent more than its purchase: reversing leav
 
 
 def seed_small(eng: sa.engine.Engine) -> None:
-    """A small voucher incident: grants linked to redemptions through sourceId, balances = ledger sums."""
+    """A small voucher incident on the linked schema: grants written as the app does (sourceId = the voucher's id,
+    for the redeeming user), balances = ledger sums."""
     with eng.begin() as c:
         for u in USERS:
             c.execute(sa.text('insert into "User"(id, email) values (:u, :e)'), {"u": u, "e": f"{u}@example.test"})
@@ -44,8 +45,8 @@ def seed_small(eng: sa.engine.Engine) -> None:
                                   "values (:id, :v, :u, :ts)"), {"id": rid, "v": vid, "u": user, "ts": ts})
                 c.execute(sa.text(
                     'insert into "TokenTransaction"(id, "userId", amount, type, source, "sourceId", "createdAt") '
-                    "values (:id, :u, :amt, 'CREDIT', 'voucher_redemption', :rid, :ts)"),
-                    {"id": f"g_{code}_{user}", "u": user, "amt": amount, "rid": rid, "ts": ts})
+                    "values (:id, :u, :amt, 'CREDIT', 'voucher_redemption', :vid, :ts)"),
+                    {"id": f"g_{code}_{user}", "u": user, "amt": amount, "vid": vid, "ts": ts})
         for u, amt in SPENT.items():
             c.execute(sa.text('insert into "TokenTransaction"(id, "userId", amount, type, source, "createdAt") '
                               "values (:id, :u, :a, 'DEBIT', 'spend', '2025-12-03')"), {"id": f"spend_{u}", "u": u,
@@ -55,10 +56,10 @@ def seed_small(eng: sa.engine.Engine) -> None:
 
 
 @pytest.fixture
-def small_db(schema_db, engine_for, target_env):
-    seed_small(engine_for(schema_db))
-    target_env(schema_db)
-    return schema_db
+def small_db(linked_schema_db, engine_for, target_env):
+    seed_small(engine_for(linked_schema_db))
+    target_env(linked_schema_db)
+    return linked_schema_db
 
 
 def state(eng: sa.engine.Engine) -> dict[str, pd.DataFrame]:
@@ -273,8 +274,8 @@ def add_voucher(eng: sa.engine.Engine, code: str, status: str, max_uses: int | N
                               "values (:id, :v, :u, :ts)"), {"id": rid, "v": f"v_{code}", "u": user, "ts": ts})
             c.execute(sa.text(
                 'insert into "TokenTransaction"(id, "userId", amount, type, source, "sourceId", "createdAt") '
-                "values (:id, :u, 10, 'CREDIT', 'voucher_redemption', :rid, :ts)"),
-                {"id": f"g_{code}_{user}", "u": user, "rid": rid, "ts": ts})
+                "values (:id, :u, 10, 'CREDIT', 'voucher_redemption', :vid, :ts)"),
+                {"id": f"g_{code}_{user}", "u": user, "vid": f"v_{code}", "ts": ts})
             c.execute(sa.text('update "UserTokenBalance" set balance = balance + 10 where "userId" = :u'), {"u": user})
 
 
