@@ -336,3 +336,10 @@ def finish_ledger(conn: sa.engine.Connection) -> None:
         "SELECT 'bal_' || u.id, u.id, coalesce(s.total, 0), timestamp '2025-12-06', timestamp '2025-12-06' "
         'FROM users u LEFT JOIN (SELECT "userId", sum(amount) AS total FROM token_transactions GROUP BY 1) s '
         'ON s."userId" = u.id ON CONFLICT ("userId") DO UPDATE SET balance = excluded.balance')
+
+
+def apply_mapped_names(conn: sa.engine.Connection) -> None:
+    """Rename the linked fixture's tables and columns to ``demo/prisma_mapped`` (see ``seed_linked``)."""
+    from .seed_linked import apply_mapped_names as rename
+
+    rename(conn)

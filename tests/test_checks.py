@@ -19,8 +19,8 @@ def run_checks(url: str, only: list[str] | None = None):
         eng.dispose()
 
 
-def test_clean_incident_passes_every_check(incident_db):
-    result = run_checks(incident_db)
+def test_clean_incident_passes_every_check(linked_incident_db):
+    result = run_checks(linked_incident_db)
     assert [c.name for c in result.checks if not c.passed] == []
     assert len(result.checks) == len(checks.CHECKS)
 
@@ -67,11 +67,11 @@ def test_every_check_has_a_defect_case():
 
 
 @pytest.mark.parametrize("name", checks.NAMES)
-def test_each_check_fails_on_its_defect(incident_db, engine_for, name):
-    with engine_for(incident_db).begin() as c:
+def test_each_check_fails_on_its_defect(linked_incident_db, engine_for, name):
+    with engine_for(linked_incident_db).begin() as c:
         for sql in DEFECTS[name]:
             c.exec_driver_sql(sql)
-    result = run_checks(incident_db)
+    result = run_checks(linked_incident_db)
     by_title = {spec.name: check for spec, check in zip(checks.CHECKS, result.checks, strict=True)}
     failed = by_title[name]
     assert not failed.passed and failed.count > 0, failed
@@ -79,8 +79,8 @@ def test_each_check_fails_on_its_defect(incident_db, engine_for, name):
     assert name in result.frames
 
 
-def test_checks_skip_cleanly_when_the_voucher_system_is_gone(incident_db, engine_for):
-    with engine_for(incident_db).begin() as c:
+def test_checks_skip_cleanly_when_the_voucher_system_is_gone(linked_incident_db, engine_for):
+    with engine_for(linked_incident_db).begin() as c:
         c.exec_driver_sql('drop table "VoucherRedemption", "Voucher"; drop type "VoucherType", "VoucherStatus"')
         # the grants were reversed before the drop (ledger_policy=reverse), so no orphan remains
         c.exec_driver_sql("delete from \"TokenTransaction\" where source = 'voucher_redemption'")
@@ -89,28 +89,28 @@ def test_checks_skip_cleanly_when_the_voucher_system_is_gone(incident_db, engine
         c.exec_driver_sql('update "TokenTransaction" t set "balanceAfter" = r.s from (select id, sum(amount) over '
                           '(partition by "userId" order by "createdAt", id) s from "TokenTransaction") r '
                           'where r.id = t.id')
-    result = run_checks(incident_db)
+    result = run_checks(linked_incident_db)
     assert result.passed, result.table()
     skipped = [c for c in result.checks if c.detail.startswith("skipped")]
     assert len(skipped) >= 3
 
 
-def test_subset_and_unknown_names(incident_db):
-    result = run_checks(incident_db, only=["voucher_counters"])
+def test_subset_and_unknown_names(linked_incident_db):
+    result = run_checks(linked_incident_db, only=["voucher_counters"])
     assert len(result.checks) == 1
     with pytest.raises(ParameterError, match="unknown checks"):
-        run_checks(incident_db, only=["nope"])
+        run_checks(linked_incident_db, only=["nope"])
 
 
-def test_drift_is_reported_not_assumed(incident_db, engine_for):
-    with engine_for(incident_db).begin() as c:
+def test_drift_is_reported_not_assumed(linked_incident_db, engine_for):
+    with engine_for(linked_incident_db).begin() as c:
         c.execute(sa.text('update "UserTokenBalance" set balance = balance + 7 where "userId" = \'user_0003\''))
-    check = next(c for c in run_checks(incident_db).checks if c.name == "every balance equals its ledger sum")
+    check = next(c for c in run_checks(linked_incident_db).checks if c.name == "every balance equals its ledger sum")
     assert not check.passed and check.count == 1 and "+7 tokens" in check.detail
 
 
-def test_expect_full_rollback_fails_while_the_voucher_system_is_there(incident_db):
-    eng = db.make_engine(incident_db)
+def test_expect_full_rollback_fails_while_the_voucher_system_is_there(linked_incident_db):
+    eng = db.make_engine(linked_incident_db)
     try:
         with db.read_only(eng) as conn:
             result = checks.run_all(conn, nmod.resolve(conn), only=["nothing_left_after_full_rollback"],
@@ -122,27 +122,27 @@ def test_expect_full_rollback_fails_while_the_voucher_system_is_there(incident_d
     assert "table Voucher" in check.detail and "enum VoucherStatus" in check.detail
 
 
-def test_nothing_left_sees_enum_array_columns(incident_db, engine_for):
-    with engine_for(incident_db).begin() as c:
+def test_nothing_left_sees_enum_array_columns(linked_incident_db, engine_for):
+    with engine_for(linked_incident_db).begin() as c:
         c.exec_driver_sql('drop table "VoucherRedemption"; alter table "Voucher" drop column status, drop column type')
         c.exec_driver_sql('alter table "User" add column "seenStatuses" "VoucherStatus"[]')
         c.exec_driver_sql('drop table "Voucher"; drop type "VoucherType"')
-    (check,) = run_checks(incident_db, only=["nothing_left_after_full_rollback"]).checks
+    (check,) = run_checks(linked_incident_db, only=["nothing_left_after_full_rollback"]).checks
     assert not check.passed
     assert "column User.seenStatuses" in check.detail and "enum VoucherStatus" in check.detail
 
 
-def test_a_ledger_with_archived_history_is_checked_from_its_opening_balance(incident_db, engine_for):
+def test_a_ledger_with_archived_history_is_checked_from_its_opening_balance(linked_incident_db, engine_for):
     """The ledger is complete only where it starts from zero: a user whose early rows were archived (the balance
     and the later balanceAfter values still count them) is compared from the first row's opening balance."""
-    eng = engine_for(incident_db)
+    eng = engine_for(linked_incident_db)
     with eng.begin() as c:
         c.exec_driver_sql("delete from \"TokenTransaction\" where id in (select id from \"TokenTransaction\" "
                           "where \"userId\" = 'user_0003' order by \"createdAt\", id limit 2)")
-    result = run_checks(incident_db, only=["balance_vs_ledger", "running_balance"])
+    result = run_checks(linked_incident_db, only=["balance_vs_ledger", "running_balance"])
     assert result.passed, result.table()
     assert "1 users' ledgers start from an opening balance" in result.checks[0].detail
     with eng.begin() as c:  # drift on top of the opening balance is still found, and measured
         c.exec_driver_sql('update "UserTokenBalance" set balance = balance - 5 where "userId" = \'user_0003\'')
-    check = run_checks(incident_db, only=["balance_vs_ledger"]).checks[0]
+    check = run_checks(linked_incident_db, only=["balance_vs_ledger"]).checks[0]
     assert not check.passed and check.count == 1 and "-5 tokens" in check.detail

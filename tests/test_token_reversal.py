@@ -58,9 +58,9 @@ def review_then_execute(**params):
 
 @pytest.mark.parametrize("policy", ["allow", "clamp", "skip"])
 @pytest.mark.parametrize("ledger_mode", ["compensate", "delete"])
-def test_every_balance_matches_independent_expectation(incident_db, engine_for, target_env, policy, ledger_mode):
-    target_env(incident_db)
-    eng = engine_for(incident_db)
+def test_every_balance_matches_independent_expectation(linked_incident_db, engine_for, target_env, policy, ledger_mode):
+    target_env(linked_incident_db)
+    eng = engine_for(linked_incident_db)
     bal0, led0 = snapshot(eng)
     expected = expected_after(bal0, led0, policy)
     plan, result, ex = review_then_execute(negative_policy=policy, ledger_mode=ledger_mode)
@@ -92,9 +92,9 @@ def test_every_balance_matches_independent_expectation(incident_db, engine_for, 
         assert drift.max() == 0
 
 
-def test_balance_after_is_the_true_running_balance(incident_db, engine_for, target_env):
-    target_env(incident_db)
-    eng = engine_for(incident_db)
+def test_balance_after_is_the_true_running_balance(linked_incident_db, engine_for, target_env):
+    target_env(linked_incident_db)
+    eng = engine_for(linked_incident_db)
     bal0, _ = snapshot(eng)
     review_then_execute()
     _, led = snapshot(eng)
@@ -104,9 +104,9 @@ def test_balance_after_is_the_true_running_balance(incident_db, engine_for, targ
     assert (last == bal1["balance"].reindex(last.index)).all()
 
 
-def test_second_execute_changes_nothing(incident_db, engine_for, target_env):
-    target_env(incident_db)
-    eng = engine_for(incident_db)
+def test_second_execute_changes_nothing(linked_incident_db, engine_for, target_env):
+    target_env(linked_incident_db)
+    eng = engine_for(linked_incident_db)
     plan, first, ex = review_then_execute()
     after_first = snapshot(eng)
     again = Run("token-reversal", {**WINDOW, "mode": "execute", "approved_plan": plan.plan_id}).execute()
@@ -120,9 +120,9 @@ def test_second_execute_changes_nothing(incident_db, engine_for, target_env):
     assert review2.summary["rows already reversed"] == first.counts["rows_reversed"]
 
 
-def test_change_between_review_and_execute_aborts(incident_db, engine_for, target_env):
-    target_env(incident_db)
-    eng = engine_for(incident_db)
+def test_change_between_review_and_execute_aborts(linked_incident_db, engine_for, target_env):
+    target_env(linked_incident_db)
+    eng = engine_for(linked_incident_db)
     plan = Run("token-reversal", WINDOW).review()
     with eng.begin() as c:  # the app spends tokens of an affected user meanwhile
         uid = plan.frames["balances"]["userId"].iloc[0]
@@ -135,9 +135,9 @@ def test_change_between_review_and_execute_aborts(incident_db, engine_for, targe
     pd.testing.assert_frame_equal(before[1], after[1])
 
 
-def test_execute_without_or_with_wrong_approval_refuses(incident_db, engine_for, target_env):
-    target_env(incident_db)
-    eng = engine_for(incident_db)
+def test_execute_without_or_with_wrong_approval_refuses(linked_incident_db, engine_for, target_env):
+    target_env(linked_incident_db)
+    eng = engine_for(linked_incident_db)
     before = snapshot(eng)
     with pytest.raises(ApprovalError, match="needs approved_plan"):
         Run("token-reversal", {**WINDOW, "mode": "execute"}).execute()
@@ -147,18 +147,18 @@ def test_execute_without_or_with_wrong_approval_refuses(incident_db, engine_for,
     pd.testing.assert_frame_equal(before[1], after[1])
 
 
-def test_abort_policy_refuses_when_balances_would_go_negative(incident_db, engine_for, target_env):
-    target_env(incident_db)
-    eng = engine_for(incident_db)
+def test_abort_policy_refuses_when_balances_would_go_negative(linked_incident_db, engine_for, target_env):
+    target_env(linked_incident_db)
+    eng = engine_for(linked_incident_db)
     before = snapshot(eng)
     with pytest.raises(PolicyAbort, match="below zero"):
         review_then_execute(negative_policy="abort")
     pd.testing.assert_frame_equal(before[1], snapshot(eng)[1])
 
 
-def test_review_is_read_only_and_lists_negative_balances(incident_db, engine_for, target_env):
-    target_env(incident_db)
-    eng = engine_for(incident_db)
+def test_review_is_read_only_and_lists_negative_balances(linked_incident_db, engine_for, target_env):
+    target_env(linked_incident_db)
+    eng = engine_for(linked_incident_db)
     before = snapshot(eng)
     plan = Run("token-reversal", WINDOW).review()
     assert len(plan.frames["negative"]) > 0
@@ -167,16 +167,23 @@ def test_review_is_read_only_and_lists_negative_balances(incident_db, engine_for
     pd.testing.assert_frame_equal(before[1], snapshot(eng)[1])
 
 
-def test_narrowing_by_user_and_voucher(incident_db, engine_for, target_env):
-    target_env(incident_db)
-    full = Run("token-reversal", WINDOW).review()
+def test_narrowing_by_user_and_voucher(linked_incident_db, engine_for, target_env):
+    target_env(linked_incident_db)
+    # the linked fixture's grants name their redemption in sourceId (not the voucher, as the app does)
+    window = {**WINDOW, "grant_link": "redemption_id"}
+    full = Run("token-reversal", window).review()
     uid = full.frames["balances"]["userId"].iloc[0]
-    one = Run("token-reversal", {**WINDOW, "user_ids": [uid]}).review()
+    one = Run("token-reversal", {**window, "user_ids": [uid]}).review()
     assert one.summary["users affected"] == 1
     by_voucher = full.frames["by_voucher"]
+    assert "(no voucher)" not in set(by_voucher["voucher"])
     code = by_voucher["voucher"].iloc[0]
-    v = Run("token-reversal", {**WINDOW, "voucher_codes": [code]}).review()
+    v = Run("token-reversal", {**window, "voucher_codes": [code]}).review()
     assert v.summary["tokens to reverse"] == int(by_voucher["tokens"].iloc[0])
+    # with the application's convention on this schema nothing matches, and the review says so
+    wrong = Run("token-reversal", {**WINDOW, "voucher_codes": [code]}).review()
+    assert wrong.summary["ledger rows to reverse"] == 0
+    assert any("select no ledger row" in w and "grant_link" in w for w in wrong.warnings)
 
 
 @pytest.mark.parametrize(
@@ -194,9 +201,9 @@ def test_narrowing_by_user_and_voucher(incident_db, engine_for, target_env):
         ({**WINDOW, "column_map": {"TokenTransaction.amount": "amt"}}, SchemaMismatchError, '"amt"'),
     ],
 )
-def test_bad_input_is_refused_with_one_line(incident_db, engine_for, target_env, params, error, text):
-    target_env(incident_db)
-    eng = engine_for(incident_db)
+def test_bad_input_is_refused_with_one_line(linked_incident_db, engine_for, target_env, params, error, text):
+    target_env(linked_incident_db)
+    eng = engine_for(linked_incident_db)
     before = snapshot(eng)
     with pytest.raises(error) as exc:
         Run("token-reversal", params).review()
@@ -205,11 +212,11 @@ def test_bad_input_is_refused_with_one_line(incident_db, engine_for, target_env,
     pd.testing.assert_frame_equal(before[1], snapshot(eng)[1])
 
 
-def test_mapped_names_from_schema_prisma(incident_db, engine_for, target_env):
+def test_mapped_names_from_schema_prisma(linked_incident_db, engine_for, target_env):
     from runbook_lib import seed
 
-    target_env(incident_db)
-    eng = engine_for(incident_db)
+    target_env(linked_incident_db)
+    eng = engine_for(linked_incident_db)
     with eng.begin() as c:
         seed.apply_mapped_names(c)
     with pytest.raises(SchemaMismatchError):
@@ -222,9 +229,9 @@ def test_mapped_names_from_schema_prisma(incident_db, engine_for, target_env):
 
 
 @pytest.mark.parametrize("marked_by", ["env", "parameter"])
-def test_production_target_needs_confirmation(incident_db, engine_for, target_env, monkeypatch, marked_by):
-    target_env(incident_db)
-    eng = engine_for(incident_db)
+def test_production_target_needs_confirmation(linked_incident_db, engine_for, target_env, monkeypatch, marked_by):
+    target_env(linked_incident_db)
+    eng = engine_for(linked_incident_db)
     extra = {"production": True} if marked_by == "parameter" else {}
     if marked_by == "env":
         monkeypatch.setenv("RUNBOOK_TARGET_PRODUCTION", "1")
@@ -235,7 +242,7 @@ def test_production_target_needs_confirmation(incident_db, engine_for, target_en
         with pytest.raises(PolicyAbort, match="marked production"):
             Run("token-reversal", {**execute, "confirm_target": confirm}).execute()
     pd.testing.assert_frame_equal(before[1], snapshot(eng)[1])
-    dbname = sa.engine.make_url(incident_db).database
+    dbname = sa.engine.make_url(linked_incident_db).database
     result = Run("token-reversal", {**execute, "confirm_target": dbname}).execute()
     assert result is not None and result.changed
 
@@ -248,9 +255,9 @@ def _in_window_user(eng: sa.engine.Engine) -> str:
 
 
 @pytest.mark.parametrize("ledger_mode", ["compensate", "delete"])
-def test_clamp_never_raises_a_balance_that_was_already_negative(incident_db, engine_for, target_env, ledger_mode):
-    target_env(incident_db)
-    eng = engine_for(incident_db)
+def test_clamp_never_raises_a_balance_that_was_already_negative(linked_incident_db, engine_for, target_env, ledger_mode):
+    target_env(linked_incident_db)
+    eng = engine_for(linked_incident_db)
     uid = _in_window_user(eng)
     with eng.begin() as c:  # an earlier incident's reversal (policy allow) left this user below zero
         c.execute(sa.text('insert into "TokenTransaction"(id, "userId", amount, type, source, "createdAt", '
@@ -268,9 +275,9 @@ def test_clamp_never_raises_a_balance_that_was_already_negative(incident_db, eng
     assert ex.verify().passed, ex.verify().table()
 
 
-def test_users_without_a_balance_row_are_skipped_and_verify_agrees(incident_db, engine_for, target_env):
-    target_env(incident_db)
-    eng = engine_for(incident_db)
+def test_users_without_a_balance_row_are_skipped_and_verify_agrees(linked_incident_db, engine_for, target_env):
+    target_env(linked_incident_db)
+    eng = engine_for(linked_incident_db)
     uid = _in_window_user(eng)
     with eng.begin() as c:
         c.execute(sa.text('delete from "UserTokenBalance" where "userId" = :u'), {"u": uid})
@@ -285,16 +292,16 @@ def test_users_without_a_balance_row_are_skipped_and_verify_agrees(incident_db, 
     assert led[led["reversalOfId"].notna() & (led["userId"] == uid)].empty  # left alone, as the review said
 
 
-def test_a_misspelled_notebook_parameter_is_refused_not_ignored(incident_db, target_env):
+def test_a_misspelled_notebook_parameter_is_refused_not_ignored(linked_incident_db, target_env):
     """papermill -p negative_polcy abort only warns; the notebook must not run with the default policy."""
-    target_env(incident_db)
+    target_env(linked_incident_db)
     with pytest.raises(ParameterError, match="negative_polcy.*unknown parameter"):
         Run.from_namespace("token-reversal", {**WINDOW, "negative_polcy": "abort", "Run": Run, "In": [""]})
     ok = Run.from_namespace("token-reversal", {**WINDOW, "negative_policy": "abort", "plan": None, "result": 1})
     assert ok.params.negative_policy == "abort"
 
 
-def test_apply_reverses_exactly_the_rows_the_plan_recomputed_under_the_locks(incident_db, engine_for, target_env):
+def test_apply_reverses_exactly_the_rows_the_plan_recomputed_under_the_locks(linked_incident_db, engine_for, target_env):
     """Execute reads the selection once, under the locks, into temp tables: the recomputed plan's figures and
     the apply both come from them. A grant the app writes after that recompute (a new row: row locks cannot keep
     it out) is not half-included: the rows applied are the rows approved, the invariants hold, and the late grant
@@ -302,8 +309,8 @@ def test_apply_reverses_exactly_the_rows_the_plan_recomputed_under_the_locks(inc
     from runbook_lib import db
     from runbook_lib.procedures import token_reversal as tr
 
-    target_env(incident_db)
-    eng = engine_for(incident_db)
+    target_env(linked_incident_db)
+    eng = engine_for(linked_incident_db)
     review = Run("token-reversal", WINDOW).review()
     run = Run("token-reversal", {**WINDOW, "mode": "execute", "approved_plan": review.plan_id})
     uid = review.frames["balances"]["userId"].iloc[0]

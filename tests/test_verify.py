@@ -14,12 +14,12 @@ from runbook_lib.runner import run_procedure
 WINDOW = {"since": "2025-12-01T00:00:00Z", "until": "2025-12-03T00:00:00Z"}
 
 
-def test_verify_passes_then_fails_with_exit_13(incident_db, engine_for, target_env, tmp_path):
-    target_env(incident_db)
+def test_verify_passes_then_fails_with_exit_13(linked_incident_db, engine_for, target_env, tmp_path):
+    target_env(linked_incident_db)
     ok = run_procedure("verify", {}, incident="V", evidence_root=tmp_path, progress_bar=False)
     assert ok.exit_code == 0 and ok.manifest["verification_passed"] is True
     assert len(ok.manifest["verification"]) == 9
-    with engine_for(incident_db).begin() as c:
+    with engine_for(linked_incident_db).begin() as c:
         c.execute(sa.text("update \"Voucher\" set \"currentUses\" = 99 where code = 'PARTNER75'"))
     bad = run_procedure("verify", {}, incident="V", evidence_root=tmp_path, progress_bar=False)
     assert bad.exit_code == 13 and bad.status == "failed"
@@ -30,8 +30,8 @@ def test_verify_passes_then_fails_with_exit_13(incident_db, engine_for, target_e
     assert [c["name"] for c in failed] == ["voucher use counters equal redemption counts"]
 
 
-def test_verify_execute_is_review_and_unknown_checks_refused(incident_db, target_env):
-    target_env(incident_db)
+def test_verify_execute_is_review_and_unknown_checks_refused(linked_incident_db, target_env):
+    target_env(linked_incident_db)
     ex = Run("verify", {"mode": "execute"})
     plan = ex.review()
     assert plan.summary["checks run"] == 9 and plan.summary["checks failed"] == 0 and plan.changes_nothing
@@ -43,9 +43,9 @@ def test_verify_execute_is_review_and_unknown_checks_refused(incident_db, target
     assert len(one.verify().checks) == 1
 
 
-def test_library_verify_raises(incident_db, engine_for, target_env):
-    target_env(incident_db)
-    with engine_for(incident_db).begin() as c:
+def test_library_verify_raises(linked_incident_db, engine_for, target_env):
+    target_env(linked_incident_db)
+    with engine_for(linked_incident_db).begin() as c:
         c.execute(sa.text("update \"UserTokenBalance\" set balance = balance + 1 where \"userId\" = 'user_0001'"))
     run = Run("verify", {})
     run.review()
@@ -53,8 +53,8 @@ def test_library_verify_raises(incident_db, engine_for, target_env):
         run.verify()
 
 
-def test_every_execute_runs_the_general_checks(incident_db, target_env, tmp_path):
-    target_env(incident_db)
+def test_every_execute_runs_the_general_checks(linked_incident_db, target_env, tmp_path):
+    target_env(linked_incident_db)
     review = run_procedure("token-reversal", WINDOW, incident="E", evidence_root=tmp_path, progress_bar=False)
     ex = run_procedure("token-reversal", {**WINDOW, "mode": "execute", "approved_plan": review.plan_id},
                        incident="E", evidence_root=tmp_path, progress_bar=False)
