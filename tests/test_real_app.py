@@ -176,4 +176,6 @@ def test_a_year_of_grants_reviews_and_displays(incident_db, engine_for, target_e
     by_day = plan.frames["by_day"]
     assert len(by_day) > 200 and by_day["tokens"].sum() == plan.summary["tokens to reverse"]
     for name, frame in plan.frames.items():
-        display.table(frame, title=name)
+        display.show_table(frame, caption=name)
+    display.plot_totals(by_day, "tokens by day", x="day", y="tokens")
+    display.plot_before_after(plan.frames["histogram"], "before", "after", "balances")
