@@ -7,7 +7,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test reliability lint typecheck benchmark clean validator
+.PHONY: demo test test-pg15 reliability lint typecheck benchmark clean validator
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -28,6 +28,11 @@ test: $(STAMP) validator
 	$(BIN)/ruff check runbook_lib tests benchmarks
 	$(BIN)/mypy
 	$(BIN)/pytest -m "not slow" $(PYTEST_ARGS)
+
+# the same suite against a throwaway PostgreSQL 15 server (the embedded one is 18): scripts/pg15.sh installs
+# postgresql-15 when missing, starts it on a free local port and runs `make test` with TEST_DATABASE_URL set
+test-pg15: $(STAMP) validator
+	scripts/pg15.sh $(MAKE) --no-print-directory test
 
 # crash trials, concurrent app writers, plan drift, bad input, production guard (fast and slow parts);
 # ends with one line of figures, also written to .runbook/reliability-figures.txt

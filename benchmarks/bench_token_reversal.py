@@ -39,19 +39,21 @@ from runbook_lib.prisma.migrate import deploy  # noqa: E402
 
 SINCE, UNTIL = "2025-12-01T00:00:00Z", "2025-12-03T00:00:00Z"
 
+# the same work by hand on the application's shape: compensating rows linked by source + sourceId (the
+# application's own sourceId index answers "already reversed?"), metadata naming the original, balanceAfter
+# filled, one aggregated balance update
 RAW_SQL = """
 CREATE TEMP TABLE aff ON COMMIT DROP AS
-  SELECT tt.id, tt."userId", tt.amount::bigint AS amount, tt."createdAt", tt."sourceId"
-  FROM "TokenTransaction" tt
+  SELECT tt.id, tt."userId", tt.amount::bigint AS amount, tt."createdAt", tt.metadata ->> 'voucherCode' AS code
+  FROM token_transactions tt
   WHERE tt.source = 'voucher_redemption' AND tt."createdAt" >= '2025-12-01' AND tt."createdAt" < '2025-12-03'
-    AND NOT EXISTS (SELECT 1 FROM "TokenTransaction" r WHERE r."reversalOfId" = tt.id);
-INSERT INTO "TokenTransaction" (id, "userId", amount, type, source, "sourceId", description, "balanceAfter",
-                                "reversalOfId", "createdAt")
-  SELECT 'rev_' || a.id, a."userId", -a.amount, 'REVERSAL', 'voucher_reversal', a."sourceId",
-         'Reversal of ' || a.id, b.balance - sum(a.amount) OVER (PARTITION BY a."userId" ORDER BY a.id),
-         a.id, now() AT TIME ZONE 'utc'
-  FROM aff a JOIN "UserTokenBalance" b ON b."userId" = a."userId";
-UPDATE "UserTokenBalance" b SET balance = b.balance - s.total, "updatedAt" = now() AT TIME ZONE 'utc'
+    AND NOT EXISTS (SELECT 1 FROM token_transactions r WHERE r."sourceId" = tt.id AND r.source = 'voucher_reversal');
+INSERT INTO token_transactions (id, "userId", amount, type, source, "sourceId", "balanceAfter", metadata, "createdAt")
+  SELECT 'rev_' || a.id, a."userId", -a.amount, 'EARN_ADMIN_ADJUSTMENT', 'voucher_reversal', a.id,
+         b.balance - sum(a.amount) OVER (PARTITION BY a."userId" ORDER BY a.id),
+         jsonb_build_object('reversalOf', a.id, 'voucherCode', a.code), now() AT TIME ZONE 'utc'
+  FROM aff a JOIN user_token_balances b ON b."userId" = a."userId";
+UPDATE user_token_balances b SET balance = b.balance - s.total, "updatedAt" = now() AT TIME ZONE 'utc'
   FROM (SELECT "userId", sum(amount) AS total FROM aff GROUP BY "userId") s
   WHERE b."userId" = s."userId";
 """
@@ -116,8 +118,8 @@ def main() -> int:
         deploy(c, ROOT / "demo" / "prisma" / "migrations")
     info = seed.seed_bulk(eng, users=args.users, ledger_rows=args.ledger_rows)
     with eng.connect() as c:
-        n_ledger = c.exec_driver_sql('select count(*) from "TokenTransaction"').scalar()
-        n_users = c.exec_driver_sql('select count(*) from "User"').scalar()
+        n_ledger = c.exec_driver_sql("select count(*) from token_transactions").scalar()
+        n_users = c.exec_driver_sql("select count(*) from users").scalar()
         n_aff = c.exec_driver_sql(
             "select count(*) from \"TokenTransaction\" where source='voucher_redemption' "
             "and \"createdAt\" >= '2025-12-01' and \"createdAt\" < '2025-12-03'").scalar()

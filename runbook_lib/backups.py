@@ -101,7 +101,7 @@ def take_backup(engine: sa.engine.Engine, url: str, schema: str, tables: list[st
         with conn.begin():
             major = pgtools.server_major(conn)
             dump = pgtools.find_tool("pg_dump", major)
-            restore = pgtools.find_tool("pg_restore", major)
+            restore = pgtools.find_tool("pg_restore", major, at_least=dump.major)
             snapshot = conn.execute(sa.text("select pg_export_snapshot()")).scalar_one()
             others = [t for t in all_tables(conn, schema) if t not in tables]
             args = ["--format=custom", f"--file={archive}", f"--snapshot={snapshot}", "--no-owner", "--no-acl",
@@ -166,12 +166,19 @@ def load_backup(path: str | Path, incident_dir: Path | None = None) -> tuple[Pat
 
 
 def require_recent_backup(incident_dir: Path, tables: list[str], fingerprint: str, max_age: dt.timedelta,
-                          override_reason: str | None) -> dict[str, Any]:
-    """The newest backup in the incident of this target covering ``tables`` and younger than ``max_age``."""
+                          override_reason: str | None, restoring: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The newest backup in the incident of this target covering ``tables`` and younger than ``max_age``.
+
+    ``restoring`` (a restore's source backup: ``folder``, ``created_at``): the backup that protects the current
+    state must be another one, taken after it — the archive being restored is not a backup of what it overwrites.
+    """
     now = dt.datetime.now(dt.UTC)
     altered: list[str] = []
+    source = Path(restoring["folder"]).resolve() if restoring else None
     for folder, meta in find_backups(incident_dir):
         if meta.get("fingerprint") != fingerprint or not set(tables) <= set(meta.get("tables", {})):
+            continue
+        if restoring and (folder.resolve() == source or meta.get("created_at", "") < restoring["created_at"]):
             continue
         age = now - dt.datetime.fromisoformat(meta["created_at"])
         if age <= max_age:
@@ -184,6 +191,13 @@ def require_recent_backup(incident_dir: Path, tables: list[str], fingerprint: st
     if override_reason:
         return {"backup": None, "override_reason": override_reason}
     why = (f" ({', '.join(altered)}: archive altered since it was taken, SHA-256 differs)" if altered else "")
+    fix = (f"run `runbook run backup --incident {incident_dir.name} -p models \"[{', '.join(tables)}]\"` and then "
+           f"with `--execute --approve PLAN_ID` first, or pass backup_override_reason (recorded)")
+    if restoring:
+        raise BackupRequiredError(
+            f"restoring {Path(restoring['folder']).name} (taken {restoring['created_at']}) overwrites {', '.join(tables)}, "
+            f"and incident {incident_dir.name} holds no backup of their current state taken after it (the backup "
+            f"being restored does not count){why}: {fix}", tables=tables)
     raise BackupRequiredError(
         f"no backup of {', '.join(tables)} from this database younger than {max_age.total_seconds() / 3600:g} h in "
         f"incident {incident_dir.name}{why}: run `runbook run backup --incident {incident_dir.name} --execute "
@@ -191,34 +205,31 @@ def require_recent_backup(incident_dir: Path, tables: list[str], fingerprint: st
 
 
 def restore_archive(url: str, archive: Path, server_major: int, tables: list[str] | None = None,
-                    data_only: bool = False, sections: tuple[str, ...] = ("pre-data", "data")) -> None:
+                    data_only: bool = False, sections: tuple[str, ...] = ("pre-data", "data"),
+                    dumped_by: int = 0) -> None:
     """pg_restore the archive into the (new, empty) database of ``url``, in one transaction.
 
     By default only the tables and their data (``pre-data``, ``data``): the backup holds the data of the
     chosen tables only, so foreign keys to tables outside it (``User``) cannot be re-created there.
+    ``dumped_by``: the major version of the pg_dump that wrote it (an older pg_restore cannot read it).
     """
-    tool = pgtools.find_tool("pg_restore", server_major)
-    args = ["--no-owner", "--no-acl", "--single-transaction", "--exit-on-error"]
+    args = ["--no-owner", "--no-acl"]
     args += [f"--section={s}" for s in sections]
     if data_only:
         args.append("--data-only")
     for t in tables or []:
         args.append(f"--table={t}")
-    pgtools.run_tool(tool, url, [*args, str(archive)])
+    pgtools.pg_restore(url, archive, args, server_major, at_least=dumped_by)
 
 
-def restore_post_data(url: str, archive: Path, server_major: int) -> int:
+def restore_post_data(url: str, archive: Path, server_major: int, dumped_by: int = 0) -> int:
     """Indexes, constraints and triggers, each on its own: those that need rows outside the backup fail.
     Returns how many could not be created (pg_restore reports them; they are listed in its output)."""
-    tool = pgtools.find_tool("pg_restore", server_major)
     try:
-        pgtools.run_tool(tool, url, ["--no-owner", "--no-acl", "--section=post-data", str(archive)])
-    except Exception as exc:  # noqa: BLE001 - "errors ignored on restore: N"
-        import re
-
-        m = re.search(r"errors ignored on restore: (\d+)", str(exc))
-        return int(m.group(1)) if m else -1
-    return 0
+        return pgtools.pg_restore(url, archive, ["--no-owner", "--no-acl", "--section=post-data"], server_major,
+                                  at_least=dumped_by, single_transaction=False)
+    except Exception:  # noqa: BLE001 - a failure that is not "errors ignored on restore: N"
+        return -1
 
 
 def copy_tables(source: Connection, target: Connection, schema: str, tables: list[str]) -> dict[str, int]:

@@ -55,6 +55,8 @@ class DropUnit:
     drop_sql: str | None
     is_seed: bool
     members: list[CatalogObject] = field(default_factory=list)
+    #: ``drop_sql`` with names relative to the schema, as recorded in Prisma's migration.sql
+    migration_sql: str | None = None
     #: identities of the units that must be dropped before this one (they depend on it)
     dependents: set[str] = field(default_factory=set)
 
@@ -177,13 +179,33 @@ def _dependents(conn: Connection, frontier: list[Key]) -> list[tuple[Any, ...]]:
 
 
 def _outgoing(conn: Connection, nodes: list[Key]) -> list[tuple[Any, ...]]:
+    """pg_depend rows of ``nodes``; for a whole object (objsubid 0) also those of its parts (a seed table's
+    columns: ``vouchers.type`` depends on ``VoucherType`` with or without a DEFAULT)."""
     c, o, s = (list(x) for x in zip(*nodes, strict=True))
     return [tuple(r) for r in conn.execute(sa.text(
-        "select d.classid::int, d.objid::int, d.objsubid, d.refclassid::int, d.refobjid::int, d.refobjsubid, "
-        "d.deptype::text from pg_depend d "
+        "select distinct d.classid::int, d.objid::int, d.objsubid, d.refclassid::int, d.refobjid::int, "
+        "d.refobjsubid, d.deptype::text from pg_depend d "
         "join unnest(cast(:c as oid[]), cast(:o as oid[]), cast(:s as int[])) f(c, o, s) "
-        "on d.classid = f.c and d.objid = f.o and d.objsubid = f.s where d.deptype in ('n', 'a', 'i')"),
+        "on d.classid = f.c and d.objid = f.o and (d.objsubid = f.s or f.s = 0) where d.deptype in ('n', 'a', 'i')"),
         {"c": c, "o": o, "s": s}).all()]
+
+
+def _typed_columns(conn: Connection, enum_oids: list[int]) -> list[tuple[int, int, int]]:
+    """Columns (and composite-type attributes) whose type is a seed enum, an array of it, or a domain over
+    either, recursively, read from ``pg_attribute.atttypid`` directly: ``(relid, attnum, typid)``."""
+    if not enum_oids:
+        return []
+    return [(int(r[0]), int(r[1]), int(r[2])) for r in conn.execute(sa.text("""
+        with recursive t(oid) as (
+            select unnest(cast(:e as oid[]))
+            union
+            select x.oid from pg_type x join t on (x.typtype = 'd' and x.typbasetype = t.oid)
+                                               or (x.typcategory = 'A' and x.typelem = t.oid)
+        )
+        select a.attrelid::int, a.attnum::int, a.atttypid::int from pg_attribute a
+        join t on t.oid = a.atttypid join pg_class c on c.oid = a.attrelid
+        where a.attnum > 0 and not a.attisdropped and c.relkind in ('r', 'p', 'v', 'm', 'f', 'c')
+        order by 1, 2"""), {"e": enum_oids}).all()]
 
 
 def _whole_relations(conn: Connection, pg_class: int, keys: list[Key]) -> list[Key]:
@@ -226,9 +248,11 @@ select f.c::int, f.o::int, f.s, i.type, i.identity,
       (select format('ALTER TABLE %s ALTER COLUMN %I DROP DEFAULT',
                      (pg_identify_object('pg_class'::regclass, ad.adrelid, 0)).identity, a.attname)
        from pg_attrdef ad join pg_attribute a on a.attrelid = ad.adrelid and a.attnum = ad.adnum where ad.oid = f.o)
-  end as special
+  end as special,
+  a.object_names, a.object_args
 from unnest(cast(:c as oid[]), cast(:o as oid[]), cast(:s as int[])) f(c, o, s),
-     lateral pg_identify_object(f.c, f.o, f.s) i
+     lateral pg_identify_object(f.c, f.o, f.s) i,
+     lateral pg_identify_object_as_address(f.c, f.o, f.s) a
 """
 
 _DROP_BY_TYPE = {
@@ -237,6 +261,50 @@ _DROP_BY_TYPE = {
     "type": "DROP TYPE {}", "composite type": "DROP TYPE {}", "domain": "DROP DOMAIN {}", "index": "DROP INDEX {}",
     "sequence": "DROP SEQUENCE {}", "foreign table": "DROP FOREIGN TABLE {}",
 }
+
+
+def _qq(name: str) -> str:
+    """Always-quoted identifier, as Prisma writes them in migration.sql."""
+    return '"' + name.replace('"', '""') + '"'
+
+
+def _relative_sql(typ: str, names: list[str], args: list[str], db_schema: str, fallback: str | None) -> str | None:
+    """The DROP statement with names relative to ``db_schema`` (Prisma's migrations are schema-relative: Prisma
+    sets the search_path from ``?schema=``); objects of other schemas stay qualified. ``fallback`` (the
+    schema-qualified statement that runs) when the object's kind is not one of these."""
+    if not names or fallback is None:
+        return fallback
+
+    def rel(parts: list[str]) -> str:  # [schema, name] -> "name" (or "schema"."name" for another schema)
+        return _qq(parts[1]) if parts[0] == db_schema else f"{_qq(parts[0])}.{_qq(parts[1])}"
+
+    def arg(a: str) -> str:
+        for prefix in (f"{db_schema}.", f"{_qq(db_schema)}."):
+            if a.startswith(prefix):
+                return a[len(prefix):]
+        return a
+
+    keyword = {"table": "TABLE", "view": "VIEW", "materialized view": "MATERIALIZED VIEW", "index": "INDEX",
+               "sequence": "SEQUENCE", "foreign table": "FOREIGN TABLE", "type": "TYPE", "composite type": "TYPE",
+               "domain": "DOMAIN"}
+    if typ in keyword and len(names) == 2:
+        return f"DROP {keyword[typ]} {rel(names)}"
+    if typ in ("type", "composite type", "domain") and len(names) == 1:  # one type name, as format_type writes it
+        name = arg(names[0])
+        return f"DROP {keyword[typ]} {_qq(name) if re.fullmatch(r'[a-z_][a-z0-9_$]*', name) else name}"
+    if typ in ("function", "procedure", "aggregate") and len(names) == 2:
+        return f"DROP {typ.upper()} {rel(names)}({', '.join(arg(a) for a in args)})"
+    if len(names) == 3:
+        table, member = rel(names[:2]), _qq(names[2])
+        if typ == "table column":
+            return f"ALTER TABLE {table} DROP COLUMN {member}"
+        if typ == "table constraint":
+            return f"ALTER TABLE {table} DROP CONSTRAINT {member}"
+        if typ == "default value":
+            return f"ALTER TABLE {table} ALTER COLUMN {member} DROP DEFAULT"
+        if typ in ("trigger", "rule", "policy"):
+            return f"DROP {typ.upper()} {member} ON {table}"
+    return fallback
 
 
 def discover(conn: Connection, db_schema: str, tables: list[str], enums: list[str]) -> Discovery:
@@ -255,6 +323,24 @@ def discover(conn: Connection, db_schema: str, tables: list[str], enums: list[st
             nodes.add(k)
             found_by[k] = "function body (pg_proc.prosrc)"
             frontier.append(k)
+    # columns typed with a seed enum (its array, a domain over it), read from pg_attribute itself rather than
+    # only through pg_depend: a column without a DEFAULT must order its table's DROP before the enum's
+    typed = _typed_columns(conn, [k[1] for k in seeds if k[0] == cls["pg_type"]])
+    typed_rows: list[tuple[Any, ...]] = []
+    typed_new: list[Key] = []
+    for relid, attnum, typid in typed:
+        k = (cls["pg_class"], relid, attnum)
+        typed_rows.append((k[0], k[1], k[2], cls["pg_type"], typid, 0, "n"))
+        if k not in nodes and (k[0], k[1], 0) not in seeds:
+            nodes.add(k)
+            found_by[k] = "column type (pg_attribute.atttypid)"
+            typed_new.append(k)
+    for k in _whole_relations(conn, cls["pg_class"], typed_new):
+        if k not in nodes:
+            nodes.add(k)
+            found_by.setdefault(k, "pg_attribute (its column)")
+            typed_new.append(k)
+    frontier.extend(typed_new)
     while frontier:
         new: list[Key] = []
         for row in _dependents(conn, frontier):
@@ -272,13 +358,14 @@ def discover(conn: Connection, db_schema: str, tables: list[str], enums: list[st
                 new.append(k)
         frontier = sorted(new)
     node_list = sorted(nodes)
-    out_rows = _outgoing(conn, node_list)
+    out_rows = list(dict.fromkeys(_outgoing(conn, node_list) + typed_rows))
     outgoing: dict[Key, list[tuple[Any, ...]]] = {}
     for r in out_rows:
         outgoing.setdefault((r[0], r[1], r[2]), []).append(r)
     c, o, s = (list(x) for x in zip(*node_list, strict=True))
-    desc = {(int(r[0]), int(r[1]), int(r[2])): (r[3], r[4], r[5])
-            for r in conn.execute(sa.text(_DESCRIBE), {"c": c, "o": o, "s": s}).all()}
+    described = conn.execute(sa.text(_DESCRIBE), {"c": c, "o": o, "s": s}).all()
+    desc = {(int(r[0]), int(r[1]), int(r[2])): (r[3], r[4], r[5]) for r in described}
+    address = {(int(r[0]), int(r[1]), int(r[2])): (list(r[6] or []), list(r[7] or [])) for r in described}
 
     memo: dict[Key, Key] = {}
 
@@ -340,7 +427,9 @@ def discover(conn: Connection, db_schema: str, tables: list[str], enums: list[st
             sql = _DROP_BY_TYPE[str(typ)].format(ident)
         else:
             sql = None
-        units[k] = DropUnit(key=k, type=str(typ), identity=str(ident), drop_sql=sql, is_seed=k in seeds)
+        parts, args = address.get(k, ([], []))
+        units[k] = DropUnit(key=k, type=str(typ), identity=str(ident), drop_sql=sql, is_seed=k in seeds,
+                            migration_sql=_relative_sql(str(typ), parts, args, db_schema, sql))
     for obj in objects:
         units[obj.unit].members.append(obj)
     # edges: unit A depends on unit B (A must go first) when any member of A has a pg_depend row on B

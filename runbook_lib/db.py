@@ -29,7 +29,8 @@ ENV_VAR = "DATABASE_URL"
 
 
 def database_url(env_var: str = ENV_VAR) -> str:
-    """The target's connection URL, read from the environment (never from parameters)."""
+    """The target's connection URL, read from the environment (never from parameters), normalized
+    (:func:`normalize_url`: Prisma-only parameters removed; use :func:`url_schema` for Prisma's ``?schema=``)."""
     value = os.environ.get(env_var, "").strip()
     if not value:
         raise TargetError(
@@ -39,7 +40,33 @@ def database_url(env_var: str = ENV_VAR) -> str:
     return normalize_url(value)
 
 
+#: URL parameters that only Prisma understands: never given to libpq (psycopg2 and libpq refuse unknown ones).
+#: ``schema`` names the database schema: see :func:`url_schema`.
+PRISMA_ONLY = frozenset({"schema", "connection_limit", "pool_timeout", "pgbouncer", "statement_cache_size",
+                         "socket_timeout", "sslaccept"})
+#: Prisma parameters libpq has no equivalent for: refused with the fix instead of silently ignored
+PRISMA_UNSUPPORTED = {"sslidentity": "give the client certificate as sslcert and sslkey (PEM files) instead",
+                      "sslpassword": "use an unencrypted sslkey file (permissions 0600) with sslcert instead"}
+#: libpq connection keywords a URL may carry as query parameters (they go to the driver and to the tools alike)
+LIBPQ_KEYWORDS = frozenset({
+    "host", "hostaddr", "port", "dbname", "user", "password", "passfile", "connect_timeout", "client_encoding",
+    "options", "application_name", "fallback_application_name", "keepalives", "keepalives_idle",
+    "keepalives_interval", "keepalives_count", "tcp_user_timeout", "sslmode", "sslcompression", "sslcert", "sslkey",
+    "sslrootcert", "sslcrl", "sslcrldir", "sslsni", "sslcertmode", "sslnegotiation", "requirepeer",
+    "ssl_min_protocol_version", "ssl_max_protocol_version", "gssencmode", "krbsrvname", "gsslib", "gssdelegation",
+    "service", "target_session_attrs", "channel_binding", "require_auth", "load_balance_hosts"})
+SSLMODES = ("disable", "allow", "prefer", "require", "verify-ca", "verify-full")
+_SCHEMA_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_$]{0,62}")
+
+
 def normalize_url(value: str) -> str:
+    """The SQLAlchemy form of a PostgreSQL URL in any form Prisma documents, holding only what libpq understands.
+
+    ``postgres://`` and ``postgresql://`` become ``postgresql+psycopg2://``; Prisma-only parameters
+    (:data:`PRISMA_ONLY`) are removed; a ``host`` query parameter (a socket folder) replaces the URL's host, as
+    in libpq and Prisma; an unknown parameter or ``sslmode`` is a one-line :class:`TargetError`.
+    """
+    value = value.strip()
     if value.startswith("postgres://"):
         value = "postgresql://" + value[len("postgres://") :]
     if value.startswith("postgresql://"):
@@ -50,16 +77,100 @@ def normalize_url(value: str) -> str:
         raise TargetError(f"the database URL is not valid: {redact_url(value)}") from None
     if not u.drivername.startswith("postgresql"):
         raise TargetError(f"the target must be PostgreSQL, got {u.drivername!r}")
-    return value
+    query: dict[str, str] = {}
+    for key, raw in u.query.items():
+        val = str(raw[-1] if isinstance(raw, tuple) else raw)
+        if key in PRISMA_ONLY:
+            continue
+        if key in PRISMA_UNSUPPORTED:
+            raise TargetError(f"the database URL's {key} (Prisma's PKCS12 client identity) cannot be used by libpq: "
+                              f"{PRISMA_UNSUPPORTED[key]}")
+        if key not in LIBPQ_KEYWORDS:
+            raise TargetError(f"the database URL has the parameter {key!r}, which neither libpq nor Prisma knows: "
+                              "remove it (libpq keywords: sslmode, sslcert, sslkey, sslrootcert, connect_timeout, "
+                              "application_name, options, host, …)")
+        if key == "sslmode" and val not in SSLMODES:
+            raise TargetError(f"the database URL's sslmode={val!r} is not one of {', '.join(SSLMODES)}")
+        query[key] = val
+    host = u.host
+    if "host" in query:  # ?host=/var/run/postgresql overrides the host part (libpq and Prisma agree)
+        host = None
+    return u.set(host=host, query=query).render_as_string(hide_password=False)
+
+
+def url_schema(url: str | None = None, env_var: str = ENV_VAR) -> str | None:
+    """Prisma's ``?schema=NAME`` of ``url`` (default: the raw ``DATABASE_URL``), or None when it has none.
+
+    :func:`normalize_url` drops it from the URL (libpq does not know it); the driver uses it as ``db_schema``
+    when that parameter is left at its default ``public``."""
+    from urllib.parse import parse_qs, urlsplit
+
+    raw = (url if url is not None else os.environ.get(env_var, "")).strip()
+    try:
+        values = parse_qs(urlsplit(raw).query).get("schema")
+    except ValueError:
+        return None
+    if not values:
+        return None
+    name = values[-1]
+    if not _SCHEMA_NAME.fullmatch(name):
+        raise TargetError(f"the database URL's schema={name!r} is not a plain schema name (letters, digits, _)")
+    return name
+
+
+def libpq_params(url: str | sa.engine.URL) -> dict[str, str]:
+    """The libpq connection keywords of ``url``: what the driver connects with and what pg_dump, pg_restore and
+    psql get (as a conninfo string, the password only in their environment), so the two cannot disagree.
+
+    A keyword missing here (the password, say) is left to libpq's own defaults in both: ``PGPASSWORD``,
+    ``PGPASSFILE`` / ``~/.pgpass``, ``PGHOST``, ``PGSSLMODE`` …"""
+    text = url.render_as_string(hide_password=False) if isinstance(url, sa.engine.URL) else url
+    u = sa.engine.make_url(normalize_url(text))
+    out: dict[str, str] = {}
+    if u.host:
+        out["host"] = u.host.strip("[]")
+    if u.port:
+        out["port"] = str(u.port)
+    if u.username:
+        out["user"] = u.username
+    if u.password is not None and str(u.password) != "":
+        out["password"] = str(u.password)
+    if u.database:
+        out["dbname"] = u.database
+    out.update({k: str(v[-1] if isinstance(v, tuple) else v) for k, v in u.query.items()})
+    return out
+
+
+def conninfo(params: dict[str, str]) -> str:
+    """A libpq conninfo string (``key='value' …``) of ``params``, never with the password."""
+    def quote(v: str) -> str:
+        return "'" + v.replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+    return " ".join(f"{k}={quote(v)}" for k, v in params.items() if k != "password")
+
+
+def create_engine(url: str | sa.engine.URL, *, application_name: str | None = None, **kw: Any) -> Engine:
+    """A SQLAlchemy engine that connects with exactly :func:`libpq_params` of ``url`` (``connect_timeout`` 10 s
+    unless the URL says otherwise; ``application_name`` given here wins, so the runbook's sessions are named)."""
+    text = url.render_as_string(hide_password=False) if isinstance(url, sa.engine.URL) else url
+    params = libpq_params(text)
+    params.setdefault("connect_timeout", "10")
+    if application_name:
+        params["application_name"] = application_name
+    eng = sa.create_engine(normalize_url(text), **kw)
+
+    def _connect(dialect: Any, conn_rec: Any, cargs: list[Any], cparams: dict[str, Any]) -> None:
+        cargs.clear()
+        cparams.clear()
+        cparams.update(params)
+
+    sa.event.listen(eng, "do_connect", _connect)
+    return eng
 
 
 def make_engine(url: str | None = None, application_name: str = "runbook") -> Engine:
     """An engine for the target; nothing connects until first use."""
-    return sa.create_engine(
-        url or database_url(),
-        pool_pre_ping=True,
-        connect_args={"application_name": application_name, "connect_timeout": 10},
-    )
+    return create_engine(url or database_url(), application_name=application_name, pool_pre_ping=True)
 
 
 #: driver texts of a connection that was open and is gone (terminated, server restart, network)
@@ -243,7 +354,7 @@ def server_info(conn: Connection) -> ServerInfo:
 
 def run_autocommit(url: str | sa.engine.URL, *statements: str) -> None:
     """Run statements outside any transaction (CREATE/DROP DATABASE, …) on their own short connection."""
-    eng = sa.create_engine(url, isolation_level="AUTOCOMMIT", poolclass=sa.pool.NullPool)
+    eng = create_engine(url, isolation_level="AUTOCOMMIT", poolclass=sa.pool.NullPool)
     try:
         with eng.connect() as c:
             for stmt in statements:

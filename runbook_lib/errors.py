@@ -130,7 +130,8 @@ class ToolMissingError(RunbookError):
 
 
 class VerificationFailed(RunbookError):
-    """One or more verification checks failed."""
+    """One or more verification checks failed. After an execute the change was committed already (nothing is
+    rolled back): the run is ``failed`` and the message says so, naming the checks."""
 
     exit_code = 13
 

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Annotated, Any, ClassVar, Literal
 
 import yaml
-from pydantic import AfterValidator, BaseModel, ConfigDict, ValidationError, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from .errors import ParameterError
 
@@ -45,14 +45,30 @@ def load_yaml(text: str) -> Any:
     return yaml.load(text, Loader=_NoTimestampLoader)  # noqa: S506 - a SafeLoader subclass
 
 
+#: a date with a zone but no time (``2025-12-01Z``, ``2025-12-01+01:00``): midnight in that zone
+_DATE_WITH_ZONE = re.compile(r"(\d{4}-\d{2}-\d{2})([Zz]|[+-]\d{2}(?::?\d{2})?)")
+
+
+def _utc_example(parsed: dt.datetime) -> str:
+    """``parsed`` (naive) written as a full ISO-8601 UTC timestamp: the hint for a value without a zone."""
+    return parsed.isoformat(timespec="microseconds" if parsed.microsecond else "seconds") + "Z"
+
+
 def parse_aware_datetime(value: Any, name: str) -> dt.datetime | None:
-    """ISO-8601 with an explicit zone -> aware datetime (UTC). Naive or unparseable input is refused."""
+    """ISO-8601 with an explicit zone -> aware datetime (UTC). Naive or unparseable input is refused.
+
+    A date with a zone (``2025-12-01Z``) is midnight in that zone; a value without a zone is refused with a
+    complete example derived from it (``2025-12-01`` -> ``2025-12-01T00:00:00Z``).
+    """
     if value is None or value == "":
         return None
     if isinstance(value, dt.datetime):
         parsed = value
     elif isinstance(value, str):
         text = value.strip()
+        date_zone = _DATE_WITH_ZONE.fullmatch(text)
+        if date_zone:
+            text = f"{date_zone[1]}T00:00:00{date_zone[2]}"
         if text.endswith(("Z", "z")):
             text = text[:-1] + "+00:00"
         try:
@@ -65,7 +81,8 @@ def parse_aware_datetime(value: Any, name: str) -> dt.datetime | None:
         raise ParameterError(f"parameter {name!r}: expected an ISO-8601 timestamp string, got {type(value).__name__}", name)
     if parsed.tzinfo is None or parsed.utcoffset() is None:
         raise ParameterError(
-            f"parameter {name!r}: timestamp {value!r} has no time zone; add one, e.g. {str(value).strip()}Z or +00:00",
+            f"parameter {name!r}: timestamp {value!r} has no time zone; add one, e.g. {_utc_example(parsed)} "
+            f"(UTC) or {parsed.isoformat(timespec='seconds')}+01:00",
             name,
         )
     return parsed.astimezone(dt.UTC)
@@ -105,19 +122,26 @@ class CommonParams(BaseModel):
     #: procedure name, set by subclasses
     procedure: ClassVar[str] = ""
 
-    mode: Mode = "review"
-    approved_plan: str | None = None
-    lock_timeout: str = "5s"
-    statement_timeout: str = "300s"
-    prisma_schema: str | None = None
-    db_schema: str = "public"
-    table_map: dict[str, str] = {}
-    column_map: dict[str, str] = {}
-    evidence_dir: str | None = None
-    sample_rows: int = 20
-    confirm_target: str | None = None
-    #: mark the target as production (like RUNBOOK_TARGET_PRODUCTION=1): execute then needs confirm_target
-    production: bool = False
+    mode: Mode = Field("review", description="review (read-only, the default) or execute (needs approved_plan; "
+                       "--execute)")
+    approved_plan: str | None = Field(None, description="the plan id printed by the review; required to execute "
+                                      "(--approve)")
+    lock_timeout: str = Field("5s", description="how long execute waits for row locks before aborting, e.g. 5s")
+    statement_timeout: str = Field("300s", description="the longest one statement may run, e.g. 300s")
+    prisma_schema: str | None = Field(None, description="path to schema.prisma when models are @@map/@map-ped "
+                                      "(default: tables found by reflection)")
+    db_schema: str = Field("public", description="the PostgreSQL schema holding the application's tables")
+    table_map: dict[str, str] = Field({}, description="model -> table overrides, e.g. "
+                                      "{TokenTransaction: token_transactions}")
+    column_map: dict[str, str] = Field({}, description="Model.field -> column overrides, e.g. "
+                                       "{Voucher.currentUses: current_uses}")
+    evidence_dir: str | None = Field(None, description="where exports and run-state.json go (set by the CLI: the "
+                                     "new run folder)")
+    sample_rows: int = Field(20, description="rows shown in each sample table (1-1000)")
+    confirm_target: str | None = Field(None, description="the target database's name, needed to execute on a "
+                                       "production target (--confirm-target; never from a -f file)")
+    production: bool = Field(False, description="mark the target production (like RUNBOOK_TARGET_PRODUCTION=1): "
+                             "execute then needs confirm_target")
 
     @field_validator("approved_plan")
     @classmethod
@@ -177,10 +201,10 @@ class CommonParams(BaseModel):
 class DestructiveParams(CommonParams):
     """Parameters of procedures that delete or overwrite data: they need a recent backup (see ``backup``)."""
 
-    #: the newest backup of the procedure's tables in this incident must be younger than this
-    backup_max_age_hours: float = 24.0
-    #: execute without such a backup; the reason is recorded in the manifest (at least 10 characters)
-    backup_override_reason: str | None = None
+    backup_max_age_hours: float = Field(24.0, description="execute needs a backup of the procedure's tables in "
+                                        "this incident younger than this many hours")
+    backup_override_reason: str | None = Field(None, description="execute without such a backup: the reason (at "
+                                               "least 10 characters) is recorded in the manifest")
 
     @field_validator("backup_max_age_hours")
     @classmethod
@@ -202,12 +226,22 @@ class DestructiveParams(CommonParams):
 def _one_line(exc: ValidationError) -> str:
     parts = []
     for err in exc.errors():
-        loc = ".".join(str(x) for x in err["loc"]) or "parameters"
+        loc = ".".join(str(x) for x in err["loc"])
         msg = err["msg"].removeprefix("Value error, ")
         if err["type"] == "extra_forbidden":
             msg = "unknown parameter (check its spelling; 'runbook list --parameters' shows the valid ones)"
-        parts.append(f"parameter {loc!r}: {msg}")
+        # a model-level check (several parameters together) names its parameters in its own message
+        parts.append(f"parameter {loc!r}: {msg}" if loc else msg)
     return "; ".join(parts)
+
+
+def _error_parameter(exc: ValidationError, model: type[CommonParams]) -> str | None:
+    """The parameter the first error is about: its location, or the first parameter a model-level check names."""
+    first = exc.errors()[0]
+    if first["loc"]:
+        return str(first["loc"][0])
+    named = [n for n in re.findall(r"'([A-Za-z_][A-Za-z0-9_]*)'", first["msg"]) if n in model.model_fields]
+    return named[0] if named else None
 
 
 def validate(model: type[CommonParams], values: dict[str, Any]) -> CommonParams:
@@ -217,8 +251,7 @@ def validate(model: type[CommonParams], values: dict[str, Any]) -> CommonParams:
     except ParameterError:
         raise
     except ValidationError as exc:
-        first = exc.errors()[0]["loc"]
-        raise ParameterError(_one_line(exc), str(first[0]) if first else None) from None
+        raise ParameterError(_one_line(exc), _error_parameter(exc, model)) from None
     params.lock_timeout_ms()
     params.statement_timeout_ms()
     return params

@@ -90,15 +90,40 @@ def redact_url(url: str) -> str:
         return redact_text(url)
 
 
-def redact_obj(obj: Any) -> Any:
-    """Recursively redact strings inside dicts/lists; secret-named keys lose their values."""
+#: sections of manifests and run states whose keys are schema identifiers (Prisma models and fields, tables,
+#: columns, enums), never secret names: the name map, ``table_map``/``column_map``, per-table figures
+IDENTIFIER_SECTIONS = frozenset({"names", "table_map", "column_map", "tables", "columns", "enums", "models",
+                                 "checksums", "rows_restored"})
+
+
+def is_identifier_key(key: str) -> bool:
+    """A key that is a qualified or quoted SQL/Prisma identifier (``"public"."ApiKey"``, ``User.password``,
+    ``public.api_keys``): a schema object, not a setting."""
+    return '"' in key or bool(re.fullmatch(r"[A-Za-z_][\w$]*(\.[A-Za-z_][\w$]*)+", key))
+
+
+def redact_obj(obj: Any, *, identifiers: bool = False) -> Any:
+    """Recursively redact strings inside dicts/lists; secret-named keys lose their values.
+
+    Secret *values* (passwords in URLs, ``password=…``, the values of secret environment variables) are masked in
+    every string, everywhere. The key-name rule (``password``, ``api_key``, ``GITHUB_TOKEN``… lose their values)
+    does not apply to schema identifiers: keys inside :data:`IDENTIFIER_SECTIONS` (or under ``identifiers=True``)
+    and qualified/quoted identifiers. A Prisma model ``ApiKey`` or ``VerificationToken``, a column ``password``, are
+    names of things in the database, and the evidence must show them (they were masked: "ApiKey" reads as
+    api + key, "VerificationToken" ends in "token").
+    """
     if isinstance(obj, dict):
-        return {
-            k: (MASK if isinstance(k, str) and is_secret_name(k) and v not in (None, "", [], {}) else redact_obj(v))
-            for k, v in obj.items()
-        }
+        out: dict[Any, Any] = {}
+        for k, v in obj.items():
+            is_key = isinstance(k, str)
+            if (is_key and not identifiers and not is_identifier_key(k) and is_secret_name(k)
+                    and v not in (None, "", [], {})):
+                out[k] = MASK
+            else:
+                out[k] = redact_obj(v, identifiers=identifiers or (is_key and k in IDENTIFIER_SECTIONS))
+        return out
     if isinstance(obj, (list, tuple)):
-        return [redact_obj(v) for v in obj]
+        return [redact_obj(v, identifiers=identifiers) for v in obj]
     if isinstance(obj, str):
         return redact_text(obj)
     return obj

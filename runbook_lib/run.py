@@ -55,6 +55,7 @@ class Run:
     def __init__(self, procedure: str, params: Mapping[str, Any] | None = None, *, url: str | None = None,
                  **more: Any) -> None:
         self.started = time.monotonic()
+        self._name_maps: list[names_mod.NameMap] = []  # every map this run resolved: their ``used`` names
         self.proc = procedures.get(procedure)
         self.name: str = self.proc.NAME
         values = {**(params or {}), **more}
@@ -66,7 +67,11 @@ class Run:
             self.params = params_mod.validate(self.proc.Params, values)
             self.state["mode"] = self.params.mode
             self.state["parameters"] = self.params.public_dict()
+            schema = db.url_schema(url)  # Prisma's ?schema= names the schema when db_schema is left at "public"
             self.url = url or db.database_url()
+            if schema and self.params.db_schema == "public" and schema != "public":
+                self.params = params_mod.validate(self.proc.Params, {**values, "db_schema": schema})
+                self.state["parameters"] = self.params.public_dict()
             self.engine = db.make_engine(self.url, application_name=f"runbook:{self.name}")
         self.plan: Plan | None = None
         self.result: ApplyResult | None = None
@@ -95,6 +100,8 @@ class Run:
     def _write_state(self) -> None:
         if self.evidence_dir is None:
             return
+        if self._name_maps:  # the names looked up so far; the last write (finish, or a failure) has them all
+            self.state["names"] = self.used_names()
         self.evidence_dir.mkdir(parents=True, exist_ok=True)
         tmp = self.evidence_dir / (STATE_FILE + ".tmp")
         tmp.write_text(redact_text(json.dumps(_jsonable(self.state), indent=2, sort_keys=True)))
@@ -110,10 +117,13 @@ class Run:
             err = exc if isinstance(exc, RunbookError) else None
             self.state["steps"][step].update(status="failed", finished_at=_now())
             self.state["status"] = err.status if err else "failed"
+            message = err.one_line() if err else f"{type(exc).__name__}: {exc}"
+            if step == "verify" and self.state.get("committed"):  # the database change stands: say so first
+                message = f"the change was committed; verification could not complete: {message}"
             self.state["error"] = {
                 "step": step,
                 "type": type(exc).__name__,
-                "message": redact_text(err.one_line() if err else f"{type(exc).__name__}: {exc}"),
+                "message": redact_text(message),
                 "exit_code": err.exit_code if err else 1,
                 "traceback": redact_text("".join(traceback.format_exception(exc))[-4000:]),
             }
@@ -132,7 +142,19 @@ class Run:
     # ----------------------------------------------------------------------------------------- steps
     def _resolve(self, conn: sa.engine.Connection) -> names_mod.NameMap:
         p = self.params
-        return names_mod.resolve(conn, p.prisma_schema, p.db_schema, p.table_map, p.column_map)
+        nm = names_mod.resolve(conn, p.prisma_schema, p.db_schema, p.table_map, p.column_map)
+        self._name_maps.append(nm)
+        return nm
+
+    def used_names(self) -> dict[str, Any]:
+        """The models, fields and enums this run looked up (review, backup guard, execute, verify), with their
+        tables/columns: what the evidence records, not the application's whole schema."""
+        if not self._name_maps:
+            return {}
+        import dataclasses
+
+        used: set[str] = set().union(*(m.used for m in self._name_maps))
+        return dataclasses.replace(self.names or self._name_maps[-1], used=used).as_dict(used_only=True)
 
     def _plan(self, conn: sa.engine.Connection, names: names_mod.NameMap, detail: bool = True) -> Plan:
         """The procedure's plan; ``detail=False`` (under locks) skips display frames where supported."""
@@ -150,7 +172,6 @@ class Run:
                 self.state["database"] = self.server
                 self._production_guard(info.database)
                 self.names = self._resolve(conn)
-                self.state["names"] = self.names.as_dict()
                 self.progress(f"computing the plan on {info.database} (PostgreSQL {info.server_version})")
                 plan = self.proc.plan(conn, self.params, self.names)
                 self.state["plan_id"] = plan.plan_id
@@ -250,6 +271,10 @@ class Run:
                     if plan2.changes_nothing:
                         result = ApplyResult(changed=False, counts={},
                                              messages=["nothing to do: the approved change is already applied"])
+                    elif (self.state.get("backup") or {}).get("not_needed"):
+                        raise BackupRequiredError(
+                            f"{self.name} had nothing to do when the backup was checked, but now has: review again "
+                            "(nothing was changed)")
                     elif plan2.plan_id != approved:
                         raise ApprovalError(
                             f"the plan changed since it was approved (approved {approved}, now {plan2.plan_id}): "
@@ -316,6 +341,15 @@ class Run:
         if not destructive:
             return
         p = self.params
+        # a procedure may tell cheaply that the execute has nothing to do (full-rollback run again): no backup needed;
+        # execute re-checks under the locks that the plan is indeed empty
+        nothing_to_do = getattr(self.proc, "nothing_to_do", None)
+        if nothing_to_do is not None:
+            with db.read_only(self.engine) as conn:
+                if nothing_to_do(conn, p, self._resolve(conn)):
+                    self.state["backup"] = {"backup": None, "not_needed": "nothing to do"}
+                    self.progress("backup: not needed, nothing to do")
+                    return
         reason = getattr(p, "backup_override_reason", None)
         if self.evidence_dir is None:
             if not reason:
@@ -334,7 +368,7 @@ class Run:
         tables = [names.table_name(m) for m in models]
         found = backups.require_recent_backup(
             self.evidence_dir.parent, tables, fp, dt.timedelta(hours=float(getattr(p, "backup_max_age_hours", 24))),
-            reason)
+            reason, restoring=self.proc.restoring(p) if hasattr(self.proc, "restoring") else None)
         self.state["backup"] = _jsonable(found)
         self.progress(f"backup: {found.get('backup') or 'none, override: ' + str(found.get('override_reason'))}")
 
@@ -358,22 +392,56 @@ class Run:
                         general = checks.run_all(conn, names, sample_rows=self.params.sample_rows)
                         result = VerifyResult(checks=[*result.checks, *general.checks],
                                               frames={**result.frames, **general.frames})
+            if self.params.mode != "execute":
+                # a review: post-conditions that hold only once the change is applied are pending, not failed
+                for c in result.checks:
+                    if c.after_execute and not c.passed:
+                        c.pending = True
             self.verification = result
             self.state["verification"] = [c.as_dict() for c in result.checks]
             self.state["verification_passed"] = result.passed
-            failed = [c for c in result.checks if not c.passed]
+            pending = [c.name for c in result.checks if c.pending]
+            if pending:
+                self.state["verification_pending"] = pending
+            failed = result.failed
             if failed and self.name == "verify":
                 raise VerificationFailed(f"{len(failed)} checks failed: " + ", ".join(c.name for c in failed))
+        if failed and self.params.mode == "execute":
+            self._verification_failed(failed)
         self._refresh_summary()
         return result
 
+    def _verification_failed(self, failed: list[Check]) -> None:
+        """After an execute a failed check makes the run failed (exit 13, VerificationFailed), recorded now so the
+        evidence says it even if the notebook stops here; ``finish`` raises it. The change stays committed."""
+        committed = bool(self.state.get("committed"))
+        done = ("the change was committed" if committed
+                else "this execute changed nothing (the change was already applied)")
+        where = f" ({self.evidence_dir})" if self.evidence_dir is not None else ""
+        err = VerificationFailed(
+            f"{done}; verification failed: {', '.join(c.name for c in failed)}; investigate, see the evidence{where}",
+            checks=[c.name for c in failed], committed=committed)
+        self.state["steps"]["verify"]["status"] = "failed"
+        self.state["status"] = err.status
+        self.state["error"] = {"step": "verify", "type": type(err).__name__, "message": redact_text(err.one_line()),
+                               "exit_code": err.exit_code, "traceback": ""}
+        self.progress(f"VERIFICATION FAILED: {', '.join(c.name for c in failed)} — the database change stands")
+        self._write_state()
+
     def finish(self) -> dict[str, Any]:
-        """Mark the run succeeded (a failure before this leaves it failed/aborted)."""
+        """Mark the run succeeded (a failure before this leaves it failed/aborted).
+
+        Raises :class:`VerificationFailed` (exit 13) when the verification after an execute failed: the run is
+        recorded as failed first, and the notebook shows the error at its last cell.
+        """
         if self.state.get("status") == "running":
             self.state["status"] = "succeeded"
         self.state["finished_at"] = _now()
         self._write_state()
         self._refresh_summary()
+        err = self.state.get("error") or {}
+        if err.get("type") == VerificationFailed.__name__ and err.get("step") == "verify":
+            raise VerificationFailed(str(err["message"]).removeprefix(f"{VerificationFailed.__name__}: "))
         return self.state
 
     # ----------------------------------------------------------------------------------------- display
@@ -393,7 +461,13 @@ class Run:
             for k, v in (s.get("counts") or {}).items():
                 rows.append((f"done: {k}", v))
         if "verification_passed" in s:
-            rows.append(("verification", "all checks passed" if s["verification_passed"] else "CHECKS FAILED"))
+            pending = len(s.get("verification_pending") or [])
+            if not s["verification_passed"]:
+                failed = [c["name"] for c in s.get("verification") or [] if not c["passed"] and not c.get("pending")]
+                rows.append(("verification", "CHECKS FAILED: " + ", ".join(failed)))
+            else:
+                rows.append(("verification", "all checks passed" if not pending else
+                             f"no check failed; {pending} pending (apply after execute)"))
         if s.get("error"):
             rb = s.get("rolled_back") or {}
             rows.append(("error", s["error"]["message"]))

@@ -110,7 +110,7 @@ class _App:
         self.ledger: list[dict[str, Any]] = []
         self.redemptions: list[dict[str, Any]] = []
         self.taken: set[tuple[str, str]] = set()
-        self.vouchers = {code: {"id": voucher_id(code), "code": code, "type": typ, "status": st, "value": val,
+        self.vouchers: dict[str, dict[str, Any]] = {code: {"id": voucher_id(code), "code": code, "type": typ, "status": st, "value": val,
                                 "mx": mx, "exp": exp} for code, typ, st, val, mx, exp in VOUCHERS}
 
     def tx(self, uid: str, amount: int, typ: str, source: str | None, when: dt.datetime,

@@ -47,9 +47,9 @@ def corrupt(url: str) -> None:
     eng.dispose()
 
 
-def test_backup_records_checksums_of_its_snapshot(incident_db, target_env, tmp_path):
-    target_env(incident_db)
-    before = sums(incident_db)
+def test_backup_records_checksums_of_its_snapshot(linked_incident_db, target_env, tmp_path):
+    target_env(linked_incident_db)
+    before = sums(linked_incident_db)
     run_dir = take_backup(tmp_path)
     meta = json.loads((run_dir / "backup.json").read_text())
     for t in TABLES:
@@ -58,12 +58,12 @@ def test_backup_records_checksums_of_its_snapshot(incident_db, target_env, tmp_p
     manifest = json.loads((run_dir / "manifest.json").read_text())
     assert manifest["counts"]["tables"]["TokenTransaction"] == before["TokenTransaction"]["rows"]
     assert "backup.dump" in manifest["files"] and manifest["verification_passed"] is True
-    assert sums(incident_db) == before  # a backup never writes
+    assert sums(linked_incident_db) == before  # a backup never writes
 
 
-def test_destructive_execute_without_backup_refuses(incident_db, target_env, tmp_path, engine_for):
-    target_env(incident_db)
-    before = sums(incident_db)
+def test_destructive_execute_without_backup_refuses(linked_incident_db, target_env, tmp_path, engine_for):
+    target_env(linked_incident_db)
+    before = sums(linked_incident_db)
     params = {**WINDOW, "ledger_mode": "delete"}
     plan = Run("token-reversal", params).review()
     ev = tmp_path / "INC-B" / "001_run"
@@ -72,7 +72,7 @@ def test_destructive_execute_without_backup_refuses(incident_db, target_env, tmp
                                "evidence_dir": str(ev)}).execute()
     with pytest.raises(BackupRequiredError, match="no incident folder"):
         Run("token-reversal", {**params, "mode": "execute", "approved_plan": plan.plan_id}).execute()
-    assert sums(incident_db) == before
+    assert sums(linked_incident_db) == before
     # with a backup in the same incident it proceeds
     take_backup(tmp_path, "INC-B")
     run = Run("token-reversal", {**params, "mode": "execute", "approved_plan": plan.plan_id,
@@ -80,8 +80,8 @@ def test_destructive_execute_without_backup_refuses(incident_db, target_env, tmp
     assert run.execute() is not None and run.state["backup"]["backup"]
 
 
-def test_override_reason_is_recorded(incident_db, target_env, tmp_path):
-    target_env(incident_db)
+def test_override_reason_is_recorded(linked_incident_db, target_env, tmp_path):
+    target_env(linked_incident_db)
     params = {**WINDOW, "ledger_mode": "delete"}
     review = run_procedure("token-reversal", params, incident="OV", evidence_root=tmp_path, progress_bar=False)
     reason = "provider snapshot snap-0042 taken at 10:05 UTC"
@@ -95,8 +95,8 @@ def test_override_reason_is_recorded(incident_db, target_env, tmp_path):
     assert refused.exit_code == 14 and refused.status == "aborted"
 
 
-def test_backup_without_an_evidence_folder_is_a_clear_error(incident_db, target_env):
-    target_env(incident_db)
+def test_backup_without_an_evidence_folder_is_a_clear_error(linked_incident_db, target_env):
+    target_env(linked_incident_db)
     plan = Run("backup", {}).review()
     with pytest.raises(ParameterError, match="evidence_dir"):
         Run("backup", {"mode": "execute", "approved_plan": plan.plan_id}).execute()
@@ -104,10 +104,10 @@ def test_backup_without_an_evidence_folder_is_a_clear_error(incident_db, target_
         Run("backup", {"models": ["Voucher", "NoSuchModel"]}).review()
 
 
-def test_require_recent_backup_checks_age_tables_and_database(incident_db, target_env, tmp_path):
+def test_require_recent_backup_checks_age_tables_and_database(linked_incident_db, target_env, tmp_path):
     import datetime as dt
 
-    target_env(incident_db)
+    target_env(linked_incident_db)
     run_dir = take_backup(tmp_path, "AGE")
     fp = json.loads((run_dir / "backup.json").read_text())["fingerprint"]
     found = backups.require_recent_backup(tmp_path / "AGE", ["Voucher"], fp, dt.timedelta(hours=1), None)
@@ -122,10 +122,10 @@ def test_require_recent_backup_checks_age_tables_and_database(incident_db, targe
         "backup": None, "override_reason": "snapshot"}
 
 
-def test_guard_refuses_a_backup_whose_archive_was_altered(incident_db, target_env, tmp_path):
+def test_guard_refuses_a_backup_whose_archive_was_altered(linked_incident_db, target_env, tmp_path):
     import datetime as dt
 
-    target_env(incident_db)
+    target_env(linked_incident_db)
     run_dir = take_backup(tmp_path, "ALT")
     fp = json.loads((run_dir / "backup.json").read_text())["fingerprint"]
     (run_dir / "backup.dump").write_bytes(b"truncated")  # the archive could no longer be restored
@@ -134,9 +134,9 @@ def test_guard_refuses_a_backup_whose_archive_was_altered(incident_db, target_en
 
 
 @pytest.mark.notebook
-def test_cli_backup_review_then_execute(incident_db, tmp_path):
+def test_cli_backup_review_then_execute(linked_incident_db, tmp_path):
     env = {k: v for k, v in os.environ.items() if k != "DATABASE_URL"}
-    env["DATABASE_URL"] = incident_db
+    env["DATABASE_URL"] = linked_incident_db
     exe = Path(sys.executable).parent / "runbook"
 
     def runbook(*args: str) -> subprocess.CompletedProcess[str]:
@@ -152,7 +152,7 @@ def test_cli_backup_review_then_execute(incident_db, tmp_path):
     run_dir = sorted(p for p in (tmp_path / "incidents" / "CLI").iterdir() if p.is_dir())[-1]
     assert (run_dir / "backup.dump").is_file() and (run_dir / "backup.json").is_file()
     assert json.loads((run_dir / "manifest.json").read_text())["status"] == "succeeded"
-    password = sa.engine.make_url(incident_db).password
+    password = sa.engine.make_url(linked_incident_db).password
     if password:
         assert password not in r.stdout + r.stderr + done.stdout + done.stderr
 

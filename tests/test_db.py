@@ -8,8 +8,16 @@ from runbook_lib import db
 from runbook_lib.errors import ConcurrentRunError, LockTimeoutError, StatementTimeoutError, TargetError
 
 
-def test_read_only_refuses_writes(schema_db, engine_for):
-    eng = engine_for(schema_db)
+@pytest.fixture
+def users_db(fresh_db, engine_for) -> str:
+    """A fresh database with one table of its own (independent of the demo schema's table names)."""
+    with engine_for(fresh_db).begin() as c:
+        c.exec_driver_sql('create table "User" (id text primary key, email text, name text)')
+    return fresh_db
+
+
+def test_read_only_refuses_writes(users_db, engine_for):
+    eng = engine_for(users_db)
     with pytest.raises(TargetError, match="read-only"):
         with db.read_only(eng) as c:
             c.exec_driver_sql('insert into "User"(id, email) values (\'u\', \'e\')')
@@ -17,8 +25,8 @@ def test_read_only_refuses_writes(schema_db, engine_for):
         assert c.exec_driver_sql('select count(*) from "User"').scalar() == 0
 
 
-def test_write_transaction_rolls_back_on_error(schema_db, engine_for):
-    eng = engine_for(schema_db)
+def test_write_transaction_rolls_back_on_error(users_db, engine_for):
+    eng = engine_for(users_db)
     with pytest.raises(RuntimeError):
         with db.write_transaction(eng, lock_timeout_ms=1000, statement_timeout_ms=5000) as c:
             c.exec_driver_sql('insert into "User"(id, email) values (\'u\', \'e\')')
@@ -27,8 +35,8 @@ def test_write_transaction_rolls_back_on_error(schema_db, engine_for):
         assert c.exec_driver_sql('select count(*) from "User"').scalar() == 0
 
 
-def test_lock_timeout_is_translated(schema_db, engine_for):
-    eng = engine_for(schema_db)
+def test_lock_timeout_is_translated(users_db, engine_for):
+    eng = engine_for(users_db)
     with eng.begin() as c:
         c.exec_driver_sql('insert into "User"(id, email) values (\'u\', \'e\')')
     holder = eng.connect()
@@ -43,8 +51,8 @@ def test_lock_timeout_is_translated(schema_db, engine_for):
         holder.close()
 
 
-def test_exclusive_key_refuses_second_operator(schema_db, engine_for):
-    eng = engine_for(schema_db)
+def test_exclusive_key_refuses_second_operator(users_db, engine_for):
+    eng = engine_for(users_db)
     with db.write_transaction(eng, lock_timeout_ms=500, statement_timeout_ms=5000, exclusive_key="token-reversal"):
         with pytest.raises(ConcurrentRunError, match="another operator"):
             with db.write_transaction(eng, lock_timeout_ms=500, statement_timeout_ms=5000,
@@ -63,8 +71,8 @@ def test_unreachable_and_missing_url(monkeypatch):
     assert "hunter22" not in str(err.value)
 
 
-def test_server_info(schema_db, engine_for):
-    with db.read_only(engine_for(schema_db)) as c:
+def test_server_info(fresh_db, engine_for):
+    with db.read_only(engine_for(fresh_db)) as c:
         info = db.server_info(c)
     assert info.database.startswith("rb_test_")
     assert len(info.fingerprint) == 16
@@ -79,9 +87,9 @@ def test_duration_parsing():
         db.duration_ms("soon", "x")
 
 
-def test_statement_timeout_has_its_own_error_and_exit(incident_db, engine_for):
+def test_statement_timeout_has_its_own_error_and_exit(fresh_db, engine_for):
     """A slow statement is not a lock wait: its own error (exit 16) says to raise the timeout or narrow the scope."""
-    eng = engine_for(incident_db)
+    eng = engine_for(fresh_db)
     with pytest.raises(StatementTimeoutError, match="statement_timeout") as info:
         with db.write_transaction(eng, lock_timeout_ms=1000, statement_timeout_ms=100) as c:
             c.exec_driver_sql("select pg_sleep(2)")

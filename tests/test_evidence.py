@@ -170,10 +170,15 @@ def test_bad_incident_id_is_refused(tmp_path):
 
 
 def _ledger(url: str) -> pd.DataFrame:
+    """Ledger and balances, wherever the schema maps them (reflection, as the runbooks find them)."""
+    from runbook_lib.names import reflect
+
     eng = sa.create_engine(url, poolclass=sa.pool.NullPool)
     with eng.connect() as c:
-        df = pd.read_sql('select * from "TokenTransaction" order by id', c)
-        bal = pd.read_sql('select * from "UserTokenBalance" order by id', c)
+        n = reflect(c)
+        L, B = "TokenTransaction", "UserTokenBalance"
+        df = pd.read_sql(f"select * from {n.t(L)} order by {n.c(L, 'id')}", c)
+        bal = pd.read_sql(f"select * from {n.t(B)} order by {n.c(B, 'id')}", c)
     eng.dispose()
     return pd.concat([df.astype(str), bal.astype(str)], axis=1)
 

@@ -1,8 +1,15 @@
-"""Full rollback against real PostgreSQL: catalog discovery, one-transaction DDL, Prisma schema and history."""
+"""Full rollback against real PostgreSQL: catalog discovery, one-transaction DDL, Prisma schema and history.
+
+Every test runs on both fixtures: ``real`` (the real application's shape: ``demo/prisma`` with Prisma 7's
+``prisma.config.ts``, ``@@map``-ped snake_case tables, the seeded incident) and ``linked`` (``demo/prisma_linked``:
+model-named tables, a Prisma 6 schema with the datasource ``url``).
+"""
 
 from __future__ import annotations
 
+import difflib
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
@@ -14,29 +21,60 @@ from test_prisma_edit import validator_or_skip
 from runbook_lib import catalog
 from runbook_lib.errors import ParameterError, PolicyAbort
 from runbook_lib.faults import InjectedFault
+from runbook_lib.prisma import config as pconfig
 from runbook_lib.prisma import history
 from runbook_lib.procedures import full_rollback
 from runbook_lib.run import Run
+from runbook_lib.runner import run_procedure
 
 NO_BACKUP = "test database cloned from a template: no backup needed"
 
 ROOT = Path(__file__).resolve().parent.parent
-TABLES, ENUMS = ["Voucher", "VoucherRedemption"], ["VoucherType", "VoucherStatus"]
+MODELS, ENUMS = ["Voucher", "VoucherRedemption"], ["VoucherType", "VoucherStatus"]
 
 
-@pytest.fixture
-def prisma_dir(tmp_path: Path) -> Path:
-    """A copy of the demo app's prisma folder (schema + migrations): the procedure edits it."""
-    dst = tmp_path / "prisma"
-    shutil.copytree(ROOT / "demo" / "prisma", dst)
-    return dst
+@dataclass
+class App:
+    kind: str
+    url: str
+    root: Path  # the app's folder (schema, migrations, and for "real" prisma.config.ts + package.json)
+    schema: Path
+    migrations: Path
+    tables: dict[str, str]  # model -> table
+    major: int
+
+    def t(self, model: str) -> str:
+        """The table as pg_identify_object names it (public.vouchers, public."Voucher")."""
+        name = self.tables[model]
+        return f"public.{name}" if name == name.lower() else f'public."{name}"'
+
+    def q(self, model: str) -> str:
+        return f'"{self.tables[model]}"'
 
 
-@pytest.fixture
-def small_db(schema_db, engine_for, target_env):
-    seed_small(engine_for(schema_db))
-    target_env(schema_db)
-    return schema_db
+REAL_TABLES = {"User": "users", "Voucher": "vouchers", "VoucherRedemption": "voucher_redemptions",
+               "TokenTransaction": "token_transactions", "UserTokenBalance": "user_token_balances"}
+
+
+@pytest.fixture(params=["real", "linked"])
+def app(request, tmp_path: Path, engine_for, target_env) -> App:
+    """A copy of the app's Prisma files (the procedure edits them) and its database with an incident."""
+    root = tmp_path / "app"
+    if request.param == "real":
+        url = request.getfixturevalue("incident_db")
+        root.mkdir()
+        shutil.copytree(ROOT / "demo" / "prisma", root / "prisma")
+        for f in ("prisma.config.ts", "package.json"):
+            shutil.copy(ROOT / "demo" / f, root / f)
+        tables, major = REAL_TABLES, 7
+    else:
+        url = request.getfixturevalue("linked_schema_db")
+        seed_small(engine_for(url))
+        shutil.copytree(ROOT / "demo" / "prisma_linked", root / "prisma")
+        tables, major = {m: m for m in REAL_TABLES}, 6
+    target_env(url)
+    return App(request.param, url, root, root / "prisma" / "schema.prisma", root / "prisma" / "migrations", tables,
+               major)
 
 
 def fingerprint(eng: sa.engine.Engine) -> tuple[list[tuple], dict[str, str]]:
@@ -48,8 +86,8 @@ def tree(folder: Path) -> dict[str, bytes]:
     return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
-def params_for(prisma_dir: Path, **more):
-    return {"ledger_policy": "keep", "prisma_schema": str(prisma_dir / "schema.prisma"), **more}
+def params_for(app: App, **more):
+    return {"ledger_policy": "keep", "prisma_schema": str(app.schema), **more}
 
 
 def review_then_execute(params):
@@ -59,88 +97,88 @@ def review_then_execute(params):
     return plan, result, run
 
 
-def test_full_rollback_removes_everything_and_prisma_agrees(small_db, engine_for, prisma_dir):
-    eng = engine_for(small_db)
+def test_full_rollback_removes_everything_and_prisma_agrees(app, engine_for):
+    eng = engine_for(app.url)
     _, sums_before = fingerprint(eng)
-    schema_before = (prisma_dir / "schema.prisma").read_text()
-    plan, result, run = review_then_execute(params_for(prisma_dir))
+    schema_before = app.schema.read_text()
+    plan, result, run = review_then_execute(params_for(app))
     assert result is not None and result.changed
-    assert plan.summary["rows in public.\"VoucherRedemption\""] == 8
+    assert plan.summary[f"rows in {app.t('VoucherRedemption')}"] > 0
     order = [u.label for u in plan.details["discovery"].order]
-    assert order.index('table public."VoucherRedemption"') < order.index('table public."Voucher"')
-    assert order.index('table public."Voucher"') < order.index('type public."VoucherStatus"')
+    assert order.index(f"table {app.t('VoucherRedemption')}") < order.index(f"table {app.t('Voucher')}")
+    assert order.index(f"table {app.t('Voucher')}") < order.index('type public."VoucherStatus"')
+    assert order.index(f"table {app.t('Voucher')}") < order.index('type public."VoucherType"')
+    assert plan.details["migrations_folder"] == str(app.migrations.resolve())
     written = full_rollback.write_prisma_files(run)
-    # nothing of the voucher system remains in the database
     with eng.connect() as c:
-        seeds, _ = catalog.find_seeds(c, "public", TABLES, ENUMS)
+        seeds, _ = catalog.find_seeds(c, "public", [app.tables[m] for m in MODELS], ENUMS)
         assert seeds == {}
         assert c.execute(sa.text("select count(*) from pg_class where relname ilike '%voucher%'")).scalar() == 0
         assert c.execute(sa.text("select count(*) from pg_type where typname ilike '%voucher%'")).scalar() == 0
-        entries = history.compare(c, "public", prisma_dir / "migrations")
+        entries = history.compare(c, "public", app.migrations)
         assert history.agrees(entries), entries
         row = c.execute(sa.text('select checksum, finished_at, applied_steps_count from "_prisma_migrations" '
                                 "where migration_name = :n"), {"n": result.counts["migration_name"]}).one()
-    # the other tables are untouched (ledger_policy=keep)
     _, sums_after = fingerprint(eng)
-    for t in ('public."User"', 'public."TokenTransaction"', 'public."UserTokenBalance"'):
-        assert sums_after[t] == sums_before[t]
-    # the migration file has the checksum Prisma computes, recorded as applied
+    for m in ("User", "TokenTransaction", "UserTokenBalance"):  # untouched with ledger_policy=keep
+        assert sums_after[app.t(m).replace('"', '"')] == sums_before[app.t(m)]
     mfile = Path(written["migration_file"])
-    assert mfile.parent.parent == prisma_dir / "migrations"
+    assert mfile.parent.parent == app.migrations.resolve()
     assert row[0] == history.checksum(mfile.read_bytes()) and row[1] is not None and row[2] == 1
     sql = mfile.read_text()
-    assert 'DROP TABLE public."VoucherRedemption";' in sql and "keep a sourceId" not in sql
-    assert "sourceId names redemptions dropped here" in sql
-    # the edited schema: only whole lines removed, nothing else touched
-    schema_after = (prisma_dir / "schema.prisma").read_text()
-    assert "Voucher" not in schema_after
-    import difflib
-
+    # schema-relative and quoted, as Prisma writes its migrations (Prisma sets the search_path from ?schema=)
+    assert f"DROP TABLE {app.q('VoucherRedemption')};" in sql and 'DROP TYPE "VoucherType";' in sql
+    assert "public." not in sql
+    assert "sourceId names vouchers or redemptions dropped here" in sql
+    schema_after = app.schema.read_text()
+    assert "model Voucher " not in schema_after and "VoucherRedemption" not in schema_after
     ops = [line[0] for line in difflib.ndiff(schema_before.splitlines(True), schema_after.splitlines(True))
            if line[0] in "+-"]
     assert set(ops) == {"-"}
     assert run.verify().passed
-    validator = validator_or_skip()
-    ok, out = validator(prisma_dir / "schema.prisma")
-    assert ok, out
+    validator_or_skip()
+    v = plan.details["schema_validation"]
+    assert v is not None and v.checked and v.ok and v.major == app.major, v
+    assert plan.summary["Prisma's parser on the edited schema"].startswith(f"Prisma {app.major} parser")
+    after = pconfig.validate_text({"schema.prisma": schema_after}, app.major)
+    assert after.ok and not set(after.enums) & set(ENUMS), after
 
 
-def test_reverse_policy_takes_tokens_back_first(small_db, engine_for, prisma_dir):
-    eng = engine_for(small_db)
+def test_reverse_policy_takes_tokens_back_first(app, engine_for):
+    eng = engine_for(app.url)
+    L, B = app.q("TokenTransaction"), app.q("UserTokenBalance")
     with eng.connect() as c:
-        bal0 = pd.read_sql('select "userId", balance from "UserTokenBalance" order by 1', c).set_index("userId")
-        grants = pd.read_sql("""select "userId", sum(amount) as g from "TokenTransaction"
-                                where source = 'voucher_redemption' group by 1""", c).set_index("userId")["g"]
-    _, result, run = review_then_execute(params_for(prisma_dir, ledger_policy="reverse"))
-    assert result is not None and result.counts["rows_reversed"] == 8
+        bal0 = pd.read_sql(f'select "userId", balance from {B} order by 1', c).set_index("userId")
+        grants = pd.read_sql(f"""select "userId", sum(amount) as g from {L}
+                                 where source = 'voucher_redemption' group by 1""", c).set_index("userId")["g"]
+    plan, result, run = review_then_execute(params_for(app, ledger_policy="reverse"))
+    assert result is not None and result.changed
+    assert result.counts["rows_reversed"] == plan.summary["ledger rows to reverse"] > 0
     with eng.connect() as c:
-        bal1 = pd.read_sql('select "userId", balance from "UserTokenBalance" order by 1', c).set_index("userId")
-        sums = pd.read_sql('select "userId", sum(amount) as s from "TokenTransaction" group by 1', c).set_index("userId")
+        bal1 = pd.read_sql(f'select "userId", balance from {B} order by 1', c).set_index("userId")
     expected = bal0["balance"].sub(grants, fill_value=0)
     assert (bal1["balance"] == expected.reindex(bal1.index)).all()
-    assert (sums["s"].reindex(bal1.index) == bal1["balance"]).all()  # the ledger still sums to each balance
     written = full_rollback.write_prisma_files(run)
     assert run.verify().passed
     sql = Path(written["migration_file"]).read_text()
-    assert "8 voucher grants in TokenTransaction (460 tokens): 8 reversed first here" in sql
-    assert "0 reversed by an earlier run" in sql
+    assert "reversed first here" in sql and "0 reversed by an earlier run" in sql
 
 
-def test_extra_dependent_view_stops_the_rollback(small_db, engine_for, prisma_dir):
-    eng = engine_for(small_db)
+def test_extra_dependent_view_stops_the_rollback(app, engine_for):
+    eng = engine_for(app.url)
     with eng.begin() as c:
-        c.exec_driver_sql('create view voucher_stats as select v.code, count(r.id) as n from "Voucher" v '
-                          'left join "VoucherRedemption" r on r."voucherId" = v.id group by v.code')
+        c.exec_driver_sql(f'create view voucher_stats as select v.code, count(r.id) as n from {app.q("Voucher")} v '
+                          f'left join {app.q("VoucherRedemption")} r on r."voucherId" = v.id group by v.code')
     before = fingerprint(eng)
-    files_before = tree(prisma_dir)
-    params = params_for(prisma_dir)
+    files_before = tree(app.root)
+    params = params_for(app)
     plan = Run("full-rollback", params).review()
     assert plan.summary["unexpected dependents not named"] == 1
     assert any("voucher_stats" in w for w in plan.warnings)
     with pytest.raises(PolicyAbort, match="voucher_stats"):
-        Run("full-rollback", {**params, "mode": "execute", "backup_override_reason": NO_BACKUP, "approved_plan": plan.plan_id}).execute()
-    assert fingerprint(eng) == before and tree(prisma_dir) == files_before
-    # named by the operator: it goes first, then the tables
+        Run("full-rollback", {**params, "mode": "execute", "backup_override_reason": NO_BACKUP,
+                              "approved_plan": plan.plan_id}).execute()
+    assert fingerprint(eng) == before and tree(app.root) == files_before
     params["drop_dependents"] = ["public.voucher_stats"]
     plan, result, run = review_then_execute(params)
     order = [u.label for u in plan.details["discovery"].order]
@@ -149,14 +187,14 @@ def test_extra_dependent_view_stops_the_rollback(small_db, engine_for, prisma_di
         assert c.execute(sa.text("select to_regclass('public.voucher_stats')")).scalar() is None
 
 
-def test_view_with_enum_typed_columns_goes_whole(small_db, engine_for, prisma_dir):
+def test_view_with_enum_typed_columns_goes_whole(app, engine_for):
     """A view selecting the enum columns (and one over it) is one object to name and drop, not per column."""
-    eng = engine_for(small_db)
+    eng = engine_for(app.url)
     with eng.begin() as c:
-        c.exec_driver_sql('''create view active_vouchers as select * from "Voucher" where status = 'ACTIVE';
+        c.exec_driver_sql(f'''create view active_vouchers as select * from {app.q("Voucher")} where status = 'ACTIVE';
             create view active_codes as select code, status from active_vouchers;
             create materialized view status_list as select 'ACTIVE'::"VoucherStatus" as s''')
-    params = params_for(prisma_dir)
+    params = params_for(app)
     plan = Run("full-rollback", params).review()
     assert sorted(plan.details["unacknowledged"]) == ["materialized view public.status_list",
                                                      "view public.active_codes", "view public.active_vouchers"]
@@ -173,25 +211,26 @@ def test_view_with_enum_typed_columns_goes_whole(small_db, engine_for, prisma_di
     assert run.verify().passed
 
 
-def test_rows_of_other_tables_survive_their_named_foreign_keys(small_db, engine_for, prisma_dir):
+def test_rows_of_other_tables_survive_their_named_foreign_keys(app, engine_for):
     """Foreign keys from kept tables into the vouchers go before any voucher row is deleted: their ON DELETE
     actions (CASCADE, SET NULL, RESTRICT) never touch the kept tables' rows."""
-    eng = engine_for(small_db)
+    eng = engine_for(app.url)
+    V, R = app.q("Voucher"), app.q("VoucherRedemption")
     with eng.begin() as c:
-        c.exec_driver_sql('''
-            create table "Order" (id text primary key, "voucherId" text references "Voucher"(id) on delete set null);
-            create table "Gift" (id text primary key, "redemptionId" text references "VoucherRedemption"(id)
-                                 on delete cascade);
-            create table "Promo" (id text primary key, "voucherId" text not null references "Voucher"(id));
-            insert into "Order" values ('o1', 'v_WELCOME'), ('o2', null);
-            insert into "Gift" values ('g1', 'r_WELCOME_u1');
-            insert into "Promo" values ('p1', 'v_LIMITED');''')
+        vid = c.execute(sa.text(f"select id from {V} order by id limit 1")).scalar()
+        rid = c.execute(sa.text(f"select id from {R} order by id limit 1")).scalar()
+        c.exec_driver_sql(f'''
+            create table "Order" (id text primary key, "voucherId" text references {V}(id) on delete set null);
+            create table "Gift" (id text primary key, "redemptionId" text references {R}(id) on delete cascade);
+            create table "Promo" (id text primary key, "voucherId" text not null references {V}(id));''')
+        c.execute(sa.text('''insert into "Order" values ('o1', :v), ('o2', null); insert into "Gift" values ('g1', :r);
+                             insert into "Promo" values ('p1', :v)'''), {"v": vid, "r": rid})
     with eng.connect() as c:
         kept_before = {t: c.execute(sa.text(f'select array_agg(x::text order by x::text) from "{t}" x')).scalar()
                        for t in ("Order", "Gift", "Promo")}
-    params = params_for(prisma_dir, drop_dependents=['"Order_voucherId_fkey" on public."Order"',
-                                                     '"Gift_redemptionId_fkey" on public."Gift"',
-                                                     '"Promo_voucherId_fkey" on public."Promo"'])
+    params = params_for(app, drop_dependents=['"Order_voucherId_fkey" on public."Order"',
+                                              '"Gift_redemptionId_fkey" on public."Gift"',
+                                              '"Promo_voucherId_fkey" on public."Promo"'])
     plan = Run("full-rollback", params).review()
     assert plan.details["unacknowledged"] == [] and not any("names no object" in w for w in plan.warnings)
     _, result, _ = review_then_execute(params)
@@ -205,43 +244,71 @@ def test_rows_of_other_tables_survive_their_named_foreign_keys(small_db, engine_
     assert kept_after == kept_before
 
 
-def test_failure_in_the_middle_of_the_ddl_leaves_everything_as_it_was(small_db, engine_for, prisma_dir, monkeypatch):
-    eng = engine_for(small_db)
+def test_failure_in_the_middle_of_the_ddl_leaves_everything_as_it_was(app, engine_for, monkeypatch):
+    eng = engine_for(app.url)
     before = fingerprint(eng)
-    files_before = tree(prisma_dir)
-    params = params_for(prisma_dir)
+    files_before = tree(app.root)
+    params = params_for(app)
     plan = Run("full-rollback", params).review()
     monkeypatch.setenv("RUNBOOK_FAULT", f"{full_rollback.MID_DDL}:raise")
-    run = Run("full-rollback", {**params, "mode": "execute", "backup_override_reason": NO_BACKUP, "approved_plan": plan.plan_id})
+    run = Run("full-rollback", {**params, "mode": "execute", "backup_override_reason": NO_BACKUP,
+                                "approved_plan": plan.plan_id})
     with pytest.raises(InjectedFault):
         run.execute()
     assert run.state["rolled_back"]["rolled_back"] is True
     assert fingerprint(eng) == before  # catalog and every table's contents
-    assert tree(prisma_dir) == files_before  # no file written
+    assert tree(app.root) == files_before  # no file written
 
 
-def test_review_writes_nothing_and_second_execute_changes_nothing(small_db, engine_for, prisma_dir):
-    eng = engine_for(small_db)
+def test_review_writes_nothing_and_second_execute_changes_nothing(app, engine_for, tmp_path):
+    eng = engine_for(app.url)
     before = fingerprint(eng)
-    files_before = tree(prisma_dir)
-    params = params_for(prisma_dir)
+    files_before = tree(app.root)
+    params = params_for(app)
     run = Run("full-rollback", params)
     plan = run.review()
     assert full_rollback.write_prisma_files(run) == {"written": False}
     assert "-model Voucher {" in plan.details["schema_edit"].diff()
-    assert fingerprint(eng) == before and tree(prisma_dir) == files_before
+    assert fingerprint(eng) == before and tree(app.root) == files_before
     _, _, run = review_then_execute(params)
     full_rollback.write_prisma_files(run)
     after = fingerprint(eng)
-    files_after = tree(prisma_dir)
-    again = Run("full-rollback", {**params, "mode": "execute", "backup_override_reason": NO_BACKUP, "approved_plan": plan.plan_id})
+    files_after = tree(app.root)
+    # a second execute: nothing to do, so no backup is needed (no override given, none in the incident)
+    again = Run("full-rollback", {**params, "mode": "execute", "approved_plan": plan.plan_id})
     result = again.execute()
-    assert result is not None and not result.changed
-    assert fingerprint(eng) == after and tree(prisma_dir) == files_after
+    assert result is not None and not result.changed and again.state["backup"]["not_needed"]
+    assert fingerprint(eng) == after and tree(app.root) == files_after
+    # and through the CLI's runner, in an incident without any backup: exit 0, "nothing to do"
+    out = run_procedure("full-rollback", {**params, "mode": "execute", "approved_plan": plan.plan_id},
+                        incident="AGAIN", evidence_root=tmp_path / "ev", progress_bar=False)
+    assert out.exit_code == 0, out.error
+    assert fingerprint(eng) == after
 
 
-def test_catalog_finds_dependents_and_orders_them(schema_db, engine_for):
-    eng = engine_for(schema_db)
+def test_prisma_config_gives_the_schema_and_the_migrations_folder(app, tmp_path):
+    """Prisma 7: prisma.config.ts names the schema and the migrations folder; they need not sit together."""
+    (app.root / "db").mkdir()
+    shutil.move(app.migrations, app.root / "db" / "migrations")
+    (app.root / "prisma.config.ts").write_text(
+        'import path from "node:path";\nimport { defineConfig, env } from "prisma/config";\n'
+        "// schema: \"commented/out.prisma\"\n"
+        'export default defineConfig({\n  schema: path.join("prisma", "schema.prisma"),\n'
+        '  migrations: { path: "db/migrations", seed: "tsx prisma/seed.ts" },\n'
+        '  datasource: { url: env("DATABASE_URL") },\n});\n')
+    cfg = pconfig.read_config(app.root / "prisma.config.ts")
+    assert cfg.schema == app.schema.resolve() and cfg.migrations == (app.root / "db" / "migrations").resolve()
+    by_config = Run("full-rollback", {"ledger_policy": "keep", "prisma_config": str(app.root / "prisma.config.ts")})
+    assert by_config.params.prisma_schema == str(app.schema.resolve())
+    for params in ({"prisma_config": str(app.root / "prisma.config.ts")}, {"prisma_schema": str(app.schema)}):
+        plan = Run("full-rollback", {"ledger_policy": "keep", **params}).review()
+        assert plan.details["migrations_folder"] == str((app.root / "db" / "migrations").resolve())
+    with pytest.raises(ParameterError, match="prisma_config"):
+        Run("full-rollback", {"ledger_policy": "keep", "prisma_config": str(tmp_path / "nope.ts")})
+
+
+def test_catalog_finds_dependents_and_orders_them(linked_schema_db, engine_for):
+    eng = engine_for(linked_schema_db)
     with eng.begin() as c:
         c.exec_driver_sql('''
             create view v1 as select code from "Voucher";
@@ -259,7 +326,7 @@ def test_catalog_finds_dependents_and_orders_them(schema_db, engine_for):
             create table other2 (id int, d vs_dom);
             create type comp as (a int, s "VoucherStatus");''')
     with eng.connect() as c:
-        disc = catalog.discover(c, "public", TABLES, ENUMS)
+        disc = catalog.discover(c, "public", MODELS, ENUMS)
     labels = [u.label for u in disc.order]
     unexpected = set(catalog.unacknowledged(disc, []))
     assert {"view public.v1", "view public.v2", 'table column public."Order".kind',
@@ -278,39 +345,41 @@ def test_catalog_finds_dependents_and_orders_them(schema_db, engine_for):
     with eng.begin() as c:
         for u in disc.order:
             c.exec_driver_sql(u.drop_sql)
-        assert catalog.find_seeds(c, "public", TABLES, ENUMS)[0] == {}
+        assert catalog.find_seeds(c, "public", MODELS, ENUMS)[0] == {}
         assert c.execute(sa.text("select to_regclass('public.\"Order\"')")).scalar() is not None
         assert c.execute(sa.text("select array_agg(attname::text order by attnum) from pg_attribute "
                                  "where attrelid = 'public.other'::regclass and attnum > 0 and not attisdropped")
                          ).scalar() == ["id", "t", "k"]
 
 
-def test_parameters_are_checked(small_db, prisma_dir):
+def test_parameters_are_checked(app):
     with pytest.raises(ParameterError, match="ledger_policy"):
-        Run("full-rollback", {"prisma_schema": str(prisma_dir / "schema.prisma")})
+        Run("full-rollback", {"prisma_schema": str(app.schema)})
     with pytest.raises(ParameterError, match="prisma_schema"):
         Run("full-rollback", {"ledger_policy": "keep"})
     with pytest.raises(ParameterError, match="migration_name"):
-        Run("full-rollback", params_for(prisma_dir, migration_name="Bad Name"))
+        Run("full-rollback", params_for(app, migration_name="Bad Name"))
     plan = Run("full-rollback", {"ledger_policy": "keep", "prisma_side": False}).review()
     assert any("drift" in w for w in plan.warnings)
 
 
 @pytest.mark.notebook
-def test_notebook_review_then_execute(small_db, engine_for, prisma_dir, tmp_path):
+def test_notebook_review_then_execute(app, tmp_path):
     import papermill as pm
 
+    if app.kind != "real":
+        pytest.skip("the notebook runs on the real application's shape")
     nb_in = ROOT / "notebooks" / "full_rollback.ipynb"
-    params = params_for(prisma_dir)
-    files_before = tree(prisma_dir)
+    params = params_for(app)
+    files_before = tree(app.root)
     pm.execute_notebook(str(nb_in), str(tmp_path / "review.ipynb"),
                         parameters=params, progress_bar=False, kernel_name="python3")
     plan_id = plan_id_of(tmp_path / "review.ipynb")
-    assert tree(prisma_dir) == files_before
+    assert tree(app.root) == files_before
     text = notebook_text(tmp_path / "review.ipynb")
-    assert "-model Voucher {" in text and "DROP TABLE" in text
+    assert "-model Voucher {" in text and "DROP TABLE" in text and "parser" in text
     pm.execute_notebook(str(nb_in), str(tmp_path / "execute.ipynb"), parameters={
         **params, "mode": "execute", "backup_override_reason": NO_BACKUP, "approved_plan": plan_id},
         progress_bar=False, kernel_name="python3")
     assert "prisma generate" in notebook_text(tmp_path / "execute.ipynb")
-    assert "Voucher" not in (prisma_dir / "schema.prisma").read_text()
+    assert "model Voucher " not in app.schema.read_text()

@@ -11,14 +11,16 @@ import pytest
 import sqlalchemy as sa
 from conftest import MIGRATIONS
 
-from runbook_lib.errors import PolicyAbort
+from runbook_lib.errors import InvariantError, ParameterError, PolicyAbort
 from runbook_lib.prisma import status as st
 from runbook_lib.prisma.migrate import checksum, deploy
 from runbook_lib.run import Run
 from runbook_lib.runner import run_procedure
 
-FAILED = "20250101000000_add_campaigns"
-PENDING = "20250201000000_later"
+#: the fixture's own migrations (the init, then the voucher tables), whatever their timestamps
+INIT, VOUCHERS = sorted(p.name for p in MIGRATIONS.iterdir() if (p / "migration.sql").is_file())[:2]
+FAILED = "20260101000000_add_campaigns"
+PENDING = "20260201000000_later"
 FAILED_SQL = """-- CreateEnum
 CREATE TYPE "CampaignKind" AS ENUM ('EMAIL', 'PARTNER');
 
@@ -33,15 +35,15 @@ CREATE TABLE "Campaign" (
 CREATE UNIQUE INDEX "Campaign_kind_key" ON "Campaign"("kind");
 
 -- AlterTable
-ALTER TABLE "Voucher" ADD COLUMN "campaignId" TEXT;
+ALTER TABLE "vouchers" ADD COLUMN "campaignId" TEXT;
 
 -- AddForeignKey
-ALTER TABLE "Voucher" ADD CONSTRAINT "Voucher_campaignId_fkey" FOREIGN KEY ("campaignId") REFERENCES "Campaign"("uid") ON DELETE SET NULL ON UPDATE CASCADE;
+ALTER TABLE "vouchers" ADD CONSTRAINT "vouchers_campaignId_fkey" FOREIGN KEY ("campaignId") REFERENCES "Campaign"("uid") ON DELETE SET NULL ON UPDATE CASCADE;
 
 -- CreateTable
 CREATE TABLE "CampaignStat" ("id" TEXT NOT NULL);
 """
-UNDO_SQL = 'ALTER TABLE "Voucher" DROP COLUMN "campaignId";\nDROP TABLE "Campaign";\nDROP TYPE "CampaignKind";\n'
+UNDO_SQL = 'ALTER TABLE "vouchers" DROP COLUMN "campaignId";\nDROP TABLE "Campaign";\nDROP TYPE "CampaignKind";\n'
 
 
 @pytest.fixture
@@ -81,7 +83,7 @@ def test_statuses_and_applied_steps(failed_db):
     url, folder = failed_db
     plan = Run("migration-recovery", {"migrations_dir": str(folder)}).review()
     status = dict(zip(plan.frames["migrations"]["migration"], plan.frames["migrations"]["status"], strict=True))
-    assert status == {"20240101000000_init": "applied", "20241201000000_add_vouchers": "applied",
+    assert status == {INIT: "applied", VOUCHERS: "applied",
                       FAILED: "failed", PENDING: "pending"}
     steps = plan.frames["steps"]
     assert list(steps["took effect"]) == ["yes", "yes", "yes", "yes", "no", "no"]
@@ -95,13 +97,13 @@ def test_statuses_and_applied_steps(failed_db):
 
 def test_modified_and_missing_locally(failed_db, engine_for):
     url, folder = failed_db
-    (folder / "20240101000000_init" / "migration.sql").write_text("-- edited after it was applied\n")
-    shutil.rmtree(folder / "20241201000000_add_vouchers")
+    (folder / INIT / "migration.sql").write_text("-- edited after it was applied\n")
+    shutil.rmtree(folder / VOUCHERS)
     eng = engine_for(url)
     with eng.connect() as c:
         got = {s.name: s.status for s in st.migration_statuses(c, "public", folder)}
-    assert got["20240101000000_init"] == "modified"
-    assert got["20241201000000_add_vouchers"] == "missing locally"
+    assert got[INIT] == "modified"
+    assert got[VOUCHERS] == "missing locally"
 
 
 def test_resolve_rolled_back_with_compensating_sql(failed_db, tmp_path, engine_for):
@@ -138,7 +140,7 @@ def test_resolve_applied_after_completing_by_hand(failed_db, tmp_path):
     url, folder = failed_db
     finish = tmp_path / "finish.sql"
     finish.write_text('ALTER TABLE "Campaign" ADD COLUMN "uid" TEXT UNIQUE;\n'
-                      'ALTER TABLE "Voucher" ADD CONSTRAINT "Voucher_campaignId_fkey" FOREIGN KEY ("campaignId") '
+                      'ALTER TABLE "vouchers" ADD CONSTRAINT "vouchers_campaignId_fkey" FOREIGN KEY ("campaignId") '
                       'REFERENCES "Campaign"("uid");\nCREATE TABLE "CampaignStat" ("id" TEXT NOT NULL);\n')
     params = {"migrations_dir": str(folder), "action": "applied", "compensating_sql": str(finish)}
     plan = Run("migration-recovery", params).review()
@@ -173,7 +175,7 @@ def test_rolled_back_refused_for_an_applied_migration(failed_db):
     url, folder = failed_db
     with pytest.raises(PolicyAbort, match="P3012"):
         Run("migration-recovery", {"migrations_dir": str(folder), "action": "rolled_back",
-                                   "migration_name": "20240101000000_init"}).review()
+                                   "migration_name": INIT}).review()
     with pytest.raises(PolicyAbort, match="P3011"):
         Run("migration-recovery", {"migrations_dir": str(folder), "action": "rolled_back",
                                    "migration_name": PENDING}).review()
@@ -187,3 +189,58 @@ def test_notebook_via_cli_path(failed_db, tmp_path):
     nb = Path(out.run_dir / "migration_recovery.ipynb").read_text()
     assert FAILED in nb and "prisma migrate reset" in nb
     assert out.summary["migrations failed"] == 1
+
+
+def test_applied_with_missing_steps_is_refused_without_completing_sql(failed_db, engine_for):
+    """`resolve --applied` tells deploy every step is there: two are not (the foreign key, CampaignStat)."""
+    url, folder = failed_db
+    before = rows(url)
+    params = {"migrations_dir": str(folder), "action": "applied"}
+    plan = Run("migration-recovery", params).review()
+    assert plan.summary["steps missing"] == 2
+    warning = next(w for w in plan.warnings if "not in the database" in w)
+    assert "add constraint vouchers.vouchers_campaignId_fkey" in warning and "create table CampaignStat" in warning
+    assert "compensating_sql" in warning and "override_reason" in warning
+    run = Run("migration-recovery", {**params, "mode": "execute", "approved_plan": plan.plan_id})
+    with pytest.raises(PolicyAbort, match="2 steps are not in the database.*compensating_sql.*override_reason") as ei:
+        run.execute()
+    assert ei.value.exit_code == 7 and "\n" not in ei.value.one_line()
+    pd.testing.assert_frame_equal(rows(url), before)  # nothing written
+    with engine_for(url).connect() as c:
+        assert c.execute(sa.text("select to_regclass('\"CampaignStat\"')")).scalar() is None
+
+
+def test_applied_with_incomplete_compensating_sql_rolls_back(failed_db, tmp_path):
+    url, folder = failed_db
+    before = rows(url)
+    half = tmp_path / "half.sql"
+    half.write_text('CREATE TABLE "CampaignStat" ("id" TEXT NOT NULL);\n')  # the foreign key is still missing
+    params = {"migrations_dir": str(folder), "action": "applied", "compensating_sql": str(half)}
+    plan = Run("migration-recovery", params).review()
+    with pytest.raises(InvariantError, match="left 1 steps.*vouchers_campaignId_fkey"):
+        Run("migration-recovery", {**params, "mode": "execute", "approved_plan": plan.plan_id}).execute()
+    pd.testing.assert_frame_equal(rows(url), before)
+
+
+def test_applied_with_missing_steps_and_override_is_recorded(failed_db):
+    url, folder = failed_db
+    reason = "steps dropped on purpose in hotfix INC-9, see ticket"
+    params = {"migrations_dir": str(folder), "action": "applied", "override_reason": reason}
+    plan = Run("migration-recovery", params).review()
+    assert any("override recorded" in w for w in plan.warnings)
+    result = Run("migration-recovery", {**params, "mode": "execute", "approved_plan": plan.plan_id}).execute()
+    assert result is not None and result.changed
+    assert result.counts["override_reason"] == reason and result.counts["steps_missing_marked_applied"] == 2
+    with pytest.raises(ParameterError, match="override_reason"):
+        Run("migration-recovery", {**params, "override_reason": "short"})
+
+
+def test_applied_refused_via_cli_with_one_line_and_exit_7(failed_db, tmp_path):
+    url, folder = failed_db
+    params = {"migrations_dir": str(folder), "action": "applied"}
+    review = run_procedure("migration-recovery", params, incident="M", evidence_root=tmp_path / "ev",
+                           progress_bar=False)
+    assert review.exit_code == 0, review.error
+    out = run_procedure("migration-recovery", {**params, "mode": "execute", "approved_plan": review.plan_id},
+                        incident="M", evidence_root=tmp_path / "ev", progress_bar=False)
+    assert out.exit_code == 7 and "compensating_sql" in str(out.error)

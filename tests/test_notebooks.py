@@ -65,7 +65,10 @@ def test_token_reversal_notebook_review_then_execute(incident_db, target_env, tm
     assert st2["committed"] is True and st2["verification_passed"] is True
     eng = sa.create_engine(incident_db, poolclass=sa.pool.NullPool)
     with eng.connect() as c:
-        reversed_rows = c.exec_driver_sql('select count(*) from "TokenTransaction" where "reversalOfId" is not null').scalar()
+        # the application's shape: a reversing row names its original in sourceId, with source voucher_reversal
+        reversed_rows = c.exec_driver_sql(
+            "select count(*) from token_transactions where source = 'voucher_reversal' and \"sourceId\" is not null"
+        ).scalar()
     eng.dispose()
     assert reversed_rows == st2["counts"]["rows_reversed"] == state["summary"]["ledger rows to reverse"]
     assert f"'rows_reversed': {reversed_rows}" in outputs_text(nb2)

@@ -90,3 +90,32 @@ def test_confirm_target_never_comes_from_a_file(tmp_path):
     g = tmp_path / "q.yaml"
     g.write_text("since: 2025-12-01T00:00:00Z\n")
     assert P.merge_sources([g], [], {"confirm_target": "app"})["confirm_target"] == "app"
+
+
+@pytest.mark.parametrize(
+    ("value", "hint"),
+    [("2025-12-01", "2025-12-01T00:00:00Z"), ("2025-12-01T10:30", "2025-12-01T10:30:00Z"),
+     ("2025-12-01 10:30:05", "2025-12-01T10:30:05Z"), ("2025-12-01T10:30:05.25", "2025-12-01T10:30:05.250000Z")],
+)
+def test_a_naive_timestamp_gets_a_full_example_that_parses(value, hint):
+    with pytest.raises(ParameterError, match="has no time zone") as err:
+        P.parse_aware_datetime(value, "since")
+    assert f"e.g. {hint} (UTC)" in str(err.value)
+    assert P.parse_aware_datetime(hint, "since") is not None  # the hint itself is accepted: it never loops
+
+
+def test_a_date_with_a_zone_is_midnight_in_that_zone():
+    assert P.parse_aware_datetime("2025-12-01Z", "since") == dt.datetime(2025, 12, 1, tzinfo=dt.UTC)
+    assert P.parse_aware_datetime("2025-12-01+01:00", "since") == dt.datetime(2025, 11, 30, 23, tzinfo=dt.UTC)
+    with pytest.raises(ParameterError, match="not an ISO-8601 timestamp such as 2025-12-01T00:00:00Z"):
+        P.parse_aware_datetime("2025-12-01ZZ", "since")
+
+
+def test_errors_about_several_parameters_name_them_not_parameters():
+    with pytest.raises(ParameterError) as err:
+        P.validate(tr.Params, {"since": "2025-12-03T00:00:00Z", "until": "2025-12-01T00:00:00Z"})
+    assert "'parameters'" not in str(err.value) and "'since'" in str(err.value) and "'until'" in str(err.value)
+    assert err.value.parameter == "since"
+    with pytest.raises(ParameterError) as missing:
+        P.validate(tr.Params, {})
+    assert str(missing.value).startswith("'since' is required") and missing.value.parameter == "since"

@@ -24,7 +24,7 @@ def test_old_pg_dump_gives_the_clear_error(tmp_path):
 def test_password_never_on_the_command_line(monkeypatch):
     args, env = pgtools.libpq_env("postgresql+psycopg2://bob:S3cret-pw@db.internal:6543/app")
     assert "S3cret-pw" not in " ".join(args) and env["PGPASSWORD"] == "S3cret-pw"
-    assert args == ["--host", "db.internal", "--port", "6543", "--username", "bob"]
+    assert args == ["--dbname", "host='db.internal' port='6543' user='bob' dbname='app'"]
 
 
 def fake_tool(folder: Path, name: str, version: str) -> Path:
@@ -40,8 +40,10 @@ def test_injected_candidates_pick_the_newest_fitting_one(tmp_path):
     fake_tool(tmp_path / "b", "pg_dump", "17.2")
     fake_tool(tmp_path / "c", "pg_dump", "18.1")
     dirs = [tmp_path / "a", tmp_path / "b", tmp_path / "c"]
-    assert pgtools.find_tool("pg_dump", 17, dirs).major == 18
-    assert pgtools.find_tool("pg_dump", 16, dirs[:2]).version == "17.2"
+    assert pgtools.find_tool("pg_dump", 17, dirs).version == "17.2"  # the server's own major first
+    assert pgtools.find_tool("pg_dump", 16, dirs).version == "17.2"  # else the nearest newer one
+    assert pgtools.find_tool("pg_dump", 15, dirs).version == "15.4"
+    assert pgtools.find_tool("pg_dump", 15, dirs, at_least=17).version == "17.2"
     with pytest.raises(ToolMissingError, match=r"pg_dump 19 or newer is needed.*15\.4.*17\.2"):
         pgtools.find_tool("pg_dump", 19, dirs)
 
@@ -66,3 +68,23 @@ def test_tool_failure_is_redacted(tmp_path):
         pgtools.run_tool(pgtools.Tool("pg_dump", failing, 18, "18.0"), "postgresql://bob:S3cret-pw@h:5432/db", [])
     assert "S3cret-pw" not in str(exc.value)
     assert tool.major == 18
+
+
+def test_runbook_pg_bin_forces_the_folder(tmp_path, monkeypatch):
+    fake_tool(tmp_path / "only", "pg_dump", "16.3")
+    monkeypatch.setenv("RUNBOOK_PG_BIN", str(tmp_path / "only"))
+    assert pgtools.candidate_dirs() == [tmp_path / "only"]
+    assert pgtools.find_tool("pg_dump", 15).version == "16.3"
+    with pytest.raises(ToolMissingError, match="RUNBOOK_PG_BIN"):
+        pgtools.find_tool("pg_dump", 17)
+
+
+def test_script_filter_drops_settings_an_older_server_rejects_but_never_data():
+    script = [b"SET statement_timeout = 0;\n", b"SET transaction_timeout = 0;\n",
+              b'COPY public."T" (id, note) FROM stdin;\n', b"SET transaction_timeout = 0;\n", b"\\.\n",
+              b"SET transaction_timeout = 0;\n", b"CREATE TABLE x ();\n"]
+    assert pgtools.unknown_settings(15) == ["transaction_timeout"] and pgtools.unknown_settings(17) == []
+    out = list(pgtools.filter_script(script, ["transaction_timeout"]))
+    assert out == [script[0], script[2], script[3], script[4], script[6]]
+    assert list(pgtools.filter_script(script, [])) == script
+    assert pgtools.dump_major("18.1") == 18 and pgtools.dump_major(None) == 0

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from runbook_lib.prisma import config as pconfig
 from runbook_lib.prisma import edit, history
 from runbook_lib.prisma.migrate import checksum
 
@@ -24,17 +25,18 @@ VALIDATOR = ROOT / "tests" / "prisma_validator"
 MODELS, ENUMS = ["Voucher", "VoucherRedemption"], ["VoucherType", "VoucherStatus"]
 
 
-def validator_or_skip() -> Callable[[Path], tuple[bool, dict]]:
+def validator_or_skip(major: int = 6) -> Callable[[Path], tuple[bool, dict]]:
+    """Prisma's own parser of ``major`` (6 or 7), or skip when Node or that validator is not installed."""
     node = shutil.which("node")
     if node is None:
         pytest.skip("Node.js is not installed: Prisma's schema validator cannot run")
-    if not (VALIDATOR / "node_modules" / "@prisma" / "prisma-schema-wasm").is_dir():
-        pytest.skip("Prisma's schema validator is not installed: run `cd tests/prisma_validator && npm install` "
-                    "(or `make validator`)")
+    if not (VALIDATOR / "node_modules" / f"prisma-schema-wasm-{major}").is_dir():
+        pytest.skip(f"Prisma {major}'s schema validator is not installed: run `cd tests/prisma_validator && "
+                    "npm install` (or `make validator`)")
 
     def run(path: Path) -> tuple[bool, dict]:
-        proc = subprocess.run([node, str(VALIDATOR / "validate.js"), str(path)], capture_output=True, text=True,
-                              timeout=120, check=False)
+        proc = subprocess.run([node, str(VALIDATOR / "validate.js"), "--major", str(major), str(path)],
+                              capture_output=True, text=True, timeout=120, check=False)
         out = json.loads(proc.stdout.strip().splitlines()[-1]) if proc.stdout.strip() else {"error": proc.stderr}
         return proc.returncode == 0 and out.get("ok") is True, out
 
@@ -108,8 +110,9 @@ enum VoucherType {
 """
 
 
-def test_demo_schema_edit_is_minimal():
-    old = (ROOT / "demo" / "prisma" / "schema.prisma").read_text()
+@pytest.mark.parametrize("demo", ["prisma", "prisma_linked"])
+def test_demo_schema_edit_is_minimal(demo):
+    old = (ROOT / "demo" / demo / "schema.prisma").read_text()
     e = edit.remove_definitions(old, MODELS, ENUMS)
     removed = only_removed_lines(old, e.new_text)
     assert "  voucherRedemptions VoucherRedemption[]\n" in removed
@@ -149,10 +152,10 @@ def test_crlf_file_stays_crlf():
     assert e.new_text == edit.remove_definitions(TRICKY, MODELS, ENUMS).new_text.replace("\n", "\r\n")
 
 
-@pytest.mark.parametrize("source", ["demo", "tricky"])
-def test_prisma_accepts_the_edited_schema(tmp_path, source):
-    validate = validator_or_skip()
-    old = (ROOT / "demo" / "prisma" / "schema.prisma").read_text() if source == "demo" else TRICKY
+@pytest.mark.parametrize(("source", "major"), [("prisma", 7), ("prisma_linked", 6), ("tricky", 6)])
+def test_prisma_accepts_the_edited_schema(tmp_path, source, major):
+    validate = validator_or_skip(major)
+    old = (ROOT / "demo" / source / "schema.prisma").read_text() if source != "tricky" else TRICKY
     before = tmp_path / "before.prisma"
     before.write_text(old)
     ok, out = validate(before)
@@ -176,8 +179,8 @@ def test_validator_rejects_a_dangling_relation(tmp_path):
 def test_history_files_and_checksums(tmp_path):
     folder = tmp_path / "migrations"
     name = history.next_migration_name(folder, "remove_vouchers")
-    script = history.render_sql([("DropTable", 'DROP TABLE public."VoucherRedemption"')], header=["note"])
-    assert script == '-- note\n\n-- DropTable\nDROP TABLE public."VoucherRedemption";\n'
+    script = history.render_sql([("DropTable", 'DROP TABLE "VoucherRedemption"')], header=["note"])
+    assert script == '-- note\n\n-- DropTable\nDROP TABLE "VoucherRedemption";\n'
     path = history.write_migration(folder, name, script)
     assert checksum(path.read_bytes()) == checksum(script)
     assert (folder / "migration_lock.toml").read_text().endswith('provider = "postgresql"\n')
@@ -190,12 +193,54 @@ def test_history_files_and_checksums(tmp_path):
         history.write_migration(folder, name, script)
 
 
-def test_validator_is_the_schemas_prisma_major():
-    """The demo schemas are Prisma 6 schemas (the datasource `url` lives in schema.prisma, which Prisma 7 moved to
-    prisma.config.ts): the pinned validator must be Prisma 6's, or it would judge them by another major's rules."""
-    pinned = json.loads((VALIDATOR / "package.json").read_text())["dependencies"]["@prisma/prisma-schema-wasm"]
-    locked = json.loads((VALIDATOR / "package-lock.json").read_text())["packages"][
-        "node_modules/@prisma/prisma-schema-wasm"]["version"]
-    assert pinned == locked and pinned.split(".")[0] == "6"
-    for schema in ("prisma", "prisma_mapped"):
-        assert 'url      = env("DATABASE_URL")' in (ROOT / "demo" / schema / "schema.prisma").read_text()
+def test_both_validators_are_pinned_and_each_judges_its_major(tmp_path):
+    """Both majors side by side (npm aliases): Prisma 6 rejects a datasource without url ("url is missing"),
+    Prisma 7 rejects one with it (the URL moved to prisma.config.ts); each demo schema is its major's."""
+    deps = json.loads((VALIDATOR / "package.json").read_text())["dependencies"]
+    lock = json.loads((VALIDATOR / "package-lock.json").read_text())["packages"]
+    for major, prefix in ((6, "6.19.0-"), (7, "7.3.0-")):
+        spec = deps[f"prisma-schema-wasm-{major}"]
+        assert spec.startswith("npm:@prisma/prisma-schema-wasm@" + prefix)
+        assert lock[f"node_modules/prisma-schema-wasm-{major}"]["version"] == spec.split("@")[-1]
+    assert pconfig.prisma_major(ROOT / "demo" / "prisma" / "schema.prisma")[0] == 7  # demo/package.json
+    shutil.copy(ROOT / "demo" / "prisma_linked" / "schema.prisma", tmp_path / "schema.prisma")
+    assert pconfig.prisma_major(tmp_path / "schema.prisma")[0] == 6  # no package.json: the datasource has url
+    v6, v7 = validator_or_skip(6), validator_or_skip(7)
+    real, linked = ROOT / "demo" / "prisma" / "schema.prisma", ROOT / "demo" / "prisma_linked" / "schema.prisma"
+    ok, out = v6(real)
+    assert not ok and "url" in out["error"] and "missing" in out["error"]
+    assert v7(real)[0] and v6(linked)[0]
+    ok, out = v7(linked)
+    assert not ok and "url" in out["error"]
+    # the library's check says so plainly, or says it was not checked
+    assert pconfig.validate_text({"s.prisma": real.read_text()}, 7).ok is True
+    assert pconfig.validate_text({"s.prisma": real.read_text()}, 6).ok is False
+
+
+def test_validation_not_checked_without_node(monkeypatch):
+    monkeypatch.setenv("PATH", "/nonexistent")
+    v = pconfig.validate_text({"s.prisma": "model A { id Int @id }"}, 7)
+    assert not v.checked and v.ok is None and "not checked: Node/validator not installed" in v.line()
+
+
+def test_prisma_major_and_config_parsing(tmp_path):
+    (tmp_path / "prisma").mkdir()
+    schema = tmp_path / "prisma" / "schema.prisma"
+    schema.write_text('datasource db {\n  provider = "postgresql"\n}\n')
+    assert pconfig.prisma_major(schema)[0] == 7
+    schema.write_text('datasource db {\n  provider = "postgresql"\n  url = env("DATABASE_URL")\n}\n')
+    assert pconfig.prisma_major(schema)[0] == 6
+    (tmp_path / "package.json").write_text('{"devDependencies": {"prisma": "^7.3.0"}}')
+    assert pconfig.prisma_major(schema)[0] == 7
+    assert pconfig.migrations_dir(schema) == (tmp_path / "prisma" / "migrations").resolve()
+    (tmp_path / "prisma.config.ts").write_text(
+        "/* schema: 'nope' */ export default { schema: 'prisma', migrations: { path: `prisma/mig` },\n"
+        "  datasource: { url: 'postgresql://u@h/db' } }  // trailing\n")
+    cfg = pconfig.read_config(tmp_path / "prisma.config.ts")
+    assert cfg.schema == (tmp_path / "prisma").resolve() and cfg.has_datasource_url
+    assert pconfig.migrations_dir(schema) == (tmp_path / "prisma" / "mig").resolve()
+    assert pconfig.schema_files(tmp_path / "prisma") == [schema]
+    (tmp_path / "prisma.config.ts").write_text("export default defineConfig({ schema: getSchema() })\n")
+    cfg = pconfig.read_config(tmp_path / "prisma.config.ts")
+    assert cfg.schema is None and cfg.notes and pconfig.migrations_dir(schema) == (tmp_path / "prisma" / "migrations"
+                                                                                    ).resolve()

@@ -24,12 +24,12 @@ def checksums(url: str) -> dict[str, object]:
 
 @pytest.mark.parametrize("procedure,inner", [
     ("token-reversal", {**INNER, "ledger_mode": "delete"}),
-    ("partial-rollback", {"all_vouchers": True}),
+    ("partial-rollback", {"all_vouchers": True, "grant_link": "redemption_id"}),  # the linked schema's link
 ])
-def test_rehearsal_runs_on_a_copy_and_leaves_the_source_unchanged(incident_db, target_env, tmp_path, procedure,
+def test_rehearsal_runs_on_a_copy_and_leaves_the_source_unchanged(linked_incident_db, target_env, tmp_path, procedure,
                                                                   inner, pg_server):
-    target_env(incident_db)
-    before = checksums(incident_db)
+    target_env(linked_incident_db)
+    before = checksums(linked_incident_db)
     params = {"rehearse": procedure, "rehearse_parameters": inner}
     review = run_procedure("rehearsal", params, incident="R", evidence_root=tmp_path, progress_bar=False)
     assert review.exit_code == 0, review.error
@@ -38,15 +38,15 @@ def test_rehearsal_runs_on_a_copy_and_leaves_the_source_unchanged(incident_db, t
     assert done.exit_code == 0, done.error
     c = done.counts
     assert c["verification_passed"] is True and c["live_unchanged"] is True and c["copy_kept"] is False
-    assert checksums(incident_db) == before  # byte for byte: every table of the source
+    assert checksums(linked_incident_db) == before  # byte for byte: every table of the source
     with sa.create_engine(pg_server.admin_url, poolclass=sa.pool.NullPool).connect() as a:
         assert a.execute(sa.text("select 1 from pg_database where datname = :d"), {"d": c["copy"]}).first() is None
     nb = (done.run_dir / "rehearsal.ipynb").read_text()
     assert "copy rows after" in nb
 
 
-def test_keep_copy_and_bad_inner_parameters(incident_db, target_env, pg_server):
-    target_env(incident_db)
+def test_keep_copy_and_bad_inner_parameters(linked_incident_db, target_env, pg_server):
+    target_env(linked_incident_db)
     with pytest.raises(ParameterError, match="since"):
         Run("rehearsal", {"rehearse": "token-reversal", "rehearse_parameters": {"since": "yesterday"}}).review()
     with pytest.raises(ParameterError, match="cannot be rehearsed"):
@@ -77,8 +77,8 @@ def _review(params):
     return plan
 
 
-def test_template_copy_when_the_target_is_idle(incident_db, target_env, pg_server):
-    target_env(incident_db)
+def test_template_copy_when_the_target_is_idle(linked_incident_db, target_env, pg_server):
+    target_env(linked_incident_db)
     params = {"rehearse": "token-reversal", "rehearse_parameters": INNER}
     plan = _review(params)
     assert plan.summary["copy by"].startswith("CREATE DATABASE")
@@ -89,15 +89,15 @@ def test_template_copy_when_the_target_is_idle(incident_db, target_env, pg_serve
     assert _copies(pg_server) == before
 
 
-def test_dump_copy_when_others_are_connected_and_a_failed_copy_is_dropped(incident_db, target_env, pg_server,
+def test_dump_copy_when_others_are_connected_and_a_failed_copy_is_dropped(linked_incident_db, target_env, pg_server,
                                                                           monkeypatch):
     from runbook_lib import pgtools
 
-    target_env(incident_db)
+    target_env(linked_incident_db)
     params = {"rehearse": "token-reversal", "rehearse_parameters": INNER}
     plan = _review(params)
     before = _copies(pg_server)
-    app = sa.create_engine(incident_db, poolclass=sa.pool.NullPool)
+    app = sa.create_engine(linked_incident_db, poolclass=sa.pool.NullPool)
     with app.connect() as other:  # the application: TEMPLATE is impossible, pg_dump | pg_restore is used
         other.exec_driver_sql("select 1")
         result = Run("rehearsal", {**params, "mode": "execute", "approved_plan": plan.plan_id}).execute()
@@ -117,10 +117,10 @@ def test_dump_copy_when_others_are_connected_and_a_failed_copy_is_dropped(incide
     assert _copies(pg_server) == before  # the half-made copy is not left behind
 
 
-def test_a_template_copy_is_dropped_when_the_run_fails_before_apply(incident_db, target_env, pg_server, monkeypatch):
+def test_a_template_copy_is_dropped_when_the_run_fails_before_apply(linked_incident_db, target_env, pg_server, monkeypatch):
     from runbook_lib.procedures import rehearsal
 
-    target_env(incident_db)
+    target_env(linked_incident_db)
     params = {"rehearse": "token-reversal", "rehearse_parameters": INNER}
     plan = _review(params)
     before = _copies(pg_server)
@@ -134,25 +134,25 @@ def test_a_template_copy_is_dropped_when_the_run_fails_before_apply(incident_db,
     assert _copies(pg_server) == before
 
 
-def test_the_live_transaction_is_read_only(incident_db, engine_for):
+def test_the_live_transaction_is_read_only(linked_incident_db, engine_for):
     from runbook_lib import db
     from runbook_lib.names import NameMap
     from runbook_lib.procedures import rehearsal
 
-    eng = engine_for(incident_db)
+    eng = engine_for(linked_incident_db)
     with pytest.raises(Exception, match="read-only"), db.write_transaction(
             eng, lock_timeout_ms=1000, statement_timeout_ms=10000) as conn:
         rehearsal.lock(conn, None, NameMap())  # type: ignore[arg-type]
         conn.exec_driver_sql('update "Voucher" set "currentUses" = "currentUses"')
 
 
-def test_rehearse_restore_with_a_backup_of_the_live_database(incident_db, target_env, tmp_path):
+def test_rehearse_restore_with_a_backup_of_the_live_database(linked_incident_db, target_env, tmp_path):
     from test_backup import corrupt, take_backup
 
-    target_env(incident_db)
+    target_env(linked_incident_db)
     take_backup(tmp_path, "RR")
-    corrupt(incident_db)
-    before = checksums(incident_db)
+    corrupt(linked_incident_db)
+    before = checksums(linked_incident_db)
     params = {"rehearse": "restore", "rehearse_parameters": {"backup": "latest"}}
     review = run_procedure("rehearsal", params, incident="RR", evidence_root=tmp_path, progress_bar=False)
     assert review.exit_code == 0, review.error
@@ -160,4 +160,4 @@ def test_rehearse_restore_with_a_backup_of_the_live_database(incident_db, target
                          evidence_root=tmp_path, progress_bar=False)
     assert done.exit_code == 0, done.error
     assert done.counts["verification_passed"] is True and done.counts["live_unchanged"] is True
-    assert checksums(incident_db) == before  # the live database stays corrupted: only the copy was restored
+    assert checksums(linked_incident_db) == before  # the live database stays corrupted: only the copy was restored

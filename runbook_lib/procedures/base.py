@@ -70,14 +70,34 @@ class ApplyResult:
 
 @dataclass
 class Check:
+    """One named verification check. ``count`` offending rows, a bounded ``sample`` of them when it failed.
+
+    ``after_execute``: set by the procedure on a post-condition that holds only once the change is applied (token
+    reversal's "no selected ledger row left unreversed"). In a review such a check is not a failure: the driver
+    marks it ``pending`` (shown as "pending (applies after execute)", never counted as failed).
+    """
+
     name: str
     passed: bool
     count: int = 0
     detail: str = ""
     sample: pd.DataFrame | None = None
+    after_execute: bool = False
+    pending: bool = False
+
+    @property
+    def failed(self) -> bool:
+        return not self.passed and not self.pending
+
+    @property
+    def status(self) -> str:
+        return "passed" if self.passed else "pending (applies after execute)" if self.pending else "FAILED"
 
     def as_dict(self) -> dict[str, Any]:
-        return {"name": self.name, "passed": self.passed, "count": int(self.count), "detail": self.detail}
+        out: dict[str, Any] = {"name": self.name, "passed": self.passed, "count": int(self.count), "detail": self.detail}
+        if self.pending:
+            out["pending"] = True
+        return out
 
 
 @dataclass
@@ -87,10 +107,18 @@ class VerifyResult:
 
     @property
     def passed(self) -> bool:
-        return all(c.passed for c in self.checks)
+        """No check failed (pending checks of a review do not count)."""
+        return not self.failed
+
+    @property
+    def failed(self) -> list[Check]:
+        return [c for c in self.checks if c.failed]
 
     def table(self) -> pd.DataFrame:
-        return pd.DataFrame([c.as_dict() for c in self.checks], columns=["name", "passed", "count", "detail"])
+        """One row per check: ``status`` passed / FAILED / pending; ``passed`` is empty for a pending check."""
+        return pd.DataFrame([{"name": c.name, "status": c.status, "passed": None if c.pending else c.passed,
+                              "count": int(c.count), "detail": c.detail} for c in self.checks],
+                            columns=["name", "status", "passed", "count", "detail"])
 
 
 class Procedure(Protocol):

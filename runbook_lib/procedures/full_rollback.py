@@ -29,7 +29,7 @@ from typing import Any, ClassVar, Literal
 
 import pandas as pd
 import sqlalchemy as sa
-from pydantic import field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
 from sqlalchemy.engine import Connection
 
 from .. import catalog, faults
@@ -38,6 +38,7 @@ from ..db import quote_ident
 from ..errors import EvidenceError, InvariantError, ParameterError, PolicyAbort
 from ..names import NameMap
 from ..params import DestructiveParams, LedgerSource, identifiers
+from ..prisma import config as pconfig
 from ..prisma import edit as pedit
 from ..prisma import history
 from . import token_reversal as tr
@@ -63,18 +64,19 @@ _COMMENT = {"table": "DropTable", "type": "DropEnum", "view": "DropView", "mater
 class Params(DestructiveParams):
     procedure: ClassVar[str] = NAME
 
-    ledger_policy: Literal["keep", "reverse"] | None = None
-    source: LedgerSource = "voucher_redemption"
-    ledger_mode: tr.LedgerMode = "compensate"
-    negative_policy: Literal["allow", "clamp", "abort"] = "allow"
-    reversal_type: str = "REVERSAL"
-    reversal_source: LedgerSource = "voucher_reversal"
-    drop_dependents: list[str] = []
-    models: list[str] = ["Voucher", "VoucherRedemption"]
-    enums: list[str] = ["VoucherType", "VoucherStatus"]
-    prisma_side: bool = True
-    migration_name: str = "remove_voucher_system"
-    top_users: int = 50
+    ledger_policy: Literal["keep", "reverse"] | None = Field(None, description="required: reverse (voucher tokens taken back first) or keep (grants stay, their sourceId dangles)")
+    source: LedgerSource = Field("voucher_redemption", description="ledger source of voucher grants")
+    ledger_mode: tr.LedgerMode = Field("compensate", description="with ledger_policy reverse: compensate (reversing rows) or delete")
+    negative_policy: Literal["allow", "clamp", "abort"] = Field("allow", description="with ledger_policy reverse: allow (flagged), clamp (to zero) or abort")
+    reversal_type: str = Field("auto", description="type of reversing rows: auto (read from the ledger's type enum; the real app has no REVERSAL) or a value of it")
+    reversal_source: LedgerSource = Field("voucher_reversal", description="source of reversing rows; must differ from source")
+    drop_dependents: list[str] = Field([], description="unexpected dependent objects you accept to drop, as listed by the review")
+    models: list[str] = Field(["Voucher", "VoucherRedemption"], description="the voucher models (tables) to drop")
+    enums: list[str] = Field(["VoucherType", "VoucherStatus"], description="the voucher enums to drop")
+    prisma_side: bool = Field(True, description="also edit schema.prisma and write and record the migration (needs prisma_schema)")
+    prisma_config: str | None = Field(None, description="the app's prisma.config.ts (Prisma 7; default: next to prisma_schema or up to two folders above)")
+    migration_name: str = Field("remove_voucher_system", description="name of the migration that records the removal")
+    top_users: int = Field(50, description="users shown in the before/after table (1-1000)")
 
     @field_validator("drop_dependents", "models", "enums", mode="before")
     @classmethod
@@ -102,6 +104,15 @@ class Params(DestructiveParams):
             raise ValueError(f"{bad} are not object names as the review shows them (e.g. view public.voucher_stats)")
         return v
 
+    @field_validator("prisma_config")
+    @classmethod
+    def _config(cls, v: str | None) -> str | None:
+        if v in (None, ""):
+            return None
+        if not Path(v).is_file():
+            raise ValueError(f"file {v!r} does not exist (give the app's prisma.config.ts)")
+        return v
+
     @field_validator("migration_name")
     @classmethod
     def _mname(cls, v: str) -> str:
@@ -115,6 +126,16 @@ class Params(DestructiveParams):
                              "(ledger rows stay, their sourceId then names dropped redemptions)")
         if not self.models:
             raise ValueError("'models' must name at least one model to drop")
+        if self.prisma_config and not self.prisma_schema:
+            cfg = pconfig.read_config(self.prisma_config)
+            if cfg.schema is None:
+                raise ValueError(f"prisma_config {self.prisma_config!r} names no schema this tool understands "
+                                 "(a string literal or path.join of literals); pass prisma_schema")
+            if not cfg.schema.is_file():
+                raise ValueError(f"prisma_config names the schema {str(cfg.schema)!r}, which is not a file (a schema "
+                                 "folder cannot be edited here: pass prisma_schema naming the file with the voucher "
+                                 "models, or prisma_side=false)")
+            self.prisma_schema = str(cfg.schema)
         if self.prisma_side and not self.prisma_schema:
             raise ValueError("'prisma_schema' is required for the Prisma side (Steps 4-5): the path of schema.prisma; "
                              "or set prisma_side=false to change only the database")
@@ -127,14 +148,40 @@ def _db_names(names: NameMap, params: Params) -> tuple[list[str], list[str]]:
     return [names.table_name(m) for m in params.models], [names.enum_name(e) for e in params.enums]
 
 
+def _migrations_folder(params: Params) -> Path:
+    """The app's migrations folder: ``migrations.path`` of prisma.config.ts (given, or found next to the schema or
+    up to two folders above it), else ``migrations`` next to schema.prisma (Prisma 6's default)."""
+    return pconfig.migrations_dir(params.prisma_schema, params.prisma_config)
+
+
+def nothing_to_do(conn: Connection, params: Params, names: NameMap) -> bool:
+    """No voucher table or enum is left (a second execute): the run changes nothing and needs no backup."""
+    tbls, enums = _db_names(names, params)
+    return not catalog.find_seeds(conn, names.db_schema, tbls, enums)[0]
+
+
 def _migration_sql(disc: catalog.Discovery, params: Params, ledger_note: str) -> str:
-    steps = [(_COMMENT.get(u.type, "Drop"), u.drop_sql or "") for u in disc.order]
+    # schema-relative names, as in Prisma's own migrations (Prisma sets the search_path from ?schema=);
+    # the statements that run in apply are the same ones, schema-qualified
+    steps = [(_COMMENT.get(u.type, "Drop"), u.migration_sql or u.drop_sql or "") for u in disc.order]
     header = [f"Voucher system removed by the voucher runbooks (full-rollback); ledger_policy={params.ledger_policy}.",
               ledger_note]
     return history.render_sql(steps, header=[h for h in header if h])
 
 
-def plan(conn: Connection, params: Params, names: NameMap) -> Plan:
+def check_schema(params: Params, sedit: pedit.SchemaEdit) -> pconfig.Validation:
+    """Does Prisma's own parser (the app's major: package.json, else the datasource's style) accept the edit?"""
+    major, how = pconfig.prisma_major(params.prisma_schema, params.prisma_config)
+    result = pconfig.validate_text({str(params.prisma_schema): sedit.new_text}, major)
+    if result.checked and not result.ok:
+        before = pconfig.validate_text({str(params.prisma_schema): sedit.old_text}, major)
+        if before.checked and not before.ok:
+            result.message += " (the schema as it is now is rejected too: not caused by this edit)"
+    result.major_from = how
+    return result
+
+
+def plan(conn: Connection, params: Params, names: NameMap, detail: bool = True) -> Plan:
     tbls, enums = _db_names(names, params)
     disc = catalog.discover(conn, names.db_schema, tbls, enums)
     seed_tables = [u for u in disc.order if u.is_seed and u.type == "table"]
@@ -174,7 +221,7 @@ def plan(conn: Connection, params: Params, names: NameMap) -> Plan:
         ledger_note = ""
     elif params.ledger_policy == "keep":
         ledger_note = (f"{grants[0]} {L} rows with source '{params.source}' ({grants[1]} tokens) were kept; their "
-                       "sourceId names redemptions dropped here (exported to the run's evidence folder).")
+                       "sourceId names vouchers or redemptions dropped here (exported to the run's evidence folder).")
         warnings.append(f"ledger_policy=keep: {grants[0]} ledger rows ({grants[1]} tokens) keep a sourceId that will "
                         "point to dropped redemptions; they are exported to the evidence folder and noted in the "
                         "migration")
@@ -182,14 +229,19 @@ def plan(conn: Connection, params: Params, names: NameMap) -> Plan:
         ledger_note = (f"{grants[0]} voucher grants in {L} ({grants[1]} tokens): {rp.summary['rows_to_reverse']} "
                        f"reversed first here (ledger_mode={params.ledger_mode}), "
                        f"{rp.summary['rows_already_reversed']} reversed by an earlier run; their sourceId still names "
-                       "the dropped redemptions.")
+                       "the dropped vouchers or redemptions.")
     else:
         ledger_note = f"no {L} table: no voucher grants to reverse."
     migration_sql = _migration_sql(disc, params, ledger_note) if not disc.empty else ""
     schema_edit: pedit.SchemaEdit | None = None
+    validation: pconfig.Validation | None = None
     if params.prisma_side and params.prisma_schema:
         schema_edit = pedit.remove_from_file(params.prisma_schema, params.models, params.enums)
         warnings.extend(schema_edit.warnings)
+        if detail and schema_edit.changed:  # not under the locks: Node takes a moment
+            validation = check_schema(params, schema_edit)
+            if validation.checked and not validation.ok:
+                warnings.append(validation.line())
         if disc.empty and schema_edit.changed:
             warnings.append("the database has no voucher objects but schema.prisma still defines them")
         if not disc.empty and not history.history_table(conn, names.db_schema):
@@ -207,6 +259,7 @@ def plan(conn: Connection, params: Params, names: NameMap) -> Plan:
         "ledger policy": params.ledger_policy,
         "schema.prisma blocks removed": len(schema_edit.removed_blocks) if schema_edit else 0,
         "schema.prisma fields removed": len(schema_edit.removed_fields) if schema_edit else 0,
+        **({"Prisma's parser on the edited schema": validation.line()} if validation is not None else {}),
         "nothing_to_do": disc.empty,
     }
     if rp is not None:
@@ -223,7 +276,9 @@ def plan(conn: Connection, params: Params, names: NameMap) -> Plan:
               "schema": hashlib.sha256(schema_edit.new_text.encode()).hexdigest() if schema_edit else None}
     p = Plan(procedure=NAME, plan_id=plan_hash(NAME, digest), summary=summary, frames=frames, warnings=warnings,
              details={"discovery": disc, "unacknowledged": unack, "undroppable": undroppable, "reversal": rp,
-                      "migration_sql": migration_sql, "schema_edit": schema_edit, "row_counts": counts})
+                      "migration_sql": migration_sql, "schema_edit": schema_edit, "row_counts": counts,
+                      "schema_validation": validation,
+                      "migrations_folder": str(_migrations_folder(params)) if params.prisma_schema else None})
     if ledger_exists and not disc.empty:
         R, V = "VoucherRedemption", "Voucher"
         redemptions = conn.execute(sa.text("select to_regclass(:t)"), {"t": names.t(R)}).scalar() is not None
@@ -232,8 +287,13 @@ def plan(conn: Connection, params: Params, names: NameMap) -> Plan:
             p.exports["ledger_grants_with_redemptions"] = (
                 f"select tt.*, r.{names.c(R, 'voucherId')} as redemption_voucher_id, "
                 f"r.{names.c(R, 'redeemedAt')} as redemption_redeemed_at, v.{names.c(V, 'code')} as voucher_code "
+                # sourceId names the redemption (linked shape) or the voucher, the user then picking the
+                # redemption (the real application: unique (voucherId, userId))
                 f"from {names.t(L)} tt left join {names.t(R)} r on r.{names.c(R, 'id')} = tt.{names.c(L, 'sourceId')} "
-                f"left join {names.t(V)} v on v.{names.c(V, 'id')} = r.{names.c(R, 'voucherId')} where {where} "
+                f"or (r.{names.c(R, 'voucherId')} = tt.{names.c(L, 'sourceId')} "
+                f"and r.{names.c(R, 'userId')} = tt.{names.c(L, 'userId')}) "
+                f"left join {names.t(V)} v on v.{names.c(V, 'id')} = coalesce(r.{names.c(R, 'voucherId')}, "
+                f"tt.{names.c(L, 'sourceId')}) where {where} "
                 f"order by tt.{names.c(L, 'id')}", binds)
         for u in seed_tables:
             p.exports[f"rows_{u.identity.split('.')[-1].strip(chr(34))}"] = (f"select * from {u.identity}", {})
@@ -287,7 +347,7 @@ def apply(conn: Connection, params: Params, names: NameMap, plan: Plan) -> Apply
     counts["objects dropped"] = len(disc.order)
     messages = [f"dropped {len(disc.order)} objects ({len(disc.objects)} catalog entries) in one transaction"]
     if params.prisma_side and params.prisma_schema:
-        folder = history.migrations_dir(params.prisma_schema)
+        folder = _migrations_folder(params)
         mname = history.next_migration_name(folder, params.migration_name)
         row = history.record_applied(conn, names.db_schema, mname, plan.details["migration_sql"])
         if row is not None:
@@ -334,6 +394,23 @@ def check(conn: Connection, params: Params, names: NameMap, plan: Plan, result: 
         tr.check_reversal(conn, names, rp, result.counts)
 
 
+def show_prisma_side(run: Any) -> None:
+    """Review output of the Prisma side: the migration to record (where), the schema.prisma diff, and whether
+    Prisma's own parser accepts the edited schema."""
+    p: Params = run.params
+    plan = run.plan
+    print(plan.details["migration_sql"] or "(nothing to drop)")
+    sedit: pedit.SchemaEdit | None = plan.details["schema_edit"]
+    if sedit is None:
+        print("(prisma_side is off: schema.prisma and the migrations folder are left alone)")
+        return
+    print(f"migrations folder: {plan.details.get('migrations_folder')}")
+    print(sedit.diff(str(p.prisma_schema)) or "(schema.prisma needs no change)")
+    v: pconfig.Validation | None = plan.details.get("schema_validation")
+    if v is not None:
+        print(v.line() + (f" [major from {v.major_from}]" if v.major_from else ""))
+
+
 def write_prisma_files(run: Any) -> dict[str, Any]:
     """After COMMIT only: write the migration folder and the edited schema.prisma. Review writes nothing.
 
@@ -351,7 +428,7 @@ def write_prisma_files(run: Any) -> dict[str, Any]:
     out: dict[str, Any] = {"written": True}
     mname = result.counts.get("migration_name")
     if mname:
-        path = history.write_migration(history.migrations_dir(schema_path), mname, plan.details["migration_sql"])
+        path = history.write_migration(_migrations_folder(p), mname, plan.details["migration_sql"])
         out["migration_file"] = str(path)
         out["migration_checksum"] = history.checksum(path.read_bytes())
         if out["migration_checksum"] != result.counts["migration_checksum"]:
@@ -383,7 +460,7 @@ def verify(conn: Connection, params: Params, names: NameMap, plan: Plan | None) 
         left = _remaining(conn, plan.details["discovery"])
         checks.append(Check("no dropped object remains", not left, len(left), "; ".join(left[:10])))
     if params.prisma_side and params.prisma_schema and done:
-        folder = history.migrations_dir(params.prisma_schema)
+        folder = _migrations_folder(params)
         if history.history_table(conn, names.db_schema):
             entries = history.compare(conn, names.db_schema, folder)
             bad = [e.migration_name for e in entries if not (e.in_database and e.in_folder and e.checksum_matches)]

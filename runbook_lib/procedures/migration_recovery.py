@@ -21,7 +21,7 @@ from typing import Any, ClassVar, Literal
 
 import pandas as pd
 import sqlalchemy as sa
-from pydantic import field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
 from sqlalchemy.engine import Connection
 
 from ..errors import InvariantError, NotFoundError, ParameterError, PolicyAbort
@@ -43,17 +43,13 @@ tables: list[str] = []
 class Params(CommonParams):
     procedure: ClassVar[str] = NAME
 
-    #: the app's prisma/migrations folder (recommended: pending, modified and missing states need it)
-    migrations_dir: str | None = None
-    #: the migration to resolve (default: the one failed migration, when there is exactly one)
-    migration_name: str | None = None
-    #: what execute does: none (report only), rolled_back or applied (as `prisma migrate resolve`)
-    action: Literal["none", "rolled_back", "applied"] = "none"
-    #: a .sql file undoing (for rolled_back) or completing (for applied) the steps, run in the same transaction
-    compensating_sql: str | None = None
-    #: the guide's `prisma migrate reset`: proposed only when the database is disposable and confirmed
-    propose_reset: bool = False
-    disposable: bool = False
+    migrations_dir: str | None = Field(None, description="the app's prisma/migrations folder (recommended: pending, modified and missing states need it)")
+    migration_name: str | None = Field(None, description="the migration to resolve (default: the one failed migration, when there is exactly one)")
+    action: Literal["none", "rolled_back", "applied"] = Field("none", description="what execute does: none (report only), rolled_back or applied (as prisma migrate resolve)")
+    compensating_sql: str | None = Field(None, description="a .sql file undoing (rolled_back) or completing (applied) the steps, run in the same transaction")
+    propose_reset: bool = Field(False, description="the guide's prisma migrate reset: proposed only when the database is disposable and confirmed")
+    disposable: bool = Field(False, description="the database may be thrown away (with confirm_target naming it)")
+    override_reason: str | None = Field(None, description="action applied with steps missing and no compensating_sql: refused unless this reason is given (recorded)")
 
     @field_validator("migrations_dir")
     @classmethod
@@ -71,6 +67,15 @@ class Params(CommonParams):
             return None
         if not Path(v).is_file():
             raise ValueError(f"file {v!r} does not exist")
+        return v
+
+    @field_validator("override_reason")
+    @classmethod
+    def _reason(cls, v: str | None) -> str | None:
+        if v in (None, ""):
+            return None
+        if len(v) < 10:
+            raise ValueError("give a real reason (at least 10 characters); it is recorded in the evidence")
         return v
 
     @field_validator("migration_name")
@@ -128,7 +133,10 @@ def plan(conn: Connection, params: Params, names: NameMap) -> Plan:
     warnings: list[str] = []
     frames: dict[str, pd.DataFrame] = {"migrations": pd.DataFrame([s.as_row() for s in statuses])}
     effects: list[st.StatementEffect] = []
-    if target is not None and target.status == "failed":
+    # the steps of the failed migration; with action applied also those of a pending or rolled-back one (marking
+    # it applied tells `prisma migrate deploy` that every step is in the database)
+    if target is not None and (target.status == "failed" or (params.action == "applied"
+                                                               and target.status in ("pending", "rolled back"))):
         script = _script(params, target.name)
         if script is None:
             warnings.append(f"{target.name} failed, but its migration.sql is not available (give migrations_dir): "
@@ -166,6 +174,22 @@ def plan(conn: Connection, params: Params, names: NameMap) -> Plan:
                               f"applies to failed migrations (Prisma error {code}); choose the failed migration")
         elif params.action == "applied" and _script(params, target.name) is None:
             raise NotFoundError(f"{target.name}/migration.sql is not in {params.migrations_dir}")
+        missing = _missing(effects)
+        if params.action == "applied" and not do_nothing and missing and target is not None:
+            listed = "; ".join(missing[:10]) + (" …" if len(missing) > 10 else "")
+            if params.compensating_sql:
+                warnings.append(f"{len(missing)} steps of {target.name} are not in the database ({listed}): "
+                                "compensating_sql must complete them; checked again before COMMIT")
+            elif params.override_reason:
+                warnings.append(f"{len(missing)} steps of {target.name} are not in the database ({listed}); marked "
+                                f"applied anyway, override recorded: {params.override_reason}")
+            else:
+                warnings.append(f"{len(missing)} steps of {target.name} are not in the database ({listed}): execute "
+                                "refuses to mark it applied without compensating_sql completing them, or "
+                                "override_reason")
+        if params.action == "applied" and not do_nothing and any(e.took_effect is None for e in effects):
+            warnings.append("some steps cannot be checked in the catalog (data changes, unrecognised DDL): check "
+                            "them by hand before marking the migration applied")
         if params.action == "rolled_back" and effects and any(e.took_effect for e in effects) \
                 and not params.compensating_sql:
             warnings.append("steps of this migration took effect and no compensating_sql is given: after marking it "
@@ -175,11 +199,19 @@ def plan(conn: Connection, params: Params, names: NameMap) -> Plan:
         reset = _reset_proposal(conn, params)
         warnings.append(reset["message"])
     comp = Path(params.compensating_sql).read_bytes() if params.compensating_sql else b""
+    if params.action == "applied" and effects:
+        summary["steps missing"] = len(_missing(effects))
     digest = {"target": target.as_row() if target else None, "effects": [e.as_row() for e in effects],
-              "action": params.action, "compensating_sql": history.checksum(comp) if comp else None}
+              "action": params.action, "compensating_sql": history.checksum(comp) if comp else None,
+              "override_reason": params.override_reason}
     summary["nothing_to_do"] = do_nothing
     return Plan(NAME, plan_hash(NAME, digest), summary, frames, warnings,
                 details={"target": target, "effects": effects, "compensating": comp, "reset": reset})
+
+
+def _missing(effects: list[st.StatementEffect]) -> list[str]:
+    """The steps the catalog shows are not in effect, as 'step N: kind object'."""
+    return [f"step {e.index}: {e.kind} {e.object}" for e in effects if e.took_effect is False]
 
 
 def _reset_proposal(conn: Connection, params: Params) -> dict[str, Any]:
@@ -200,6 +232,16 @@ def apply(conn: Connection, params: Params, names: NameMap, plan: Plan) -> Apply
     target: st.MigrationStatus = plan.details["target"]
     counts: dict[str, Any] = {"migration": target.name}
     comp: bytes = plan.details["compensating"]
+    missing = _missing(plan.details["effects"])
+    if params.action == "applied" and missing and not comp and not params.override_reason:
+        raise PolicyAbort(f"{target.name}: {len(missing)} steps are not in the database ("
+                          + "; ".join(missing[:5]) + (" …" if len(missing) > 5 else "") + "); marking it applied "
+                          "would hide them from `prisma migrate deploy`. Nothing was changed. Give compensating_sql "
+                          "completing them, or override_reason (recorded) to mark it applied anyway",
+                          missing=missing)
+    if params.action == "applied" and missing and params.override_reason:
+        counts["override_reason"] = params.override_reason
+        counts["steps_missing_marked_applied"] = len(missing)
     if comp:
         statements = st.split_statements(comp.decode("utf-8"))
         for stmt in statements:
@@ -230,6 +272,13 @@ def check(conn: Connection, params: Params, names: NameMap, plan: Plan, result: 
         raise InvariantError(f"{target.name} is {now} after the change, expected {want}; rolled back")
     if result.counts.get("rows_marked_rolled_back", 0) < (1 if target.status == "failed" else 0):
         raise InvariantError(f"no failed row of {target.name} was marked rolled back; rolled back")
+    if params.action == "applied" and plan.details["compensating"] and not params.override_reason:
+        script = _script(params, target.name) or b""
+        still = _missing(st.statement_effects(conn, script.decode("utf-8"), names.db_schema))
+        if still:
+            raise InvariantError(f"compensating_sql left {len(still)} steps of {target.name} missing ("
+                                 + "; ".join(still[:5]) + "); rolled back: complete them in compensating_sql",
+                                 missing=still)
 
 
 def verify(conn: Connection, params: Params, names: NameMap, plan: Plan | None) -> VerifyResult:

@@ -31,7 +31,7 @@ from typing import Any, ClassVar, Literal
 
 import pandas as pd
 import sqlalchemy as sa
-from pydantic import field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
 from sqlalchemy.engine import Connection
 
 from .. import grants
@@ -61,18 +61,18 @@ ACTIVE, DEPLETED, EXPIRED = "ACTIVE", "DEPLETED", "EXPIRED"
 class Params(DestructiveParams):
     procedure: ClassVar[str] = NAME
 
-    all_vouchers: bool = False
-    voucher_codes: list[str] = []
-    redeemed_since: str | None = None
-    redeemed_until: str | None = None
-    reset_statuses: list[str] = []
-    source: LedgerSource = "voucher_redemption"
-    grant_link: GrantLink = "voucher_and_user"
-    ledger_mode: tr.LedgerMode = "compensate"
-    negative_policy: Literal["allow", "clamp", "abort"] = "allow"
-    reversal_type: str = "auto"
-    reversal_source: LedgerSource = "voucher_reversal"
-    top_users: int = 50
+    all_vouchers: bool = Field(False, description="true: roll back every voucher; otherwise name voucher_codes")
+    voucher_codes: list[str] = Field([], description="the vouchers to roll back (case-sensitive; unknown codes are an error)")
+    redeemed_since: str | None = Field(None, description="optional redemption window start (inclusive), ISO-8601 with a zone")
+    redeemed_until: str | None = Field(None, description="optional redemption window end (exclusive), ISO-8601 with a zone")
+    reset_statuses: list[str] = Field([], description="other statuses to reset to ACTIVE too, e.g. [INACTIVE, EXPIRED] (the guide resets all)")
+    source: LedgerSource = Field("voucher_redemption", description="ledger source of voucher grants")
+    grant_link: GrantLink = Field("voucher_and_user", description="how a grant names its voucher: voucher_and_user (sourceId = voucher id, as the app writes it) or redemption_id")
+    ledger_mode: tr.LedgerMode = Field("compensate", description="compensate (reversing rows, history kept) or delete (grants removed, balances adjusted)")
+    negative_policy: Literal["allow", "clamp", "abort"] = Field("allow", description="balances that would go below zero: allow (flagged), clamp (to zero) or abort")
+    reversal_type: str = Field("auto", description="type of reversing rows: auto (REVERSAL if the enum has it, else EARN_ADMIN_ADJUSTMENT) or a value of the enum")
+    reversal_source: LedgerSource = Field("voucher_reversal", description="source of reversing rows; must differ from source")
+    top_users: int = Field(50, description="rows in the per-voucher and per-user tables (1-1000)")
 
     @field_validator("redeemed_since", "redeemed_until", mode="before")
     @classmethod
@@ -546,8 +546,8 @@ def verify(conn: Connection, params: Params, names: NameMap, plan: Plan | None) 
         f"select count(*) from ({sc.vouchers}) v where v.{q['v_uses']} <> "
         f"(select count(*) from {q['R']} r where r.{q['r_vid']} = v.{q['v_id']})"), binds).scalar_one())
     checks = [
-        Check("no redemption left in scope", left == 0 or params.mode == "review", left,
-              "redemptions matching the scope (expected 0 after execute)"),
+        Check("no redemption left in scope", left == 0, left,
+              "redemptions matching the scope (expected 0 after execute)", after_execute=True),
         Check("counters equal remaining redemptions", wrong == 0, wrong, "vouchers in scope whose currentUses differs"),
     ]
     # grants of a missing redemption that no reversing row compensates: the shared check

@@ -19,7 +19,7 @@ from typing import Any, ClassVar
 
 import pandas as pd
 import sqlalchemy as sa
-from pydantic import field_validator
+from pydantic import Field, field_validator
 from sqlalchemy.engine import Connection
 
 from .. import backups, db, pgtools
@@ -40,14 +40,10 @@ tables = ["Voucher", "VoucherRedemption", "TokenTransaction", "UserTokenBalance"
 class Params(DestructiveParams):
     procedure: ClassVar[str] = NAME
 
-    #: the backup: its run folder name in this incident, a path to it, or "latest"
-    backup: str = "latest"
-    #: tables to restore (default: every table with data in the backup)
-    restore_tables: list[str] = []
-    #: restore into this new database on the same server instead of the live one (never touches the live one)
-    into_database: str | None = None
-    #: accept a backup taken from a different database (fingerprint differs)
-    force_other_database: bool = False
+    backup: str = Field("latest", description='the backup: its run folder name in this incident, a path to it, or "latest"')
+    restore_tables: list[str] = Field([], description="tables to restore (empty: every table with data in the backup)")
+    into_database: str | None = Field(None, description="restore into this new database on the same server instead of the live one")
+    force_other_database: bool = Field(False, description="accept a backup taken from a different database (fingerprint differs)")
 
     @field_validator("restore_tables", mode="before")
     @classmethod
@@ -81,6 +77,11 @@ def _backup(params: Params) -> tuple[Path, dict[str, Any]]:
     return backups.load_backup(params.backup, incident)
 
 
+def _dumped_by(meta: dict[str, Any]) -> int:
+    """The major version of the pg_dump that wrote the backup: the pg_restore must be at least as new."""
+    return pgtools.dump_major((meta.get("pg_dump") or {}).get("version"))
+
+
 def _chosen(params: Params, meta: dict[str, Any]) -> list[str]:
     available = list(meta["tables"])
     if not params.restore_tables:
@@ -95,6 +96,14 @@ def _chosen(params: Params, meta: dict[str, Any]) -> list[str]:
 def guarded_tables(params: Params) -> list[str]:
     """The tables this execute overwrites: the backup guard wants a recent backup of exactly these."""
     return _chosen(params, _backup(params)[1])
+
+
+def restoring(params: Params) -> dict[str, Any] | None:
+    """The backup this execute restores: the backup guard wants one of the current state taken after it."""
+    if params.into_database:
+        return None
+    folder, meta = _backup(params)
+    return {"folder": str(folder), "created_at": meta["created_at"]}
 
 
 def _require_referencing_tables(conn: Connection, schema: str, chosen: list[str]) -> None:
@@ -202,7 +211,7 @@ def plan(conn: Connection, params: Params, names: NameMap, detail: bool = True) 
                               "(into_database) or re-create the schema")
     if detail and differing and not target:
         frames["differences"] = _sample_differences(conn, folder / meta["archive"], schema, differing,
-                                                    params.sample_rows)
+                                                    params.sample_rows, _dumped_by(meta))
         counts = frames["differences"].attrs.get("counts", {})
         for r in rows:
             r.update(counts.get(r["table"], {}))
@@ -215,13 +224,14 @@ def plan(conn: Connection, params: Params, names: NameMap, detail: bool = True) 
                 details={"folder": folder, "meta": meta, "tables": chosen, "schema": schema})
 
 
-def _sample_differences(conn: Connection, archive: Path, schema: str, tables_: list[str], k: int) -> pd.DataFrame:
+def _sample_differences(conn: Connection, archive: Path, schema: str, tables_: list[str], k: int,
+                        dumped_by: int = 0) -> pd.DataFrame:
     """Restore the archive into a scratch database, compare row by row, drop it."""
     scratch = f"rb_restore_{uuid.uuid4().hex[:10]}"
     _create_database(conn, scratch, schema)
     try:
-        backups.restore_archive(db_url(conn, scratch), archive, pgtools.server_major(conn))
-        eng = sa.create_engine(db_url(conn, scratch), poolclass=sa.pool.NullPool)
+        backups.restore_archive(db_url(conn, scratch), archive, pgtools.server_major(conn), dumped_by=dumped_by)
+        eng = db.create_engine(db_url(conn, scratch), poolclass=sa.pool.NullPool)
         try:
             with eng.connect() as sc:
                 parts = [_diff_samples(conn, sc, schema, t, k) for t in tables_]
@@ -247,15 +257,15 @@ def lock(conn: Connection, params: Params, names: NameMap) -> None:
 def apply(conn: Connection, params: Params, names: NameMap, plan: Plan) -> ApplyResult:
     meta, schema, chosen = plan.details["meta"], plan.details["schema"], plan.details["tables"]
     archive = plan.details["folder"] / meta["archive"]
-    major = pgtools.server_major(conn)
+    major, dumped_by = pgtools.server_major(conn), _dumped_by(meta)
     if params.into_database:
         _create_database(conn, params.into_database, schema)
         try:
-            backups.restore_archive(db_url(conn, params.into_database), archive, major)
+            backups.restore_archive(db_url(conn, params.into_database), archive, major, dumped_by=dumped_by)
         except Exception:
             _drop_database(conn, params.into_database)
             raise
-        skipped = backups.restore_post_data(db_url(conn, params.into_database), archive, major)
+        skipped = backups.restore_post_data(db_url(conn, params.into_database), archive, major, dumped_by)
         return ApplyResult(True, {"restored_into": params.into_database, "tables": len(meta["tables"]),
                                   "constraints_not_restored": skipped},
                            [f"restored {archive.name} into the new database {params.into_database}"
@@ -264,8 +274,8 @@ def apply(conn: Connection, params: Params, names: NameMap, plan: Plan) -> Apply
     scratch = f"rb_restore_{uuid.uuid4().hex[:10]}"
     _create_database(conn, scratch, schema)
     try:
-        backups.restore_archive(db_url(conn, scratch), archive, major)
-        eng = sa.create_engine(db_url(conn, scratch), poolclass=sa.pool.NullPool)
+        backups.restore_archive(db_url(conn, scratch), archive, major, dumped_by=dumped_by)
+        eng = db.create_engine(db_url(conn, scratch), poolclass=sa.pool.NullPool)
         try:
             with eng.connect() as sc:
                 counts = backups.copy_tables(sc, conn, schema, chosen)
@@ -295,7 +305,7 @@ def verify(conn: Connection, params: Params, names: NameMap, plan: Plan | None) 
     if params.mode != "execute":
         return VerifyResult(checks=[Check("review only: nothing restored", True, 0, folder.name)])
     if params.into_database:
-        eng = sa.create_engine(db_url(conn, params.into_database), poolclass=sa.pool.NullPool)
+        eng = db.create_engine(db_url(conn, params.into_database), poolclass=sa.pool.NullPool)
         try:
             with eng.connect() as other:
                 got = {t: backups.table_checksum(other, schema, t) for t in chosen}

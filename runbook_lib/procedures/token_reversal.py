@@ -31,7 +31,7 @@ from typing import Any, ClassVar, Literal
 
 import pandas as pd
 import sqlalchemy as sa
-from pydantic import field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
 from sqlalchemy.engine import Connection
 
 from .. import grants
@@ -60,17 +60,17 @@ BALANCE_NEEDS = ["userId", "balance"]
 class Params(DestructiveParams):
     procedure: ClassVar[str] = NAME
 
-    since: str | None = None
-    until: str | None = None
-    source: LedgerSource = "voucher_redemption"
-    voucher_codes: list[str] = []
-    user_ids: list[str] = []
-    ledger_mode: LedgerMode = "compensate"
-    negative_policy: NegativePolicy = "allow"
-    reversal_type: str = "auto"
-    reversal_source: LedgerSource = "voucher_reversal"
-    grant_link: GrantLink = "voucher_and_user"
-    top_users: int = 50
+    since: str | None = Field(None, description="required: start of the incident window (inclusive), ISO-8601 with a zone, e.g. 2025-12-01T00:00:00Z")
+    until: str | None = Field(None, description="end of the window (exclusive), ISO-8601 with a zone; empty: up to now")
+    source: LedgerSource = Field("voucher_redemption", description="ledger source of voucher grants")
+    voucher_codes: list[str] = Field([], description="narrow to grants of these voucher codes (empty: all; unknown codes are an error)")
+    user_ids: list[str] = Field([], description="narrow to these users (empty: all; unknown ids are an error)")
+    ledger_mode: LedgerMode = Field("compensate", description="compensate (reversing rows, history kept) or delete (the guide's way, running balances corrected)")
+    negative_policy: NegativePolicy = Field("allow", description="balances that would go below zero: allow (flagged), clamp (to zero), skip (user left out) or abort")
+    reversal_type: str = Field("auto", description="type of reversing rows: auto (REVERSAL if the enum has it, else EARN_ADMIN_ADJUSTMENT) or a value of the enum")
+    reversal_source: LedgerSource = Field("voucher_reversal", description="source of reversing rows (their sourceId names the original); must differ from source")
+    grant_link: GrantLink = Field("voucher_and_user", description="how a grant names its voucher: voucher_and_user (sourceId = voucher id, as the app writes it) or redemption_id")
+    top_users: int = Field(50, description="users shown in the before/after table (1-1000)")
 
     @field_validator("since", "until", mode="before")
     @classmethod
@@ -358,16 +358,22 @@ def _warnings(rp: ReversalPlan, summary: dict[str, Any], negative_policy: str, a
 
 
 def _histogram(conn: Connection, base: str, where_params: dict[str, Any], bins: int = 30) -> pd.DataFrame:
-    """Exact before/after balance distribution of the affected users, binned in the database."""
+    """Exact before/after balance distribution of the affected users, binned in the database; every bucket of
+    both states is present (an empty one with 0 users), so neighbouring bars are neighbouring ranges."""
     rows = conn.execute(sa.text(base + """
         , vals as (select before as v, 'before' as k from decided where before is not null
                    union all select case when included then new_balance else before end, 'after' from decided
                    where before is not null),
-          bounds as (select min(v) as lo, max(v) as hi from vals)
-        select k as "state", width_bucket(v, lo, hi + 1, :bins) as bucket,
-               lo + (hi + 1 - lo) * (width_bucket(v, lo, hi + 1, :bins) - 1) / :bins as "from",
-               count(*) as users
-        from vals, bounds group by 1, 2, 3 order by 1, 2"""), {**where_params, "bins": bins}).mappings().all()
+          bounds as (select min(v) as lo, max(v) as hi from vals),
+          counted as (select k, width_bucket(v, lo, hi + 1, :bins) as bucket, count(*) as users
+                      from vals, bounds group by 1, 2)
+        select s.k as "state", b.bucket,
+               (lo + (hi + 1 - lo) * (b.bucket - 1) / :bins)::bigint as "from",
+               coalesce(c.users, 0)::bigint as users
+        from bounds, (values ('after'), ('before')) s(k) cross join generate_series(1, :bins) b(bucket)
+        left join counted c on c.k = s.k and c.bucket = b.bucket
+        where bounds.lo is not null
+        order by 1, 2"""), {**where_params, "bins": bins}).mappings().all()
     return pd.DataFrame(rows, columns=["state", "bucket", "from", "users"])
 
 
@@ -713,7 +719,7 @@ def verify(conn: Connection, params: Params, names: NameMap, plan: Plan | None) 
         "select coalesce(sum(n) filter (where included), 0), coalesce(sum(n) filter (where not included), 0) "
         "from decided"), {**where_params, "rb_rsource": params.reversal_source}).one())
     checks = [Check("no selected ledger row left unreversed", left == 0, left,
-                    "rows in the selection without a reversal, of users the policy reverses")]
+                    "rows in the selection without a reversal, of users the policy reverses", after_execute=True)]
     if by_design:
         checks.append(Check("rows left by the policy (skipped users, users without a balance row)", True, by_design,
                             "listed in the review; not reversed by design"))

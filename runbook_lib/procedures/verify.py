@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import Any, ClassVar
 
 import sqlalchemy as sa
-from pydantic import field_validator
+from pydantic import Field, field_validator
 from sqlalchemy.engine import Connection
 
 from .. import checks as checks_mod
@@ -32,10 +32,8 @@ tables: list[str] = []
 class Params(CommonParams):
     procedure: ClassVar[str] = NAME
 
-    #: run only these checks (empty: all); see `runbook list --parameters` or docs/procedures/verify.md
-    checks: list[str] = []
-    #: the voucher system should be gone (after a full rollback): voucher tables still present fail the check
-    expect_full_rollback: bool = False
+    checks: list[str] = Field([], description="run only these checks (empty: all); docs/procedures/verify.md lists them")
+    expect_full_rollback: bool = Field(False, description="the voucher system should be gone (after a full rollback): voucher tables still present fail")
 
     @field_validator("checks", mode="before")
     @classmethod

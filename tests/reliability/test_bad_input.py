@@ -48,6 +48,7 @@ CASES: list[tuple[str, list[str], dict[str, str | None], int, str]] = [
     ("SQL in reversal_source", [*TR, *W, "-p", "reversal_source", SQL], {}, 2, "not a ledger source"),
     ("reversal type outside the enum", [*TR, *W, "-p", "reversal_type", "BOGUS"], {}, 2, "reversal_type"),
     ("SQL in reversal_type", [*TR, *W, "-p", "reversal_type", SQL], {}, 2, "reversal_type"),
+    ("SQL in grant_link", [*TR, *W, "-p", "grant_link", SQL], {}, 2, "grant_link"),
     ("unknown voucher code", [*TR, *W, "-p", "voucher_codes", "[NOPE]"], {}, 5, "unknown voucher codes"),
     ("SQL in voucher codes", [*TR, *W, "-p", "voucher_codes", f"['{SQL}']"], {}, 5, "unknown voucher codes"),
     ("SQL in user ids", [*TR, *W, "-p", "user_ids", "[\"1 OR 1=1\"]"], {}, 5, "unknown user ids"),
@@ -150,6 +151,7 @@ CASES: list[tuple[str, list[str], dict[str, str | None], int, str]] = [
     ("full: SQL in ledger_mode", [*FR, "-p", "ledger_mode", SQL], {}, 2, "ledger_mode"),
     ("full: SQL in negative_policy", [*FR, "-p", "negative_policy", SQL], {}, 2, "negative_policy"),
     ("full: SQL in migration_name", [*FR, "-p", "migration_name", SQL], {}, 2, "migration_name"),
+    ("full: SQL in prisma_config", [*FR, "-p", "prisma_config", SQL], {}, 2, "prisma_config"),
     ("full: path in migration_name", [*FR, "-p", "migration_name", "../../etc"], {}, 2, "migration_name"),
     # --- migration-recovery
     ("recovery: SQL in migration_name", [*MR, "-p", "migration_name", SQL, "-p", "action", "rolled_back", *EX], {},
@@ -188,7 +190,7 @@ CASES: list[tuple[str, list[str], dict[str, str | None], int, str]] = [
 ]
 
 #: string parameters that are free text recorded in the evidence, never part of any SQL text or name
-FREE_TEXT = {"backup_override_reason"}
+FREE_TEXT = {"backup_override_reason", "override_reason"}  # reasons are recorded text, never SQL
 COMMON = set(CommonParams.model_fields)
 
 

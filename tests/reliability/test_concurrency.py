@@ -1,5 +1,8 @@
 """The application keeps running while a runbook executes: no lost update, or a clean abort on lock timeout.
-Two operators at once: one proceeds, the other is refused. Any change between review and execute aborts."""
+Two operators at once: one proceeds, the other is refused. Any change between review and execute aborts.
+
+These trials run on the linked fixture (``demo/prisma_linked``: a dedicated link column, grants whose sourceId is
+the redemption's id, hence ``grant_link: redemption_id``); the crash trials run on the real application's shape."""
 
 from __future__ import annotations
 
@@ -133,12 +136,12 @@ def run_with_app(url: str, procedure: str, params: dict, hold: float, app_second
     return lost, apps[0]
 
 
-def test_app_writes_during_execute_lose_nothing(incident_db, tmp_path, figures):
-    lost, app = run_with_app(incident_db, "token-reversal", {**WINDOW}, hold=2, app_seconds=4, seed=1,
+def test_app_writes_during_execute_lose_nothing(linked_incident_db, tmp_path, figures):
+    lost, app = run_with_app(linked_incident_db, "token-reversal", {**WINDOW}, hold=2, app_seconds=4, seed=1,
                              tmp_path=tmp_path, figures=figures)
     assert lost == 0
     assert app.errors == [] and app.done > 0
-    eng = sa.create_engine(incident_db, poolclass=sa.pool.NullPool)
+    eng = sa.create_engine(linked_incident_db, poolclass=sa.pool.NullPool)
     with eng.connect() as c:  # the runbook's reversals all landed
         left = c.exec_driver_sql(
             "select count(*) from \"TokenTransaction\" t where source = 'voucher_redemption' and \"createdAt\" >= "
@@ -151,42 +154,42 @@ def test_app_writes_during_execute_lose_nothing(incident_db, tmp_path, figures):
 @pytest.mark.slow
 @pytest.mark.parametrize("procedure,params", [
     ("token-reversal", {**WINDOW, "ledger_mode": "delete"}),
-    ("partial-rollback", {"all_vouchers": True}),
+    ("partial-rollback", {"all_vouchers": True, "grant_link": "redemption_id"}),
     ("token-reversal", {**WINDOW, "negative_policy": "clamp"}),
 ])
-def test_app_writes_during_execute_long(incident_db, tmp_path, figures, procedure, params):
-    lost, app = run_with_app(incident_db, procedure, params, hold=5, app_seconds=10, seed=7, tmp_path=tmp_path,
+def test_app_writes_during_execute_long(linked_incident_db, tmp_path, figures, procedure, params):
+    lost, app = run_with_app(linked_incident_db, procedure, params, hold=5, app_seconds=10, seed=7, tmp_path=tmp_path,
                              figures=figures)
     assert lost == 0 and app.errors == []
 
 
-def test_lock_held_by_the_app_aborts_cleanly_on_lock_timeout(incident_db, figures):
+def test_lock_held_by_the_app_aborts_cleanly_on_lock_timeout(linked_incident_db, figures):
     import os
 
-    os.environ["DATABASE_URL"] = incident_db
+    os.environ["DATABASE_URL"] = linked_incident_db
     try:
         plan = Run("token-reversal", WINDOW).review()
-        uid = affected_users(incident_db)[0]
-        before = db_state(incident_db)
-        eng = sa.create_engine(incident_db, poolclass=sa.pool.NullPool)
+        uid = affected_users(linked_incident_db)[0]
+        before = db_state(linked_incident_db)
+        eng = sa.create_engine(linked_incident_db, poolclass=sa.pool.NullPool)
         with eng.begin() as app:  # the app holds one affected balance row for longer than lock_timeout
             app.execute(sa.text('select 1 from "UserTokenBalance" where "userId" = :u for update'), {"u": uid})
             with pytest.raises(LockTimeoutError, match="lock_timeout"):
                 Run("token-reversal", {**WINDOW, "mode": "execute", "approved_plan": plan.plan_id,
                                        "lock_timeout": "300ms"}).execute()
         eng.dispose()
-        assert db_state(incident_db) == before
+        assert db_state(linked_incident_db) == before
         figures["trials"] += 1
         figures["faults_injected"] += 1
     finally:
         os.environ.pop("DATABASE_URL", None)
 
 
-def test_two_operators_one_proceeds_the_other_is_refused(incident_db, tmp_path, figures, monkeypatch):
-    monkeypatch.setenv("DATABASE_URL", incident_db)
+def test_two_operators_one_proceeds_the_other_is_refused(linked_incident_db, tmp_path, figures, monkeypatch):
+    monkeypatch.setenv("DATABASE_URL", linked_incident_db)
     plan = Run("token-reversal", WINDOW).review()
     marker = tmp_path / "op-a"
-    a = start_worker(incident_db, "token-reversal", dict(WINDOW), {"RUNBOOK_FAULT": "after_lock:sleep:3",
+    a = start_worker(linked_incident_db, "token-reversal", dict(WINDOW), {"RUNBOOK_FAULT": "after_lock:sleep:3",
                                                                   "RUNBOOK_FAULT_MARKER": str(marker)})
     assert wait_for(marker, a) is not None
     with pytest.raises(ConcurrentRunError, match="another operator"):
@@ -201,26 +204,26 @@ def test_two_operators_one_proceeds_the_other_is_refused(incident_db, tmp_path, 
 
 
 @pytest.mark.slow
-def test_two_operators_through_the_cli_the_second_gets_exit_10(incident_db, tmp_path, figures, monkeypatch, capfd):
+def test_two_operators_through_the_cli_the_second_gets_exit_10(linked_incident_db, tmp_path, figures, monkeypatch, capfd):
     """The same refusal end to end: one error line naming the other operator, exit 10, its run archived."""
     from runbook_lib.cli import main
 
-    monkeypatch.setenv("DATABASE_URL", incident_db)
+    monkeypatch.setenv("DATABASE_URL", linked_incident_db)
     monkeypatch.chdir(tmp_path)
     plan = Run("token-reversal", WINDOW).review()
     marker = tmp_path / "op-a"
-    a = start_worker(incident_db, "token-reversal", dict(WINDOW), {"RUNBOOK_FAULT": "after_lock:sleep:25",
+    a = start_worker(linked_incident_db, "token-reversal", dict(WINDOW), {"RUNBOOK_FAULT": "after_lock:sleep:25",
                                                                   "RUNBOOK_FAULT_MARKER": str(marker)})
     try:
         assert wait_for(marker, a) is not None
-        before = db_state(incident_db)
+        before = db_state(linked_incident_db)
         status = main(["run", "token-reversal", "-p", "since", WINDOW["since"], "-p", "until", WINDOW["until"],
                        "-p", "backup_override_reason", NO_BACKUP, "--incident", "TWO", "--no-progress",
                        "--execute", "--approve", plan.plan_id])
         err = [line for line in capfd.readouterr().err.splitlines() if line.strip()]
         assert status == 10, err
         assert len(err) == 1 and err[0].startswith("error:") and "another operator" in err[0], err
-        assert db_state(incident_db) == before  # operator A still holds its uncommitted transaction
+        assert db_state(linked_incident_db) == before  # operator A still holds its uncommitted transaction
         runs = sorted((tmp_path / "incidents" / "TWO").glob("*_token-reversal_execute"))
         manifest = json.loads((runs[0] / "manifest.json").read_text())
         assert len(runs) == 1 and manifest["status"] == "aborted" and manifest["error"]["exit_code"] == 10
@@ -286,27 +289,27 @@ def _redemption_removed(c: sa.engine.Connection) -> None:
     ("token-reversal", WINDOW, _reversed_elsewhere),
     ("token-reversal", WINDOW, _grant_deleted),
     ("token-reversal", WINDOW, _amount_changed),
-    ("partial-rollback", {"all_vouchers": True}, _new_redemption),
-    ("partial-rollback", {"all_vouchers": True}, _spend_by_affected),
-    ("partial-rollback", {"all_vouchers": True}, _depleted_voucher_disabled),
-    ("partial-rollback", {"all_vouchers": True}, _redemption_removed),
-    ("partial-rollback", {"voucher_codes": ["LIMITED500"]}, _grant_of_the_voucher_changed),
+    ("partial-rollback", {"all_vouchers": True, "grant_link": "redemption_id"}, _new_redemption),
+    ("partial-rollback", {"all_vouchers": True, "grant_link": "redemption_id"}, _spend_by_affected),
+    ("partial-rollback", {"all_vouchers": True, "grant_link": "redemption_id"}, _depleted_voucher_disabled),
+    ("partial-rollback", {"all_vouchers": True, "grant_link": "redemption_id"}, _redemption_removed),
+    ("partial-rollback", {"voucher_codes": ["LIMITED500"], "grant_link": "redemption_id"}, _grant_of_the_voucher_changed),
     ("full-rollback", {"ledger_policy": "reverse", "prisma_side": False}, _grant_in_window),
     ("full-rollback", {"ledger_policy": "reverse", "prisma_side": False}, _spend_by_affected),
     ("full-rollback", {"ledger_policy": "reverse", "prisma_side": False}, _new_redemption),
 ], ids=lambda x: getattr(x, "__name__", None) or (x if isinstance(x, str) else None))
-def test_plan_drift_aborts(incident_db, monkeypatch, figures, procedure, params, change):
-    monkeypatch.setenv("DATABASE_URL", incident_db)
+def test_plan_drift_aborts(linked_incident_db, monkeypatch, figures, procedure, params, change):
+    monkeypatch.setenv("DATABASE_URL", linked_incident_db)
     plan = Run(procedure, params).review()
-    eng = sa.create_engine(incident_db, poolclass=sa.pool.NullPool)
+    eng = sa.create_engine(linked_incident_db, poolclass=sa.pool.NullPool)
     with eng.begin() as c:
         change(c)
     eng.dispose()
-    before = db_state(incident_db)
+    before = db_state(linked_incident_db)
     with pytest.raises(ApprovalError, match="plan changed"):
         Run(procedure, {**params, "mode": "execute", "approved_plan": plan.plan_id,
                         "backup_override_reason": NO_BACKUP}).execute()
-    assert db_state(incident_db) == before
+    assert db_state(linked_incident_db) == before
     figures["trials"] += 1
     figures["faults_injected"] += 1
 
@@ -327,28 +330,28 @@ def _backup_of(url: str, tmp_path) -> str:
 
 @pytest.mark.parametrize("change", [_spend_by_affected, _new_redemption, _redemption_removed],
                          ids=lambda f: f.__name__)
-def test_plan_drift_aborts_a_restore(incident_db, monkeypatch, tmp_path, figures, change):
+def test_plan_drift_aborts_a_restore(linked_incident_db, monkeypatch, tmp_path, figures, change):
     """A restore's plan covers the live tables it overwrites: a write between review and execute aborts it."""
-    monkeypatch.setenv("DATABASE_URL", incident_db)
-    params = {"backup": _backup_of(incident_db, tmp_path)}
-    eng = sa.create_engine(incident_db, poolclass=sa.pool.NullPool)
+    monkeypatch.setenv("DATABASE_URL", linked_incident_db)
+    params = {"backup": _backup_of(linked_incident_db, tmp_path)}
+    eng = sa.create_engine(linked_incident_db, poolclass=sa.pool.NullPool)
     with eng.begin() as c:  # the damage the restore is to undo
         c.exec_driver_sql("update \"UserTokenBalance\" set balance = balance + 7 where \"userId\" <= 'user_0050'")
     plan = Run("restore", params).review()
     with eng.begin() as c:
         change(c)
     eng.dispose()
-    before = db_state(incident_db)
+    before = db_state(linked_incident_db)
     with pytest.raises(ApprovalError, match="plan changed"):
         Run("restore", {**params, "mode": "execute", "approved_plan": plan.plan_id,
                         "backup_override_reason": NO_BACKUP}).execute()
-    assert db_state(incident_db) == before
+    assert db_state(linked_incident_db) == before
     figures["trials"] += 1
     figures["faults_injected"] += 1
 
 
 @pytest.mark.parametrize("change", ["step_applied_by_hand", "resolved_elsewhere_then_failed_again"])
-def test_plan_drift_aborts_a_migration_recovery(schema_db, monkeypatch, tmp_path, figures, change):
+def test_plan_drift_aborts_a_migration_recovery(linked_schema_db, monkeypatch, tmp_path, figures, change):
     """migration-recovery: the failed migration's steps or rows change between review and execute: abort."""
     import uuid as _uuid
 
@@ -356,10 +359,10 @@ def test_plan_drift_aborts_a_migration_recovery(schema_db, monkeypatch, tmp_path
 
     from runbook_lib.prisma.migrate import checksum
 
-    params = fail_a_migration(schema_db, MIGRATIONS, tmp_path / "migrations")
+    params = fail_a_migration(linked_schema_db, MIGRATIONS, tmp_path / "migrations")
     name = FAILED_MIGRATION
-    eng = sa.create_engine(schema_db, poolclass=sa.pool.NullPool)
-    monkeypatch.setenv("DATABASE_URL", schema_db)
+    eng = sa.create_engine(linked_schema_db, poolclass=sa.pool.NullPool)
+    monkeypatch.setenv("DATABASE_URL", linked_schema_db)
     plan = Run("migration-recovery", params).review()
     with eng.begin() as c:
         if change == "step_applied_by_hand":
@@ -371,22 +374,22 @@ def test_plan_drift_aborts_a_migration_recovery(schema_db, monkeypatch, tmp_path
                               "applied_steps_count) values (:id, :c, :n, 'failed again', now(), 0)"),
                       {"id": str(_uuid.uuid4()), "c": checksum(FAILED_SQL), "n": name})
     eng.dispose()
-    before = db_state(schema_db)
+    before = db_state(linked_schema_db)
     with pytest.raises(ApprovalError, match="plan changed"):
         Run("migration-recovery", {**params, "mode": "execute", "approved_plan": plan.plan_id}).execute()
-    assert db_state(schema_db) == before
+    assert db_state(linked_schema_db) == before
     figures["trials"] += 1
     figures["faults_injected"] += 1
 
 
-def test_deadlock_with_the_app_is_a_clean_lock_abort(incident_db, figures):
+def test_deadlock_with_the_app_is_a_clean_lock_abort(linked_incident_db, figures):
     """A deadlock between the runbook's transaction and an app transaction: exit 9 with a message saying so
     (it was an 'unexpected error', exit 1, with the driver's multi-line text), nothing written."""
     from runbook_lib import db
 
-    before = db_state(incident_db)
-    app = sa.create_engine(incident_db, poolclass=sa.pool.NullPool)
-    runbook = db.make_engine(incident_db)
+    before = db_state(linked_incident_db)
+    app = sa.create_engine(linked_incident_db, poolclass=sa.pool.NullPool)
+    runbook = db.make_engine(linked_incident_db)
     lock = 'select 1 from "UserTokenBalance" where "userId" = :u for update'
     with app.connect() as ac:
         tx = ac.begin()
@@ -412,6 +415,6 @@ def test_deadlock_with_the_app_is_a_clean_lock_abort(incident_db, figures):
         tx.rollback()
     app.dispose()
     runbook.dispose()
-    assert db_state(incident_db) == before
+    assert db_state(linked_incident_db) == before
     figures["trials"] += 1
     figures["faults_injected"] += 1

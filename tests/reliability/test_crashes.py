@@ -43,7 +43,8 @@ def _points(procedure: str) -> list[str]:
 
 @pytest.fixture(scope="module")
 def states(pg_server, tmp_path_factory):
-    """The seeded incident (a template) and, per procedure, the state a clean execute leaves."""
+    """The seeded incident in the real application's shape (a template) and, per procedure, the state a clean
+    execute leaves."""
     from conftest import MIGRATIONS
 
     from runbook_lib import seed
@@ -61,15 +62,15 @@ def states(pg_server, tmp_path_factory):
     backup_dir = tmp_path_factory.mktemp("crash-backup")
     with eng.connect() as c:
         info = db.server_info(c)
-    backups.take_backup(eng, url, "public", ["Voucher", "VoucherRedemption", "TokenTransaction", "UserTokenBalance"],
-                        backup_dir, info.fingerprint, info.database)
+    backups.take_backup(eng, url, "public", ["vouchers", "voucher_redemptions", "token_transactions",
+                                             "user_token_balances"], backup_dir, info.fingerprint, info.database)
     eng.dispose()
     damaged = f"rb_crash_damaged_{uuid.uuid4().hex[:8]}"
     damaged_url = pg_server.create(damaged, template=base)
     deng = sa.create_engine(damaged_url, poolclass=sa.pool.NullPool)
     with deng.begin() as c:
-        c.exec_driver_sql("update \"UserTokenBalance\" set balance = balance + 7 where \"userId\" <= 'user_0050'")
-        c.exec_driver_sql("delete from \"VoucherRedemption\" where \"voucherId\" = 'v_partner75'")
+        c.exec_driver_sql("update user_token_balances set balance = balance + 7 where \"userId\" <= 'cmu00050'")
+        c.exec_driver_sql("delete from voucher_redemptions where \"voucherId\" = 'cmvpartner75'")
     deng.dispose()
     # migration-recovery trials: a migration that failed half-way, resolved as rolled back with compensating SQL
     failed = f"rb_crash_failedmig_{uuid.uuid4().hex[:8]}"

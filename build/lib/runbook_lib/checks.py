@@ -1,0 +1,250 @@
+"""Named verification checks: orphans, counters, statuses, balances against the ledger, running balances.
+
+``run_all`` runs them read-only, each as one aggregated statement plus a bounded sample of offending rows.
+It is the ``verify`` procedure and also runs at the end of every execute of every procedure, so it never
+fails on a database where the voucher system was removed: checks whose tables are gone pass with a
+detail saying why, and the "nothing left after a full rollback" check takes over.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import pandas as pd
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection
+
+from . import names as nmod
+from .errors import ParameterError
+from .names import NameMap
+from .procedures.base import Check, VerifyResult
+
+V, R, L, B, U = "Voucher", "VoucherRedemption", "TokenTransaction", "UserTokenBalance", "User"
+VOUCHER_ENUMS = ("VoucherType", "VoucherStatus")
+
+
+@dataclass(frozen=True)
+class CheckSpec:
+    name: str
+    title: str
+    needs: tuple[str, ...]  # models that must exist, else the check is skipped as passed
+    run: Callable[[Connection, NameMap, int], Check]
+
+
+def _exists(conn: Connection, names: NameMap, model: str) -> bool:
+    return conn.execute(sa.text("select to_regclass(:t)"), {"t": names.t(model)}).scalar() is not None
+
+
+def _count_and_sample(conn: Connection, title: str, offending_sql: str, sample_rows: int,
+                      detail: str = "") -> Check:
+    """``offending_sql`` selects the offending rows; counted in the database, sampled with a limit."""
+    n = int(conn.execute(sa.text(f"select count(*) from ({offending_sql}) o")).scalar_one())
+    sample = None
+    if n:
+        sample = pd.read_sql(sa.text(f"select * from ({offending_sql}) o limit :n"), conn, params={"n": sample_rows})
+    return Check(title, n == 0, n, detail or ("none" if n == 0 else f"{n} offending rows"), sample)
+
+
+def _redemptions_without_voucher(conn: Connection, n: NameMap, k: int) -> Check:
+    return _count_and_sample(conn, "redemptions without their voucher", (
+        f"select r.{n.c(R, 'id')} as redemption, r.{n.c(R, 'voucherId')} as voucher_id, r.{n.c(R, 'userId')} as "
+        f"user_id from {n.t(R)} r where not exists (select 1 from {n.t(V)} v where v.{n.c(V, 'id')} = "
+        f"r.{n.c(R, 'voucherId')})"), k)
+
+
+def _redemptions_without_user(conn: Connection, n: NameMap, k: int) -> Check:
+    return _count_and_sample(conn, "redemptions without their user", (
+        f"select r.{n.c(R, 'id')} as redemption, r.{n.c(R, 'userId')} as user_id from {n.t(R)} r "
+        f"where not exists (select 1 from {n.t(U)} u where u.{n.c(U, 'id')} = r.{n.c(R, 'userId')})"), k)
+
+
+def _orphan_grants(conn: Connection, n: NameMap, k: int) -> Check:
+    """Voucher grants whose redemption is gone and that no reversing row compensates.
+
+    A grant belongs to a redemption the way the application writes it, ``(userId, sourceId = voucherId)``, or,
+    on schemas that write it so, ``sourceId`` = the redemption's id; either counts. A grant is reversed when a
+    ledger row names it: ``sourceId`` = its id (how the runbooks link reversals without a schema change), or a
+    dedicated link column (``reversalOfId``) where the schema has one."""
+    title = "voucher grants without redemption or voucher, and not reversed"
+    if not nmod.has_column(conn, n, L, "sourceId"):
+        return Check(title, True, 0, "the ledger has no sourceId column: grants cannot be linked to redemptions")
+    tables_gone = not (_exists(conn, n, R) and _exists(conn, n, V))
+    sid, tid = f"t.{n.c(L, 'sourceId')}", f"t.{n.c(L, 'id')}"
+    if tables_gone:
+        gone = "true"
+    else:
+        # two anti-joins, one per convention (each can use an index the application has)
+        gone = (f"not exists (select 1 from {n.t(R)} r where r.{n.c(R, 'voucherId')} = {sid} "
+                f"and r.{n.c(R, 'userId')} = t.{n.c(L, 'userId')}) "
+                f"and not exists (select 1 from {n.t(R)} r where r.{n.c(R, 'id')} = {sid})")
+    reversed_ = f"and not exists (select 1 from {n.t(L)} x where x.{n.c(L, 'sourceId')} = {tid})"
+    if nmod.has_column(conn, n, L, "reversalOfId"):
+        reversed_ += f" and not exists (select 1 from {n.t(L)} x where x.{n.c(L, 'reversalOfId')} = {tid})"
+    check = _count_and_sample(conn, title, (
+        f"select t.{n.c(L, 'id')} as ledger_id, t.{n.c(L, 'userId')} as user_id, t.{n.c(L, 'amount')} as amount, "
+        f"t.{n.c(L, 'sourceId')} as source_id from {n.t(L)} t where t.{n.c(L, 'source')} = 'voucher_redemption' "
+        f"and t.{n.c(L, 'sourceId')} is not null and {gone} {reversed_}"), k)
+    if tables_gone and check.count:
+        # a full rollback with ledger_policy=keep: the operator chose to keep them, and the run recorded it
+        check.passed = True
+        check.detail = (f"{check.count} grants kept after the voucher tables were dropped (full rollback with "
+                        "ledger_policy=keep): recorded in that run's evidence, not reversed")
+    return check
+
+
+def _balances_without_user(conn: Connection, n: NameMap, k: int) -> Check:
+    return _count_and_sample(conn, "balances without their user", (
+        f"select b.{n.c(B, 'userId')} as user_id, b.{n.c(B, 'balance')} as balance from {n.t(B)} b "
+        f"where not exists (select 1 from {n.t(U)} u where u.{n.c(U, 'id')} = b.{n.c(B, 'userId')})"), k)
+
+
+def _voucher_counters(conn: Connection, n: NameMap, k: int) -> Check:
+    return _count_and_sample(conn, "voucher use counters equal redemption counts", (
+        f"select v.{n.c(V, 'code')} as code, v.{n.c(V, 'currentUses')} as current_uses, coalesce(r.n, 0) as "
+        f"redemptions from {n.t(V)} v left join (select {n.c(R, 'voucherId')} as vid, count(*) as n from {n.t(R)} "
+        f"group by 1) r on r.vid = v.{n.c(V, 'id')} where v.{n.c(V, 'currentUses')} <> coalesce(r.n, 0)"), k)
+
+
+def _depleted_status(conn: Connection, n: NameMap, k: int) -> Check:
+    title = "DEPLETED status agrees with the use limit"
+    statuses = nmod.enum_values(conn, n, "VoucherStatus")
+    if statuses and not {"DEPLETED", "ACTIVE"} <= set(statuses):
+        return Check(title, True, 0, f"the voucher status enum has no DEPLETED/ACTIVE ({', '.join(statuses)}): "
+                     "nothing to compare")
+    st, uses, mx = n.c(V, "status"), n.c(V, "currentUses"), n.c(V, "maxUses")
+    return _count_and_sample(conn, title, (
+        f"select v.{n.c(V, 'code')} as code, v.{st}::text as status, v.{uses} as current_uses, v.{mx} as max_uses, "
+        f"case when v.{st}::text = 'DEPLETED' then 'depleted but under its limit' else 'at its limit but ACTIVE' "
+        f"end as problem from {n.t(V)} v where (v.{st}::text = 'DEPLETED' and (v.{mx} is null or v.{uses} < v.{mx})) "
+        f"or (v.{st}::text = 'ACTIVE' and v.{mx} is not null and v.{uses} >= v.{mx})"), k)
+
+
+def _opening_sql(conn: Connection, n: NameMap) -> str:
+    """Per user, the balance the ledger starts from: 0 for a complete ledger. With a running-balance column the
+    first row tells (``balanceAfter - amount`` of the user's first row: earlier history archived or balances that
+    predate the ledger); without one nothing says otherwise, so every ledger is taken as complete."""
+    if not nmod.has_column(conn, n, L, "balanceAfter"):
+        return "select null::text as uid, 0::bigint as opening where false"
+    uid, ts, i = n.c(L, "userId"), n.c(L, "createdAt"), n.c(L, "id")
+    return (f"select distinct on ({uid}) {uid} as uid, coalesce({n.c(L, 'balanceAfter')} - {n.c(L, 'amount')}, 0)"
+            f"::bigint as opening from {n.t(L)} order by {uid}, {ts}, {i}")
+
+
+def _balance_vs_ledger(conn: Connection, n: NameMap, k: int) -> Check:
+    title = "every balance equals its ledger sum"
+    per_user = (
+        f"select b.{n.c(B, 'userId')} as user_id, b.{n.c(B, 'balance')}::bigint as balance, "
+        f"coalesce(o.opening, 0) as opening, coalesce(l.total, 0) as ledger_sum, "
+        f"b.{n.c(B, 'balance')}::bigint - coalesce(o.opening, 0) - coalesce(l.total, 0) as drift from {n.t(B)} b "
+        f"left join (select {n.c(L, 'userId')} as uid, sum({n.c(L, 'amount')})::bigint as total from {n.t(L)} "
+        f"group by 1) l on l.uid = b.{n.c(B, 'userId')} left join ({_opening_sql(conn, n)}) o "
+        f"on o.uid = b.{n.c(B, 'userId')}")
+    # one pass over the ledger: the count, the total drift and the users with an opening balance together
+    count, total, opened = conn.execute(sa.text(
+        f"select count(*) filter (where drift <> 0), coalesce(sum(drift) filter (where drift <> 0), 0), "
+        f"count(*) filter (where opening <> 0) from ({per_user}) p")).one()
+    count, total, opened = int(count), int(total), int(opened)
+    sample = None
+    if count:
+        sample = pd.read_sql(sa.text(f"select * from ({per_user}) p where drift <> 0 order by abs(drift) desc, "
+                                     "user_id limit :k"), conn, params={"k": k})
+    detail = (f"{count} users drift from their ledger by {total:+,} tokens in total" if count
+              else "no drift: every balance equals the sum of its ledger")
+    if opened:
+        detail += (f"; {opened} users' ledgers start from an opening balance (their first row's balanceAfter "
+                   "- amount: earlier history not in the ledger), counted in")
+    return Check(title, count == 0, count, detail, sample)
+
+
+def _running_balance(conn: Connection, n: NameMap, k: int) -> Check:
+    title = "balanceAfter is the running balance along each user's ledger"
+    if not nmod.has_column(conn, n, L, "balanceAfter"):
+        return Check(title, True, 0, "the ledger has no running-balance column")
+    ba = n.c(L, "balanceAfter")
+    amt = f"t.{n.c(L, 'amount')}"
+    # from the user's opening balance (the first row's balanceAfter - amount, as in _opening_sql; 0 for a
+    # complete ledger), in the same window pass: each row is its predecessor plus its amount
+    return _count_and_sample(conn, title, (
+        f"select * from (select t.{n.c(L, 'id')} as ledger_id, t.{n.c(L, 'userId')} as user_id, "
+        f"t.{n.c(L, 'createdAt')} as created_at, {amt} as amount, t.{ba} as balance_after, "
+        f"first_value(coalesce(t.{ba} - {amt}, 0)) over w + sum({amt}) over w as running from {n.t(L)} t "
+        f"window w as (partition by t.{n.c(L, 'userId')} order by t.{n.c(L, 'createdAt')}, t.{n.c(L, 'id')})) w "
+        "where balance_after is not null and balance_after <> running"),
+        k)
+
+
+def _nothing_left(conn: Connection, n: NameMap, k: int, expect_full_rollback: bool = False) -> Check:
+    """After a full rollback: no voucher tables, enums, or columns of those enum types anywhere.
+
+    Applies when a voucher table is gone, or always with ``expect_full_rollback`` (then a voucher system
+    still in place fails it)."""
+    title = "after a full rollback: no voucher tables, enums or enum-typed columns left"
+    tables = [m for m in (V, R) if _exists(conn, n, m)]
+    if len(tables) == 2 and not expect_full_rollback:
+        return Check(title, True, 0, "the voucher system is present (no full rollback to check)")
+    enum_names = [n.enum_name(e) for e in VOUCHER_ENUMS]
+    leftovers = pd.read_sql(sa.text(
+        "select 'enum' as kind, t.typname::text as name from pg_type t join pg_namespace s on s.oid = t.typnamespace "
+        "where s.nspname = :s and t.typtype = 'e' and t.typname = any(:enums) "
+        "union all select 'column', c.table_name || '.' || c.column_name from information_schema.columns c "
+        "where c.table_schema = :s and (c.udt_name = any(:enums) or ltrim(c.udt_name, '_') = any(:enums)) "
+        "union all select 'table', c.relname::text from pg_class c join pg_namespace s on s.oid = c.relnamespace "
+        "where s.nspname = :s and c.relname = any(:tables) and c.relkind in ('r', 'p', 'v', 'm')"), conn,
+        params={"s": n.db_schema, "enums": enum_names, "tables": [n.table_name(V), n.table_name(R)]})
+    return Check(title, leftovers.empty, len(leftovers),
+                 "nothing left" if leftovers.empty else ", ".join(f"{a} {b}" for a, b in leftovers.values[:10]),
+                 leftovers.head(k) if not leftovers.empty else None)
+
+
+CHECKS: list[CheckSpec] = [
+    CheckSpec("redemptions_without_voucher", "redemptions without their voucher", (R, V), _redemptions_without_voucher),
+    CheckSpec("redemptions_without_user", "redemptions without their user", (R, U), _redemptions_without_user),
+    CheckSpec("orphan_voucher_grants", "voucher grants without redemption or voucher, and not reversed", (L,),
+              _orphan_grants),
+    CheckSpec("balances_without_user", "balances without their user", (B, U), _balances_without_user),
+    CheckSpec("voucher_counters", "voucher use counters equal redemption counts", (V, R), _voucher_counters),
+    CheckSpec("depleted_status", "DEPLETED status agrees with the use limit", (V,), _depleted_status),
+    CheckSpec("balance_vs_ledger", "every balance equals its ledger sum", (B, L), _balance_vs_ledger),
+    CheckSpec("running_balance", "balanceAfter is the running balance along each user's ledger", (L,),
+              _running_balance),
+    CheckSpec("nothing_left_after_full_rollback", "after a full rollback: no voucher tables, enums or enum-typed "
+              "columns left", (), _nothing_left),
+]
+NAMES = [c.name for c in CHECKS]
+
+
+def validate_names(only: list[str] | None) -> list[str]:
+    if not only:
+        return list(NAMES)
+    unknown = [x for x in only if x not in NAMES]
+    if unknown:
+        raise ParameterError(f"parameter 'checks': unknown checks {unknown}; the checks are: {', '.join(NAMES)}",
+                             "checks")
+    return list(only)
+
+
+def run_all(conn: Connection, names: NameMap, only: list[str] | None = None, sample_rows: int = 20,
+            expect_full_rollback: bool = False) -> VerifyResult:
+    """Run the named checks (all by default) read-only; each returns pass/fail, a count and a bounded sample.
+
+    ``expect_full_rollback``: the "nothing left" check applies even while the voucher tables exist (and fails)."""
+    chosen = set(validate_names(only))
+    results: list[Check] = []
+    frames: dict[str, pd.DataFrame] = {}
+    for spec in CHECKS:
+        if spec.name not in chosen:
+            continue
+        missing = [m for m in spec.needs if not _exists(conn, names, m)]
+        if missing:
+            results.append(Check(spec.title, True, 0, f"skipped: table of {', '.join(missing)} absent"))
+            continue
+        with conn.begin_nested():  # a check that errors must not poison the transaction of the others
+            if spec.run is _nothing_left:
+                check = _nothing_left(conn, names, sample_rows, expect_full_rollback)
+            else:
+                check = spec.run(conn, names, sample_rows)
+        results.append(check)
+        if check.sample is not None and not check.sample.empty:
+            frames[spec.name] = check.sample
+    return VerifyResult(checks=results, frames=frames)

@@ -1,0 +1,38 @@
+"""Fault-injection points for the reliability tests (inactive unless RUNBOOK_FAULT is set).
+
+``RUNBOOK_FAULT=after_apply:sleep:5`` sleeps 5 s at that point (so a test can kill the process or
+terminate its connection there); ``RUNBOOK_FAULT=after_apply:raise`` raises. Production runs never set it.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+
+POINTS = ("before_lock", "after_lock", "after_apply", "before_commit", "after_commit")
+#: points inside procedures (full rollback stops between two DROP statements there)
+PROCEDURE_POINTS = {"full-rollback": ("mid_ddl",)}
+
+
+class InjectedFault(RuntimeError):
+    pass
+
+
+def hit(point: str) -> None:
+    spec = os.environ.get("RUNBOOK_FAULT")
+    if not spec:
+        return
+    for item in spec.split(","):
+        parts = item.split(":")
+        if parts[0] != point:
+            continue
+        action = parts[1] if len(parts) > 1 else "raise"
+        if action == "sleep":
+            marker = os.environ.get("RUNBOOK_FAULT_MARKER")
+            if marker:
+                with open(marker + ".tmp", "w") as f:
+                    f.write(f"{point} {os.getpid()}")
+                os.replace(marker + ".tmp", marker)  # readers never see a half-written marker
+            time.sleep(float(parts[2]) if len(parts) > 2 else 5.0)
+        elif action == "raise":
+            raise InjectedFault(f"injected fault at {point}")

@@ -1,0 +1,555 @@
+"""Partial rollback ("Keep Structure, Clear Data"): clear redemptions, reverse their tokens, fix the vouchers.
+
+Where the guide is wrong, and what this procedure does instead:
+
+* ``DELETE FROM "TokenTransaction" WHERE "source" = 'voucher_redemption'`` deletes the ledger rows and leaves
+  the granted tokens in every balance, so no balance matches its ledger any more. Here the grants of the
+  redemptions in scope are reversed with the token-reversal logic (balances moved by per-user totals,
+  compensating ledger rows by default) in the same transaction that removes the redemptions.
+* ``UPDATE "Voucher" SET "currentUses" = 0, "status" = 'ACTIVE'`` is only right when *every* redemption is
+  removed, and it revives vouchers an admin set INACTIVE or that EXPIRED by date. Here each voucher's counter
+  is set to the number of redemptions that remain, and the status changes only where the rollback is the
+  reason: a DEPLETED voucher that was at its limit and is below it again because redemptions were removed
+  becomes ACTIVE (EXPIRED if its date has passed); other DEPLETED vouchers are listed, not revived. Vouchers
+  of any other status (INACTIVE, EXPIRED, or a status this runbook does not know) keep it and are listed;
+  they are reset only when the operator names their status in ``reset_statuses``. The status names come
+  from the database's enum, never assumed: a transition whose status the enum lacks is not made.
+* The grants of a redemption are found as the application writes them: ``(userId, sourceId = voucherId)``
+  (``grant_link=redemption_id`` for schemas whose ``sourceId`` is the redemption's id). The review counts
+  redemptions without a grant and grants without a redemption; an execute whose redemptions granted tokens
+  but matched no grant at all refuses, naming the cause (the guide's bug again otherwise: redemptions gone,
+  tokens kept).
+* The scope can be narrowed to voucher codes and a redemption time window instead of everything.
+"""
+
+# ruff: noqa: S608  - identifiers come from NameMap (quoted); values are bind parameters
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any, ClassVar, Literal
+
+import pandas as pd
+import sqlalchemy as sa
+from pydantic import Field, field_validator, model_validator
+from sqlalchemy.engine import Connection
+
+from .. import grants
+from .. import names as nmod
+from ..errors import InvariantError, NotFoundError, ParameterError, PolicyAbort
+from ..grants import GrantLink
+from ..names import NameMap
+from ..params import DestructiveParams, LedgerSource, parse_aware_datetime
+from . import token_reversal as tr
+from .base import ApplyResult, Check, Plan, VerifyResult, plan_hash
+
+NAME = "partial-rollback"
+NOTEBOOK = "partial_rollback.ipynb"
+TITLE = "Clear voucher redemptions (all or chosen codes/window), reverse their tokens, fix counters and status"
+GUIDE_SECTION = "Partial Rollback (Keep Structure, Clear Data)"
+writes = True
+destructive = True  # redemptions are deleted
+tables = ["Voucher", "VoucherRedemption", "TokenTransaction", "UserTokenBalance"]
+
+V, R, L = "Voucher", "VoucherRedemption", "TokenTransaction"
+VOUCHER_NEEDS = ["id", "code", "status", "maxUses", "currentUses"]
+REDEMPTION_NEEDS = ["id", "voucherId", "userId", "redeemedAt"]
+#: the status names the rollback's transitions use, when the voucher status enum has them
+ACTIVE, DEPLETED, EXPIRED = "ACTIVE", "DEPLETED", "EXPIRED"
+
+
+class Params(DestructiveParams):
+    procedure: ClassVar[str] = NAME
+
+    all_vouchers: bool = Field(False, description="true: roll back every voucher; otherwise name voucher_codes")
+    voucher_codes: list[str] = Field([], description="the vouchers to roll back (case-sensitive; unknown codes are an error)")
+    redeemed_since: str | None = Field(None, description="optional redemption window start (inclusive), ISO-8601 with a zone")
+    redeemed_until: str | None = Field(None, description="optional redemption window end (exclusive), ISO-8601 with a zone")
+    reset_statuses: list[str] = Field([], description="other statuses to reset to ACTIVE too, e.g. [INACTIVE, EXPIRED] (the guide resets all)")
+    source: LedgerSource = Field("voucher_redemption", description="ledger source of voucher grants")
+    grant_link: GrantLink = Field("voucher_and_user", description="how a grant names its voucher: voucher_and_user (sourceId = voucher id, as the app writes it) or redemption_id")
+    ledger_mode: tr.LedgerMode = Field("compensate", description="compensate (reversing rows, history kept) or delete (grants removed, balances adjusted)")
+    negative_policy: Literal["allow", "clamp", "abort"] = Field("allow", description="balances that would go below zero: allow (flagged), clamp (to zero) or abort")
+    reversal_type: str = Field("auto", description="type of reversing rows: auto (REVERSAL if the enum has it, else EARN_ADMIN_ADJUSTMENT) or a value of the enum")
+    reversal_source: LedgerSource = Field("voucher_reversal", description="source of reversing rows; must differ from source")
+    top_users: int = Field(50, description="rows in the per-voucher and per-user tables (1-1000)")
+
+    @field_validator("redeemed_since", "redeemed_until", mode="before")
+    @classmethod
+    def _aware(cls, v: Any, info: Any) -> str | None:
+        parsed = parse_aware_datetime(v, info.field_name)
+        return parsed.isoformat() if parsed else None
+
+    @field_validator("voucher_codes", "reset_statuses", mode="before")
+    @classmethod
+    def _list(cls, v: Any) -> list[str]:
+        if v is None or v == "":
+            return []
+        if isinstance(v, str):
+            v = [s for s in (x.strip() for x in v.split(",")) if s]
+        if not isinstance(v, list) or not all(isinstance(x, (str, int)) and str(x).strip() for x in v):
+            raise ValueError("must be a list of non-empty strings")
+        if len(v) > 100_000:
+            raise ValueError(f"{len(v)} entries is too many for one run (at most 100000)")
+        return [str(x).strip() for x in v]
+
+    @field_validator("top_users")
+    @classmethod
+    def _top(cls, v: int) -> int:
+        if not 1 <= v <= 1000:
+            raise ValueError("must be between 1 and 1000")
+        return v
+
+    @model_validator(mode="after")
+    def _scope(self) -> Params:
+        if self.all_vouchers and self.voucher_codes:
+            raise ValueError("give either all_vouchers=true or voucher_codes, not both")
+        if not self.all_vouchers and not self.voucher_codes:
+            raise ValueError("choose the scope: voucher_codes (a list of codes) or all_vouchers=true")
+        if self.redeemed_since and self.redeemed_until and self.redeemed_until <= self.redeemed_since:
+            raise ValueError(f"'redeemed_since' ({self.redeemed_since}) must be before 'redeemed_until' "
+                             f"({self.redeemed_until})")
+        if self.reversal_source == self.source:
+            raise ValueError("'reversal_source' must differ from 'source', or reversals would be reversed again")
+        return self
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Scope: the redemptions to clear, the vouchers in scope, the ledger grants those redemptions produced
+# ---------------------------------------------------------------------------------------------------------
+
+
+def _q(names: NameMap) -> dict[str, str]:
+    return {
+        "V": names.t(V), "R": names.t(R), "L": names.t(L),
+        "v_id": names.c(V, "id"), "v_code": names.c(V, "code"), "v_status": names.c(V, "status"),
+        "v_max": names.c(V, "maxUses"), "v_uses": names.c(V, "currentUses"), "v_exp": names.c(V, "expiresAt"),
+        "v_upd": names.c(V, "updatedAt"),
+        "r_id": names.c(R, "id"), "r_vid": names.c(R, "voucherId"), "r_uid": names.c(R, "userId"),
+        "r_ts": names.c(R, "redeemedAt"),
+        "l_id": names.c(L, "id"), "l_src": names.c(L, "source"), "l_sid": names.c(L, "sourceId"),
+        "l_uid": names.c(L, "userId"), "l_amt": names.c(L, "amount"),
+    }
+
+
+def _naive_if_needed(conn: Connection, names: NameMap, model: str, fld: str, value: dt.datetime | None) -> Any:
+    """Prisma stores UTC in ``timestamp(3) without time zone``: compare with naive UTC values there."""
+    if value is None:
+        return None
+    ctype = nmod.column_type(conn, names, model, fld) or ""
+    return value.astimezone(dt.UTC).replace(tzinfo=None) if "without time zone" in ctype else value
+
+
+class Scope:
+    """SQL fragments and bind values for one parameter set (built once per plan/lock/verify)."""
+
+    def __init__(self, conn: Connection, params: Params, names: NameMap) -> None:
+        nmod.require(conn, names, {V: VOUCHER_NEEDS, R: REDEMPTION_NEEDS, L: ["id", "userId", "amount", "source",
+                                                                            "sourceId"]})
+        self.q = q = _q(names)
+        self.binds: dict[str, Any] = {"pr_source": params.source, "rb_rsource": params.reversal_source}
+        v_where = ["true"]
+        if params.voucher_codes:
+            known = {r[0] for r in conn.execute(sa.text(
+                f"select {q['v_code']} from {q['V']} where {q['v_code']} = any(:pr_codes)"),
+                {"pr_codes": params.voucher_codes})}
+            unknown = sorted(set(params.voucher_codes) - known)
+            if unknown:
+                raise NotFoundError(f"unknown voucher codes ({len(unknown)}): {', '.join(unknown[:10])}"
+                                    + (" …" if len(unknown) > 10 else "") + "; check the spelling (codes are "
+                                    "case-sensitive)", unknown=unknown)
+            v_where.append(f"v.{q['v_code']} = any(:pr_codes)")
+            self.binds["pr_codes"] = params.voucher_codes
+        r_where = list(v_where)
+        since = parse_aware_datetime(params.redeemed_since, "redeemed_since")
+        until = parse_aware_datetime(params.redeemed_until, "redeemed_until")
+        if since:
+            r_where.append(f"r.{q['r_ts']} >= :pr_since")
+            self.binds["pr_since"] = _naive_if_needed(conn, names, R, "redeemedAt", since)
+        if until:
+            r_where.append(f"r.{q['r_ts']} < :pr_until")
+            self.binds["pr_until"] = _naive_if_needed(conn, names, R, "redeemedAt", until)
+        #: vouchers in scope (alias v)
+        self.vouchers = f"select v.* from {q['V']} v where {' and '.join(v_where)}"
+        #: redemptions to clear (alias r), with their voucher's code
+        self.redemptions = (
+            f"select r.{q['r_id']} as id, r.{q['r_vid']} as voucher_id, r.{q['r_uid']} as user_id, "
+            f"r.{q['r_ts']} as redeemed_at, v.{q['v_code']} as code from {q['R']} r join {q['V']} v "
+            f"on v.{q['v_id']} = r.{q['r_vid']} where {' and '.join(r_where)}")
+        #: tokens each redemption granted, where the schema records it (the application's tokensGranted)
+        self.tokens_granted = (f"r.{names.c(R, 'tokensGranted')}" if nmod.has_column(conn, names, R, "tokensGranted")
+                               else "null::int")
+        self.redemptions = self.redemptions.replace(
+            " as code from", f" as code, {self.tokens_granted} as tokens_granted from", 1)
+        # the ledger grants those redemptions produced, as a condition on the ledger aliased tt (a semi-join)
+        self.grant_link = params.grant_link
+        if params.grant_link == "redemption_id":
+            self.grant_where = (f"tt.{q['l_src']} = :pr_source and tt.{q['l_sid']} in "
+                                f"(select s.id from ({self.redemptions}) s)")
+        else:  # the application: sourceId = the voucher's id, for the redeeming user
+            self.grant_where = (f"tt.{q['l_src']} = :pr_source and (tt.{q['l_sid']}, tt.{q['l_uid']}) in "
+                                f"(select s.voucher_id, s.user_id from ({self.redemptions}) s)")
+        self.has_expiry = nmod.has_column(conn, names, V, "expiresAt")
+        self.has_updated = nmod.has_column(conn, names, V, "updatedAt")
+        #: "now" as the timestamp columns hold it: Prisma's DateTime is UTC in ``timestamp without time zone``;
+        #: a ``timestamptz`` column compares with now() itself (never via the session's TimeZone)
+        self.now_expiry = _now_for(conn, names, V, "expiresAt") if self.has_expiry else "now()"
+        self.now_updated = _now_for(conn, names, V, "updatedAt") if self.has_updated else "now()"
+        self.status_type = _column_type_sql(conn, names, V, "status")
+        #: the voucher statuses the database knows (the enum's values, else those in use)
+        self.statuses = nmod.enum_values(conn, names, "VoucherStatus") or [
+            r[0] for r in conn.execute(sa.text(f"select distinct {q['v_status']}::text from {q['V']}"))]
+        # a transition is made only to and from statuses the enum has (None disables it)
+        self.active = ACTIVE if ACTIVE in self.statuses else None
+        self.depleted = DEPLETED if DEPLETED in self.statuses else None
+        self.expired = EXPIRED if EXPIRED in self.statuses else None
+
+    def voucher_changes_sql(self) -> str:
+        """Per voucher in scope: counter and status before and after (the rollback's reasons only)."""
+        q = self.q
+        expired = (f"(v.{q['v_exp']} is not null and v.{q['v_exp']} <= {self.now_expiry})"
+                   if self.has_expiry else "false")
+        below = "(v.max_uses is null or v.new_uses < v.max_uses)"
+        # the rollback is the reason only when it removed redemptions of a voucher that was at (or over) its
+        # limit and is below it afterwards; a DEPLETED voucher without a limit, below its limit already, or
+        # losing nothing in this scope was depleted by someone else and keeps its status
+        revived = ("(v.removed > 0 and v.max_uses is not null and greatest(v.uses, v.old_uses) >= v.max_uses "
+                   "and v.new_uses < v.max_uses)")
+        # status names are bind values from the enum (:pr_active, :pr_depleted, :pr_expired; null when absent)
+        return f"""
+            select v.id, v.code, v.status, v.uses, v.max_uses, v.removed, v.new_uses, v.expired,
+              case when v.status = any(cast(:pr_reset as text[])) and :pr_active is not null then
+                     case when {below} then :pr_active else coalesce(:pr_depleted, v.status) end
+                   when v.status = :pr_depleted and {revived} and :pr_active is not null then
+                     case when v.expired then coalesce(:pr_expired, v.status) else :pr_active end
+                   else v.status end as new_status
+            from (select v.{q['v_id']} as id, v.{q['v_code']} as code, v.{q['v_status']}::text as status,
+                    v.{q['v_uses']} as uses, v.{q['v_max']} as max_uses, {expired} as expired,
+                    coalesce(tot.n, 0) as old_uses,
+                    coalesce(rm.n, 0) as removed, coalesce(tot.n, 0) - coalesce(rm.n, 0) as new_uses
+                  from ({self.vouchers}) v
+                  left join (select voucher_id, count(*) as n from ({self.redemptions}) s group by 1) rm
+                    on rm.voucher_id = v.{q['v_id']}
+                  left join (select {q['r_vid']} as voucher_id, count(*) as n from {q['R']} group by 1) tot
+                    on tot.voucher_id = v.{q['v_id']}) v"""
+
+    def bind(self, reset: list[str]) -> dict[str, Any]:
+        return {**self.binds, "pr_reset": reset, "pr_active": self.active, "pr_depleted": self.depleted,
+                "pr_expired": self.expired}
+
+
+def _now_for(conn: Connection, names: NameMap, model: str, fld: str) -> str:
+    """SQL for the current time in the column's own kind: naive UTC for ``timestamp``, ``now()`` for ``timestamptz``."""
+    ctype = nmod.column_type(conn, names, model, fld) or ""
+    return "now()" if "with time zone" in ctype else "(now() at time zone 'utc')"
+
+
+def _column_type_sql(conn: Connection, names: NameMap, model: str, fld: str) -> str:
+    return str(conn.execute(sa.text(
+        "select format_type(a.atttypid, a.atttypmod) from pg_attribute a "
+        "where a.attrelid = to_regclass(:t) and a.attname = :c"),
+        {"t": names.t(model), "c": names.column(model, fld)}).scalar_one())
+
+
+def _check_statuses(conn: Connection, names: NameMap, params: Params) -> None:
+    if not params.reset_statuses:
+        return
+    allowed = nmod.enum_values(conn, names, "VoucherStatus") or [
+        r[0] for r in conn.execute(sa.text(f"select distinct {names.c(V, 'status')}::text from {names.t(V)}"))]
+    bad = [s for s in params.reset_statuses if s not in allowed]
+    if bad:
+        raise ParameterError(f"parameter 'reset_statuses': {', '.join(bad)} not a voucher status; allowed: "
+                             f"{', '.join(allowed)}", "reset_statuses")
+
+
+# ---------------------------------------------------------------------------------------------------------
+# plan / lock / apply / check / verify
+# ---------------------------------------------------------------------------------------------------------
+
+
+def grant_matching(conn: Connection, names: NameMap, sc: Scope, binds: dict[str, Any]) -> dict[str, Any]:
+    """How the redemptions in scope and the ledger's grants find each other; never silent about either side.
+
+    One aggregated statement: redemptions in scope without any grant (and how many of those granted tokens),
+    grants of the vouchers in scope without any redemption and not reversed, and grants whose
+    ``metadata.voucherCode`` names another voucher than the one they point to."""
+    q = sc.q
+    link = grants.reversal_link(conn, names) if nmod.has_column(conn, names, L, "sourceId") else None
+    this = grants.redemption_join(names, sc.grant_link, "s", "tt").replace(f"s.{names.c(R, 'voucherId')}",
+                                                                          "s.voucher_id")
+    this = this.replace(f"s.{names.c(R, 'userId')}", "s.user_id").replace(f"s.{names.c(R, 'id')}", "s.id")
+    other = "redemption_id" if sc.grant_link == "voucher_and_user" else "voucher_and_user"
+    that = grants.redemption_join(names, other, "s", "tt").replace(f"s.{names.c(R, 'voucherId')}", "s.voucher_id")
+    that = that.replace(f"s.{names.c(R, 'userId')}", "s.user_id").replace(f"s.{names.c(R, 'id')}", "s.id")
+    code_sql = grants.metadata_code(conn, names, "tt")
+    not_reversed = (f"not exists (select 1 from {q['L']} x where {link.is_reversal_of('x', 'tt.' + q['l_id'])})"
+                    if link else "true")
+    if sc.grant_link == "voucher_and_user":
+        orphan_grants = (
+            f"select count(*) from {q['L']} tt where tt.{q['l_src']} = :pr_source and tt.{q['l_sid']} in "
+            f"(select v.{q['v_id']} from ({sc.vouchers}) v) and not exists (select 1 from {q['R']} r where "
+            f"{grants.redemption_join(names, 'voucher_and_user', 'r', 'tt')}) and {not_reversed}")
+    else:
+        orphan_grants = (
+            f"select count(*) from {q['L']} tt where tt.{q['l_src']} = :pr_source and tt.{q['l_sid']} is not null "
+            f"and not exists (select 1 from {q['R']} r where r.{q['r_id']} = tt.{q['l_sid']}) and {not_reversed}")
+    mismatch = (f"(select count(*) from ({sc.redemptions}) s join {q['L']} tt on tt.{q['l_src']} = :pr_source "
+                f"and {this} where {code_sql} is not null and {code_sql} <> s.code)") if code_sql else "0"
+    row = conn.execute(sa.text(
+        f"select count(*) filter (where not m.matched) as without_grant, "
+        f"count(*) filter (where not m.matched and coalesce(m.tokens_granted, 1) > 0) as granting_without, "
+        f"count(*) filter (where coalesce(m.tokens_granted, 1) > 0) as granting, "
+        f"count(*) filter (where m.other_matched) as other_matched, "
+        f"({orphan_grants}) as orphan_grants, {mismatch} as mismatch "
+        f"from (select s.tokens_granted, exists (select 1 from {q['L']} tt where tt.{q['l_src']} = :pr_source "
+        f"and {this}) as matched, exists (select 1 from {q['L']} tt where tt.{q['l_src']} = :pr_source "
+        f"and {that}) as other_matched from ({sc.redemptions}) s) m"), binds).mappings().one()
+    out: dict[str, Any] = {
+        "redemptions_without_grant": int(row["without_grant"]),
+        "granting_without_grant": int(row["granting_without"]),
+        "grants_without_redemption": int(row["orphan_grants"]),
+        "code_mismatch": int(row["mismatch"]),
+        "warnings": [], "refuse": None,
+    }
+    source = binds["pr_source"]
+    if out["granting_without_grant"]:
+        out["warnings"].append(
+            f"{out['granting_without_grant']} redemptions in scope granted tokens but have no ledger grant "
+            f"(source = '{source}', grant_link={sc.grant_link}): their tokens cannot be reversed")
+    if out["grants_without_redemption"]:
+        out["warnings"].append(f"{out['grants_without_redemption']} ledger grants of these vouchers belong to no "
+                               "redemption and are not reversed (listed by verify's orphan_voucher_grants)")
+    if out["code_mismatch"]:
+        out["warnings"].append(f"{out['code_mismatch']} matched grants carry a metadata.voucherCode of another "
+                               "voucher: check them before executing")
+    granting = int(row["granting"])
+    if granting and out["granting_without_grant"] == granting:
+        hint = (f"{int(row['other_matched'])} of them match with grant_link={other}: pass -p grant_link {other}"
+                if row["other_matched"] else f"check 'source' (grants are looked up with source = '{source}') "
+                "and whether this database records grants in the ledger at all")
+        out["refuse"] = (f"{granting} redemptions in scope granted tokens but no ledger grant matches any of them "
+                         f"by grant_link={sc.grant_link}: deleting them would keep every granted token (the guide's "
+                         f"bug); nothing was changed. {hint}")
+        out["warnings"].insert(0, "EXECUTE WILL REFUSE: " + out["refuse"].replace("; nothing was changed", ""))
+    return out
+
+
+def plan(conn: Connection, params: Params, names: NameMap) -> Plan:
+    sc = Scope(conn, params, names)
+    _check_statuses(conn, names, params)
+    binds = sc.bind(params.reset_statuses)
+    changes = sc.voucher_changes_sql()
+    red = conn.execute(sa.text(
+        f"select count(*) as n, count(distinct user_id) as users, count(distinct voucher_id) as vouchers, "
+        f"min(redeemed_at) as first, max(redeemed_at) as last, "
+        f"md5(coalesce(string_agg(id, ',' order by id), '')) as digest from ({sc.redemptions}) s"),
+        binds).mappings().one()
+    vch = conn.execute(sa.text(
+        f"select count(*) as in_scope, "
+        f"count(*) filter (where uses <> new_uses or status <> new_status) as changing, "
+        f"count(*) filter (where status <> new_status) as status_changing, "
+        f"count(*) filter (where status is distinct from :pr_active and status is distinct from :pr_depleted "
+        f"  and removed > 0 and status = new_status) as kept_status, "
+        f"coalesce(string_agg(distinct status, ', ') filter (where status is distinct from :pr_active and status "
+        f"  is distinct from :pr_depleted and removed > 0 and status = new_status), '') as kept_statuses, "
+        f"count(*) filter (where status = :pr_depleted and new_status = :pr_expired) as depleted_but_expired, "
+        f"count(*) filter (where new_status = :pr_depleted and (max_uses is null or new_uses < max_uses)) "
+        f"  as depleted_under_limit, "
+        f"md5(coalesce(string_agg(id || ':' || uses || '>' || new_uses || ':' || status || '>' || new_status, ',' "
+        f"  order by id) filter (where uses <> new_uses or status <> new_status), '')) as digest "
+        f"from ({changes}) c"), binds).mappings().one()
+    rp = tr.plan_reversal(
+        conn, names, where_sql=sc.grant_where, where_params=binds, ledger_mode=params.ledger_mode,
+        negative_policy=params.negative_policy, reversal_type=params.reversal_type,
+        reversal_source=params.reversal_source, sample_rows=params.sample_rows, top_users=params.top_users,
+        grant_link=params.grant_link)
+    rs = rp.summary
+    grants_total = conn.execute(sa.text(
+        f"select count(*), coalesce(sum(tt.{sc.q['l_amt']}), 0)::bigint from {sc.q['L']} tt where {sc.grant_where}"),
+        binds).one()
+    matching = grant_matching(conn, names, sc, binds)
+    summary = {
+        "redemptions to clear": int(red["n"]),
+        "users with redemptions cleared": int(red["users"]),
+        "vouchers in scope": int(vch["in_scope"]),
+        "vouchers whose counter or status changes": int(vch["changing"]),
+        "vouchers whose status changes": int(vch["status_changing"]),
+        "vouchers keeping their status (not ACTIVE/DEPLETED)": int(vch["kept_status"]),
+        "ledger grants of these redemptions": int(grants_total[0]),
+        "redemptions without a grant": matching["redemptions_without_grant"],
+        "of them granting tokens": matching["granting_without_grant"],
+        "grants of these vouchers without a redemption": matching["grants_without_redemption"],
+        "grants whose metadata names another voucher": matching["code_mismatch"],
+        "grants matched to redemptions by": params.grant_link,
+        "ledger rows to reverse": rs["rows_to_reverse"],
+        "tokens to reverse": rs["tokens_to_reverse"],
+        "users whose balance changes": rs["users"] - rs["users_excluded"],
+        "users going negative (before policy)": rs["users_negative"],
+        "grants already reversed": rs["rows_already_reversed"],
+        "ledger mode": params.ledger_mode,
+        "negative policy": params.negative_policy,
+        "reset statuses": ", ".join(params.reset_statuses) or "none",
+        "nothing_to_do": int(red["n"]) == 0 and int(vch["changing"]) == 0 and rs["rows_to_reverse"] == 0,
+    }
+    warnings = list(rp.warnings)
+    if rs["users_without_balance"]:
+        warnings.append(f"{rs['users_without_balance']} users have grants but no balance row: execute stops "
+                        "(their grants could not be reversed); fix the balances or narrow the scope")
+    warnings.extend(matching["warnings"])
+    if vch["kept_status"]:
+        warnings.append(f"{vch['kept_status']} vouchers lose redemptions but keep their status ({vch['kept_statuses']}; "
+                        "the guide's SET status='ACTIVE' would revive them); name the statuses in reset_statuses "
+                        "to reset them")
+    unknown = sorted(set(sc.statuses) - {ACTIVE, DEPLETED, EXPIRED, "INACTIVE"})
+    if unknown:
+        warnings.append(f"voucher statuses this runbook has no rule for: {', '.join(unknown)}; vouchers with them "
+                        "keep their status unless named in reset_statuses")
+    if vch["depleted_but_expired"]:
+        warnings.append(f"{vch['depleted_but_expired']} DEPLETED vouchers are below their limit again but past "
+                        "expiresAt: they become EXPIRED, not ACTIVE")
+    if vch["depleted_under_limit"]:
+        warnings.append(f"{vch['depleted_under_limit']} vouchers stay DEPLETED below their limit (or without one): "
+                        "this rollback removes none of their redemptions, or they were below the limit already, so "
+                        "it is not the reason to reactivate them; name DEPLETED in reset_statuses to do so")
+    frames: dict[str, pd.DataFrame] = {}
+    frames["vouchers"] = pd.DataFrame(conn.execute(sa.text(
+        f"select code, status as status_before, new_status as status_after, uses as uses_before, "
+        f"new_uses as uses_after, max_uses, removed as redemptions_cleared from ({changes}) c "
+        f"where uses <> new_uses or status <> new_status order by removed desc, code limit :lim"),
+        {**binds, "lim": params.top_users}).mappings().all(),
+        columns=["code", "status_before", "status_after", "uses_before", "uses_after", "max_uses",
+                 "redemptions_cleared"])
+    frames["redemptions_by_voucher"] = pd.DataFrame(conn.execute(sa.text(
+        f"select code, count(*) as redemptions, min(redeemed_at) as first, max(redeemed_at) as last "
+        f"from ({sc.redemptions}) s group by code order by 2 desc, code limit :lim"),
+        {**binds, "lim": params.top_users}).mappings().all(), columns=["code", "redemptions", "first", "last"])
+    frames["redemptions_sample"] = pd.DataFrame(conn.execute(sa.text(
+        f"select id, code, user_id, redeemed_at from ({sc.redemptions}) s order by redeemed_at, id limit :lim"),
+        {**binds, "lim": params.sample_rows}).mappings().all(), columns=["id", "code", "user_id", "redeemed_at"])
+    frames["grants_sample"] = rp.frames.get("sample", pd.DataFrame())
+    frames["balances"] = rp.frames.get("balances", pd.DataFrame())
+    frames["negative"] = rp.frames.get("negative", pd.DataFrame())
+    digest = {"redemptions": red["digest"], "vouchers": vch["digest"], "reversal": rp.digest,
+              "reset": sorted(params.reset_statuses), "link": params.grant_link}
+    p = Plan(procedure=NAME, plan_id=plan_hash(NAME, digest), summary=summary, frames=frames, warnings=warnings,
+             details={"reversal": rp, "raw_reversal": rs, "scope": sc, "matching": matching})
+    p.exports = {
+        "redemptions_cleared": (f"select * from ({sc.redemptions}) s order by redeemed_at, id", binds),
+        "vouchers_before_after": (f"select * from ({changes}) c order by code", binds),
+        "ledger_grants": (f"select tt.* from {sc.q['L']} tt where {sc.grant_where} order by tt.{sc.q['l_id']}",
+                          binds),
+    }
+    return p
+
+
+def lock(conn: Connection, params: Params, names: NameMap) -> None:
+    """Vouchers in scope, then their redemptions, then ledger rows and balances (a fixed order)."""
+    sc = Scope(conn, params, names)
+    q, binds = sc.q, sc.bind(params.reset_statuses)
+    conn.execute(sa.text(f"select 1 from {q['V']} v where v.{q['v_id']} in (select v.{q['v_id']} from "
+                         f"({sc.vouchers}) v) order by v.{q['v_id']} for update"), binds)
+    conn.execute(sa.text(f"select 1 from {q['R']} r where r.{q['r_id']} in (select id from ({sc.redemptions}) s) "
+                         f"order by r.{q['r_id']} for update"), binds)
+    tr.lock_reversal(conn, names, sc.grant_where, binds)
+
+
+def apply(conn: Connection, params: Params, names: NameMap, plan: Plan) -> ApplyResult:
+    rp: tr.ReversalPlan = plan.details["reversal"]
+    rs = plan.details["raw_reversal"]
+    sc: Scope = plan.details["scope"]
+    q, binds = sc.q, sc.bind(params.reset_statuses)
+    if params.negative_policy == "abort" and rs["users_negative"]:
+        raise PolicyAbort(f"negative_policy=abort: {rs['users_negative']} users would go below zero "
+                          f"({rs['negative_tokens']} tokens); nothing was changed. Review the list, then choose "
+                          "allow or clamp")
+    if rs["users_without_balance"]:
+        raise PolicyAbort(f"{rs['users_without_balance']} users have voucher grants but no balance row, so their "
+                          "grants cannot be reversed; nothing was changed. Create their balance rows or narrow "
+                          "voucher_codes")
+    if plan.details["matching"]["refuse"]:
+        raise PolicyAbort(plan.details["matching"]["refuse"])
+    rp.incident, rp.plan_id = tr.incident_of(params), params.approved_plan
+    conn.execute(sa.text("drop table if exists pr_removed, pr_vouchers"))
+    conn.execute(sa.text(f"create temp table pr_removed on commit drop as {sc.redemptions}"), binds)
+    conn.execute(sa.text(f"create temp table pr_vouchers on commit drop as "
+                         f"{sc.voucher_changes_sql()}"), binds)
+    conn.execute(sa.text("create index on pr_removed (id); analyze pr_removed; analyze pr_vouchers"))
+    counts: dict[str, Any] = {}
+    if rs["rows_to_reverse"]:
+        counts.update(tr.apply_reversal(conn, names, rp))  # before the redemptions go: it selects through them
+    else:
+        counts.update(rows_reversed=0, tokens_reversed=0, users_affected=0)
+    counts["redemptions_deleted"] = conn.execute(sa.text(
+        f"delete from {q['R']} r using pr_removed x where r.{q['r_id']} = x.id")).rowcount
+    upd = f", {q['v_upd']} = {sc.now_updated}" if sc.has_updated else ""
+    counts["vouchers_updated"] = conn.execute(sa.text(
+        f"update {q['V']} v set {q['v_uses']} = c.new_uses, {q['v_status']} = cast(c.new_status as {sc.status_type})"
+        f"{upd} from pr_vouchers c where v.{q['v_id']} = c.id and (c.uses <> c.new_uses or c.status <> c.new_status)"
+    )).rowcount
+    counts["vouchers_status_changed"] = int(conn.execute(sa.text(
+        "select count(*) from pr_vouchers where status <> new_status")).scalar_one())
+    return ApplyResult(changed=True, counts=counts, messages=[
+        f"cleared {counts['redemptions_deleted']} redemptions, reversed {counts['rows_reversed']} ledger grants "
+        f"({counts['tokens_reversed']} tokens), updated {counts['vouchers_updated']} vouchers "
+        f"({counts['vouchers_status_changed']} status changes)"])
+
+
+def check(conn: Connection, params: Params, names: NameMap, plan: Plan, result: ApplyResult) -> None:
+    """Invariants before COMMIT; any failure raises InvariantError and the transaction rolls back."""
+    if not result.changed:
+        return
+    sc: Scope = plan.details["scope"]
+    q = sc.q
+    problems: list[str] = []
+    wrong_counter = conn.execute(sa.text(
+        f"select count(*) from pr_vouchers c join {q['V']} v on v.{q['v_id']} = c.id where v.{q['v_uses']} <> "
+        f"(select count(*) from {q['R']} r where r.{q['r_vid']} = c.id)")).scalar_one()
+    if wrong_counter:
+        problems.append(f"{wrong_counter} vouchers' counters differ from their remaining redemptions")
+    wrong_status = conn.execute(sa.text(
+        f"select count(*) from pr_vouchers c join {q['V']} v on v.{q['v_id']} = c.id "
+        f"where v.{q['v_status']}::text <> c.new_status")).scalar_one()
+    if wrong_status:
+        problems.append(f"{wrong_status} vouchers' status differs from the plan")
+    # only DEPLETED vouchers may change status on their own (the rollback being the reason); any other status
+    # (INACTIVE, EXPIRED, one the runbook does not know) changes only when named in reset_statuses
+    revived = conn.execute(sa.text(
+        f"select count(*) from pr_vouchers c join {q['V']} v on v.{q['v_id']} = c.id where c.status is distinct "
+        f"from :dep and not (c.status = any(:reset)) and v.{q['v_status']}::text <> c.status"),
+        {"reset": params.reset_statuses, "dep": sc.depleted}).scalar_one()
+    if revived:
+        problems.append(f"{revived} vouchers that were not DEPLETED changed status without reset_statuses")
+    left = conn.execute(sa.text(
+        f"select count(*) from {q['R']} r join pr_removed x on x.id = r.{q['r_id']}")).scalar_one()
+    if left:
+        problems.append(f"{left} redemptions in scope still exist")
+    join = ("tt.{sid} = x.id" if params.grant_link == "redemption_id"
+            else "tt.{sid} = x.voucher_id and tt.{uid} = x.user_id").format(sid=q["l_sid"], uid=q["l_uid"])
+    link = grants.reversal_link(conn, names)
+    dangling = conn.execute(sa.text(
+        f"select count(*) from {q['L']} tt join pr_removed x on {join} where tt.{q['l_src']} = :src "
+        f"and not exists (select 1 from {q['L']} rv where {link.is_reversal_of('rv', 'tt.' + q['l_id'])})"),
+        {"src": params.source, "rb_rsource": params.reversal_source}).scalar_one()
+    if dangling:
+        problems.append(f"{dangling} ledger grants point to a removed redemption without their reversal")
+    if problems:
+        raise InvariantError("invariant failed before COMMIT, rolled back: " + "; ".join(problems), problems=problems)
+    if result.counts.get("rows_reversed"):
+        tr.check_reversal(conn, names, plan.details["reversal"], result.counts)  # balance change == reversed total
+
+
+def verify(conn: Connection, params: Params, names: NameMap, plan: Plan | None) -> VerifyResult:
+    sc = Scope(conn, params, names)
+    q, binds = sc.q, sc.bind(params.reset_statuses)
+    left = int(conn.execute(sa.text(f"select count(*) from ({sc.redemptions}) s"), binds).scalar_one())
+    wrong = int(conn.execute(sa.text(
+        f"select count(*) from ({sc.vouchers}) v where v.{q['v_uses']} <> "
+        f"(select count(*) from {q['R']} r where r.{q['r_vid']} = v.{q['v_id']})"), binds).scalar_one())
+    checks = [
+        Check("no redemption left in scope", left == 0, left,
+              "redemptions matching the scope (expected 0 after execute)", after_execute=True),
+        Check("counters equal remaining redemptions", wrong == 0, wrong, "vouchers in scope whose currentUses differs"),
+    ]
+    # grants of a missing redemption that no reversing row compensates: the shared check
+    # orphan_voucher_grants (runbook_lib.checks), run after every execute, covers every convention
+    return VerifyResult(checks=checks)

@@ -1,0 +1,259 @@
+"""Run a procedure's notebook headlessly with papermill into a new evidence folder, then archive it.
+
+``run_procedure`` is the one library call behind ``runbook run``: parameters are validated first (bad
+input stops before anything runs or is written), the notebook is executed into
+``<evidence_root>/<incident>/<NNN>_<time>_<procedure>_<mode>/``, and the folder is finalized (redacted,
+hashed, chained, indexed) whatever the outcome. The exit status comes from the error the notebook met.
+"""
+
+from __future__ import annotations
+
+import getpass
+import json
+import logging
+import os
+import sys
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any
+
+from . import db, procedures
+from . import params as params_mod
+from .errors import EvidenceError, KernelDiedError, ParameterError, RunbookError
+from .redact import redact_obj, redact_text
+from .run import STATE_FILE
+
+DEFAULT_EVIDENCE_ROOT = Path("incidents")
+KERNEL_LOG = "kernel.log"
+
+
+def notebooks_dir() -> Path:
+    env = os.environ.get("RUNBOOK_NOTEBOOKS")
+    if env:
+        return Path(env)
+    return Path(__file__).resolve().parent.parent / "notebooks"
+
+
+@dataclass
+class RunOutcome:
+    procedure: str
+    mode: str
+    status: str
+    exit_code: int
+    run_dir: Path
+    plan_id: str | None = None
+    summary: dict[str, Any] = field(default_factory=dict)
+    counts: dict[str, Any] = field(default_factory=dict)
+    error: str | None = None
+    manifest: dict[str, Any] = field(default_factory=dict)
+
+
+def operator_name(explicit: str | None = None) -> str:
+    if explicit:
+        return explicit
+    try:
+        return getpass.getuser()
+    except Exception:  # noqa: BLE001
+        return "unknown"
+
+
+def validate_parameters(procedure: str, values: dict[str, Any]) -> params_mod.CommonParams:
+    """Validate before anything runs: unknown names, types, dates, consistency."""
+    proc = procedures.get(procedure)
+    return params_mod.validate(proc.Params, values)
+
+
+def run_procedure(
+    procedure: str,
+    parameters: dict[str, Any],
+    *,
+    incident: str = "adhoc",
+    evidence_root: str | Path = DEFAULT_EVIDENCE_ROOT,
+    operator: str | None = None,
+    progress_bar: bool = True,
+    log_output: bool = False,
+) -> RunOutcome:
+    from . import evidence
+
+    proc = procedures.get(procedure)
+    if "evidence_dir" in parameters:
+        raise ParameterError("parameter 'evidence_dir' is set by the runner (the new run folder): use --evidence-dir "
+                             "for the evidence root", "evidence_dir")
+    params = validate_parameters(proc.NAME, parameters)
+    db.database_url()  # fail fast, before any folder is made, when the target is not configured
+    nb_in = notebooks_dir() / proc.NOTEBOOK
+    if not nb_in.is_file():
+        raise EvidenceError(f"notebook {nb_in} is missing from this installation")
+    # held (flock on the folder) until archived: a concurrent run of the incident must not take it for dead
+    run_dir = evidence.new_run_dir(Path(evidence_root), incident, proc.NAME, params.mode, hold=True)
+    try:
+        return _run_in(run_dir, proc, nb_in, params, incident=incident, operator=operator,
+                       progress_bar=progress_bar, log_output=log_output)
+    finally:
+        evidence.release_run(run_dir)
+
+
+def _run_in(run_dir: Path, proc: Any, nb_in: Path, params: params_mod.CommonParams, *, incident: str,
+            operator: str | None, progress_bar: bool, log_output: bool) -> RunOutcome:
+    import papermill as pm
+
+    from . import evidence
+
+    nb_out = run_dir / proc.NOTEBOOK
+    kernel_log = run_dir / KERNEL_LOG
+    injected = {**params.public_dict(), "evidence_dir": str(run_dir)}
+    papermill_error: str | None = None
+    kernel_died = False
+    # parameters were validated strictly above; papermill's own warnings about them would only be noise, and its
+    # error lines (e.g. "Kernel died while waiting for execute reply.") would break the one-line error contract on
+    # stderr: the failure is reported once, below. With log_output the notebook's output streams to stdout.
+    pm_logger = logging.getLogger("papermill")
+    old_level, old_propagate = pm_logger.level, pm_logger.propagate
+    stream = _OutputStream() if log_output else None
+    pm_logger.setLevel(logging.INFO if log_output else logging.CRITICAL)
+    if stream is not None:
+        pm_logger.addHandler(stream)
+        pm_logger.propagate = False  # printed once, on stdout, not again by the root logger's fallback on stderr
+    with warnings.catch_warnings(), open(kernel_log, "ab") as kernel_fh:
+        warnings.simplefilter("ignore")
+        try:
+            pm.execute_notebook(
+                str(nb_in), str(nb_out), parameters=injected, progress_bar=progress_bar, log_output=log_output,
+                kernel_name="python3", cwd=str(Path.cwd()), report_mode=False,
+                kernel_manager_class=_kernel_manager_class(kernel_fh),
+                # the kernel's own log (startup warnings such as "running over TCP without encryption" on a
+                # local socket, and at shutdown "ERROR | KeyboardInterrupt caught in kernel", as jupyter_client
+                # interrupts the kernel before every shutdown) is routine noise: only what is critical reaches
+                # kernel.log. Every failure reaches the operator as the one error line and the archived notebook.
+                extra_arguments=["--IPKernelApp.log_level=CRITICAL"],
+            )
+        except pm.PapermillExecutionError as exc:
+            papermill_error = f"{exc.ename}: {exc.evalue}"
+        except Exception as exc:  # noqa: BLE001 - kernel death etc.: archived, then reported
+            papermill_error = f"{type(exc).__name__}: {exc}"
+            if type(exc).__name__ == "DeadKernelError":
+                papermill_error = _kernel_died(run_dir, kernel_log)
+                kernel_died = True
+        finally:
+            pm_logger.setLevel(old_level)
+            pm_logger.propagate = old_propagate
+            if stream is not None:
+                pm_logger.removeHandler(stream)
+            if kernel_log.is_file() and kernel_log.stat().st_size == 0:
+                kernel_log.unlink()  # kept only when the kernel process said something outside the notebook
+    state = _read_state(run_dir)
+    status = state.get("status", "failed")
+    err = state.get("error") or {}
+    exit_code = 0
+    if papermill_error or status not in ("succeeded",):
+        exit_code = int(err.get("exit_code") or (KernelDiedError.exit_code if kernel_died else 1))
+        if status in ("running", "succeeded"):
+            status = "failed"
+    error_line = err.get("message") or (redact_text(papermill_error) if papermill_error else None)
+    if exit_code and not error_line:
+        error_line = "the notebook did not finish; see the executed notebook"
+    if error_line:
+        error_line = " ".join(str(error_line).split())  # one line, whatever the exception's text held
+    manifest = {
+        "procedure": proc.NAME,
+        "mode": params.mode,
+        "status": status,
+        "plan_id": state.get("plan_id"),
+        "plan_id_at_execute": state.get("plan_id_at_execute"),
+        "incident": incident,
+        "operator": operator_name(operator),
+        "parameters": redact_obj(injected),
+        "summary": state.get("summary"),
+        "counts": state.get("counts"),
+        "warnings": state.get("warnings"),
+        "committed": state.get("committed"),
+        "rolled_back": state.get("rolled_back"),
+        "verification": state.get("verification"),
+        "verification_passed": state.get("verification_passed"),
+        "exports": state.get("exports"),
+        "database": state.get("database"),
+        "names": state.get("names"),
+        "backup": state.get("backup"),
+        "started_at": state.get("started_at"),
+        "finished_at": state.get("finished_at"),
+        "error": {"message": error_line, "type": err.get("type") or ("KernelDiedError" if kernel_died else None), "step": err.get("step"),
+                  "exit_code": exit_code} if exit_code else None,
+        "notebook": nb_out.name,
+    }
+    try:
+        if nb_out.is_file():
+            evidence.render_html(nb_out)
+    except Exception as exc:  # noqa: BLE001 - the HTML copy is a convenience; its absence is recorded
+        manifest["html_error"] = redact_text(str(exc))[:300]
+    final = evidence.finalize_run(run_dir, manifest)
+    return RunOutcome(
+        procedure=proc.NAME, mode=params.mode, status=status, exit_code=exit_code, run_dir=run_dir,
+        plan_id=state.get("plan_id"), summary=state.get("summary") or {}, counts=state.get("counts") or {},
+        error=error_line, manifest=final,
+    )
+
+
+def _kernel_manager_class(log: IO[bytes]) -> type:
+    """A kernel manager whose kernel process writes its own stdout and stderr to ``log``, not to the CLI's.
+
+    The kernel inherits the CLI's file descriptors. Inside a cell ipykernel captures them into the notebook, but
+    before and after (start-up, shutdown, a native library aborting, e.g. libzmq's "Assertion failed:
+    pfd.revents & POLLIN (src/signaler.cpp:238)" at teardown) the kernel writes straight to them and would break
+    the CLI's contract: stderr holds the one error line, nothing else. What it writes is evidence, so it goes to
+    ``kernel.log`` in the run folder (redacted and hashed with the rest; removed when empty).
+    """
+    from jupyter_client import AsyncKernelManager
+
+    class _LoggedKernelManager(AsyncKernelManager):
+        async def start_kernel(self, **kw: Any) -> None:  # type: ignore[override]  # async in this class
+            kw.setdefault("stdout", log)  # a restart reuses these launch arguments: ``log`` stays open for the run
+            kw.setdefault("stderr", log)
+            await super().start_kernel(**kw)
+
+    return _LoggedKernelManager
+
+
+def _kernel_died(run_dir: Path, kernel_log: Path) -> str:
+    steps = (_read_state(run_dir).get("steps") or {}).items()
+    running = [name for name, st in steps if isinstance(st, dict) and st.get("status") == "running"]
+    during = f" during the {running[-1]} step" if running else ""
+    said = f"; what the kernel process wrote is in {KERNEL_LOG}" if kernel_log.is_file() and \
+        kernel_log.stat().st_size else ""
+    return (f"DeadKernelError: the notebook's kernel died{during} (killed, or out of memory); an open database "
+            f"transaction is rolled back by the server; the executed notebook is archived as failed{said}")
+
+
+class _OutputStream(logging.Handler):
+    """``--log-output``: the notebook's output lines (papermill logs them at INFO) on stdout, redacted."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.INFO)
+        self.setFormatter(logging.Formatter("%(message)s"))
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            text = redact_text(self.format(record))
+            sys.stdout.write(text if text.endswith("\n") else text + "\n")
+            sys.stdout.flush()
+        except Exception:  # noqa: BLE001 - streaming is a convenience; the notebook keeps everything
+            self.handleError(record)
+
+
+def _read_state(run_dir: Path) -> dict[str, Any]:
+    p = run_dir / STATE_FILE
+    if not p.is_file():
+        return {}
+    try:
+        data: dict[str, Any] = json.loads(p.read_text())
+        return data
+    except json.JSONDecodeError:
+        return {}
+
+
+def raise_for(outcome: RunOutcome) -> None:
+    """Raise the outcome's error as a RunbookError (library callers who prefer exceptions)."""
+    if outcome.exit_code:
+        err = RunbookError(outcome.error or "failed")
+        err.exit_code = outcome.exit_code
+        raise err
