@@ -179,3 +179,18 @@ def test_a_year_of_grants_reviews_and_displays(incident_db, engine_for, target_e
         display.show_table(frame, caption=name)
     display.plot_totals(by_day, "tokens by day", x="day", y="tokens")
     display.plot_before_after(plan.frames["histogram"], "before", "after", "balances")
+
+
+@pytest.mark.notebook
+def test_a_year_of_grants_through_the_notebook(incident_db, engine_for, target_env, tmp_path):
+    """The whole token-reversal notebook (papermill, evidence) over a year-long window exits 0."""
+    from runbook_lib.runner import run_procedure
+
+    target_env(incident_db)
+    with engine_for(incident_db).begin() as c:
+        c.exec_driver_sql("update token_transactions set \"createdAt\" = \"createdAt\" - mod(abs(hashtext(id)), 365) "
+                          "* interval '1 day' where source = 'voucher_redemption'")
+    out = run_procedure("token-reversal", {"since": "2024-11-01T00:00:00Z"}, incident="YEAR",
+                        evidence_root=tmp_path, progress_bar=False)
+    assert out.exit_code == 0, out.error
+    assert out.manifest["status"] == "succeeded"
