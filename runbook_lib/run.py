@@ -104,7 +104,7 @@ class Run:
             self.state["names"] = self.used_names()
         self.evidence_dir.mkdir(parents=True, exist_ok=True)
         tmp = self.evidence_dir / (STATE_FILE + ".tmp")
-        tmp.write_text(redact_text(json.dumps(_jsonable(self.state), indent=2, sort_keys=True)))
+        tmp.write_text(redact_text(json.dumps(_jsonable(self.state), indent=2)))
         tmp.replace(self.evidence_dir / STATE_FILE)
 
     @contextlib.contextmanager

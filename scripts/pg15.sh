@@ -35,7 +35,9 @@ printf '%s\n' "$PASSWORD" >"$DATA/.pw"
 chmod 600 "$DATA/.pw"
 [ ${#AS[@]} -eq 0 ] || chown -R postgres "$DATA"
 
+SLEEPER=
 stop() {
+  [ -z "$SLEEPER" ] || kill "$SLEEPER" 2>/dev/null || true
   "${AS[@]}" "$BIN/pg_ctl" -D "$DATA/db" -m fast -w stop >/dev/null 2>&1 || true
   rm -rf "$DATA"
 }
@@ -55,5 +57,7 @@ if [ $# -gt 0 ]; then
   "$@"
 else
   echo "export TEST_DATABASE_URL=$TEST_DATABASE_URL"
-  while :; do sleep 3600 & wait $!; done
+  sleep infinity &
+  SLEEPER=$!
+  wait "$SLEEPER"
 fi
