@@ -121,7 +121,7 @@ class Socket:
 @pytest.fixture
 def socket(pg_server) -> Iterator[Socket]:
     """A password-authenticated superuser reachable through the server's Unix socket."""
-    role = f"rb_conn_{uuid.uuid4().hex[:8]}"
+    role = "rb_conn_test"  # one name: the embedded server's pg_hba.conf gains its line once, not once per test
     admin = pg_server.admin()
     with admin.connect() as c:
         folder = str(c.exec_driver_sql("show unix_socket_directories").scalar_one()).split(",")[0].strip()
@@ -134,6 +134,7 @@ def socket(pg_server) -> Iterator[Socket]:
         embedded.ensure_password_role(pg_server.embedded, role, PW)
     else:
         with admin.connect() as c:
+            c.exec_driver_sql(f"DROP ROLE IF EXISTS {role}")
             c.exec_driver_sql(f"CREATE ROLE {role} LOGIN SUPERUSER PASSWORD '{PW}'")
     admin.dispose()
     yield Socket(folder, port, role, PW)
