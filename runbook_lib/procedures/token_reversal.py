@@ -389,15 +389,19 @@ def _materialize(conn: Connection, q: dict[str, str], where_sql: str, where_para
     conn.execute(sa.text("drop table if exists rb_affected, rb_users"))
     extra = f", tt.{q['sid']} as source_id" if source_id else ", null::text as source_id"
     extra += f", {voucher_code_sql} as voucher_code" if voucher_code_sql else ", null::text as voucher_code"
-    done, join = "false", ""
-    if link:
-        done, join = "d.oid is not null", f"left join ({link.reversed_ids(q['ledger'])}) d on d.oid = tt.{q['id']}"
     conn.execute(sa.text(
         f"create temp table rb_affected on commit drop as select tt.{q['id']} as id, tt.{q['uid']} as user_id, "
-        f"tt.{q['amt']}::bigint as amount, tt.{q['ts']} as created_at{extra}, {done} as done "
-        f"from {q['ledger']} tt {join} where ({where_sql})"), where_params)
-    already = conn.execute(sa.text("delete from rb_affected where done")).rowcount
-    conn.execute(sa.text("alter table rb_affected drop column done"))
+        f"tt.{q['amt']}::bigint as amount, tt.{q['ts']} as created_at{extra} "
+        f"from {q['ledger']} tt where ({where_sql})"), where_params)
+    already = 0
+    if link:
+        # rows reversed already leave the selection in one join: with statistics on the selection the planner
+        # probes the application's sourceId index per selected row, or hashes, whichever is cheaper (never a
+        # correlated lookup per row that has no index to use)
+        conn.execute(sa.text("analyze rb_affected"))
+        already = conn.execute(sa.text(
+            f"delete from rb_affected a using {q['ledger']} r where {link.is_reversal_of('r', 'a.id')}"),
+            where_params).rowcount
     conn.execute(sa.text(
         f"create temp table rb_users on commit drop as with affected as (select * from rb_affected), "
         f"{_decision_sql(q, policy)} select * from decided"))
