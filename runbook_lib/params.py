@@ -114,6 +114,15 @@ def name_list(v: Any, limit: int = 100_000, allow_empty: bool = True) -> list[st
     return [str(x).strip() for x in v]
 
 
+def recorded_reason(v: str | None) -> str | None:
+    """An override's reason: None when empty, else a real sentence (it is recorded in the evidence)."""
+    if v in (None, ""):
+        return None
+    if len(v) < 10:
+        raise ValueError("give a real reason (at least 10 characters); it is recorded in the evidence")
+    return v
+
+
 class CommonParams(BaseModel):
     """Parameters every procedure takes. Connection strings are never parameters: see DATABASE_URL."""
 
@@ -216,11 +225,7 @@ class DestructiveParams(CommonParams):
     @field_validator("backup_override_reason")
     @classmethod
     def _reason(cls, v: str | None) -> str | None:
-        if v in (None, ""):
-            return None
-        if len(v) < 10:
-            raise ValueError("give a real reason (at least 10 characters); it is recorded in the evidence")
-        return v
+        return recorded_reason(v)
 
 
 def _one_line(exc: ValidationError) -> str:

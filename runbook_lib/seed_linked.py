@@ -7,8 +7,8 @@ voucher status, grants whose ``sourceId`` is the redemption's id). The real appl
 schemas that do have a link column and other conventions.
 
 ``seed_incident`` writes a small, deterministic incident (a few hundred users) into a database that has
-the ``demo/prisma_linked`` migrations applied. ``seed_bulk`` writes the same shape at benchmark scale (200k users,
-1M ledger rows) with set-based ``generate_series`` statements. Both keep the app's invariants: every
+the ``demo/prisma_linked`` migrations applied (the benchmark's bulk data has the real shape:
+``runbook_lib.seed.seed_bulk``). It keeps the app's invariants: every
 balance equals the sum of its user's ledger, ``balanceAfter`` is the running balance, voucher use counters
 equal the redemption counts, depleted vouchers are at their limit.
 
@@ -22,13 +22,11 @@ from __future__ import annotations
 
 import datetime as dt
 import random
-from dataclasses import asdict, dataclass
 from typing import Any
 
 import sqlalchemy as sa
 
-WINDOW_START = dt.datetime(2025, 12, 1, tzinfo=dt.UTC)
-WINDOW_END = dt.datetime(2025, 12, 3, tzinfo=dt.UTC)
+from .seed import WINDOW_END, WINDOW_START, IncidentFacts, _ts  # the same incident window and figures
 
 # code, type, status, tokenAmount, maxUses, expiresAt
 VOUCHERS: list[tuple[str, str, str, int, int | None, str | None]] = [
@@ -42,34 +40,6 @@ VOUCHERS: list[tuple[str, str, str, int, int | None, str | None]] = [
     ("TRIAL30", "SUBSCRIPTION_TRIAL", "ACTIVE", 0, None, None),
     ("UNUSED5", "TOKEN_GRANT", "ACTIVE", 5, 100, None),
 ]
-
-
-@dataclass(frozen=True)
-class IncidentFacts:
-    """What was seeded, computed from the database after seeding (not from the generator's intentions)."""
-
-    users: int
-    vouchers: int
-    redemptions: int
-    ledger_rows: int
-    affected_rows: int
-    affected_users: int
-    multi_grant_users: int
-    tokens_in_window: int
-    users_negative_if_reversed: int
-
-    def as_dict(self) -> dict[str, int]:
-        return asdict(self)
-
-    def __str__(self) -> str:
-        return (f"{self.users} users, {self.vouchers} vouchers, {self.redemptions} redemptions, "
-                f"{self.ledger_rows} ledger rows; in the window: {self.affected_rows} grants to "
-                f"{self.affected_users} users ({self.multi_grant_users} with several), {self.tokens_in_window} "
-                f"tokens, {self.users_negative_if_reversed} users would go below zero")
-
-
-def _ts(base: dt.datetime, rng: random.Random, span_hours: float) -> dt.datetime:
-    return base + dt.timedelta(seconds=rng.randrange(int(span_hours * 3600)))
 
 
 def seed_incident(engine: sa.engine.Engine, seed: int = 42, users: int = 300) -> IncidentFacts:
@@ -201,59 +171,6 @@ def incident_facts(engine: sa.engine.Engine, since: dt.datetime = WINDOW_START,
     with engine.connect() as c:
         row = c.execute(sa.text(sql), naive).one()
     return IncidentFacts(*(int(x) for x in row))
-
-
-def seed_bulk(engine: sa.engine.Engine, users: int = 200_000, ledger_rows: int = 1_000_000) -> dict[str, Any]:
-    """Benchmark-scale data, set-based (``generate_series``, no Python loop over rows); deterministic.
-
-    Half the users redeem a voucher (a quarter in the incident window, one in twelve of those granted
-    twice), the rest of ``ledger_rows`` are purchases and spends spread over the year, some spends after
-    the window so that reversing leaves balances negative.
-    """
-    nv = 100
-    stmts = [
-        ("users", 'INSERT INTO "User"(id, email, "createdAt") SELECT \'u\' || g, \'u\' || g || \'@bench.test\', '
-                  "timestamp '2025-01-01' + (g % 200) * interval '1 day' FROM generate_series(1::bigint, :users) g"),
-        ("vouchers", 'INSERT INTO "Voucher"(id, code, type, status, "tokenAmount", "maxUses", "currentUses", '
-                     '"updatedAt") SELECT \'v\' || g, \'BULK\' || g, \'TOKEN_GRANT\', '
-                     "(ARRAY['ACTIVE','ACTIVE','DISABLED','EXPIRED']::\"VoucherStatus\"[])[1 + g % 4], "
-                     "10 * (1 + g % 20), NULL, 0, timestamp '2025-12-04' FROM generate_series(1::bigint, :nv) g"),
-        ("redemptions", 'INSERT INTO "VoucherRedemption"(id, "voucherId", "userId", "redeemedAt") '
-                        "SELECT 'r' || g, 'v' || (1 + g % :nv), 'u' || g, CASE WHEN g % 4 = 0 "
-                        "THEN timestamp '2025-12-01' + ((g * 7919) % 172800) * interval '1 second' "
-                        "ELSE timestamp '2025-11-01' + ((g * 104729) % 2500000) * interval '1 second' END "
-                        "FROM generate_series(1::bigint, :users) g WHERE g % 2 = 0"),
-        ("voucher counters", 'UPDATE "Voucher" v SET "currentUses" = r.n FROM (SELECT "voucherId", count(*) n '
-                             'FROM "VoucherRedemption" GROUP BY 1) r WHERE r."voucherId" = v.id'),
-        ("grants", 'INSERT INTO "TokenTransaction"(id, "userId", amount, type, source, "sourceId", "createdAt") '
-                   "SELECT 'g' || r.id || '_' || k, r.\"userId\", v.\"tokenAmount\", 'CREDIT', 'voucher_redemption', "
-                   'r.id, r."redeemedAt" + k * interval \'7 milliseconds\' FROM "VoucherRedemption" r '
-                   'JOIN "Voucher" v ON v.id = r."voucherId" CROSS JOIN LATERAL generate_series(0, '
-                   "CASE WHEN substr(r.id, 2)::int % 12 = 0 THEN 1 ELSE 0 END) k"),
-    ]
-    info: dict[str, Any] = {}
-    with engine.begin() as c:
-        for label, sql in stmts:
-            n = c.execute(sa.text(sql), {"users": users, "nv": nv}).rowcount
-            info[label] = n
-            print(f"  seed_bulk: {label}: {n} rows", flush=True)
-        rest = max(ledger_rows - int(c.exec_driver_sql('SELECT count(*) FROM "TokenTransaction"').scalar() or 0), 0)
-        n = c.execute(sa.text(
-            'INSERT INTO "TokenTransaction"(id, "userId", amount, type, source, "createdAt") '
-            "SELECT 't' || g, 'u' || (1 + (g * 2654435761::bigint) % :users), "
-            "CASE WHEN g % 3 = 0 THEN -(1 + g % 40) ELSE 10 * (1 + g % 50) END, "
-            "CASE WHEN g % 3 = 0 THEN 'DEBIT' ELSE 'CREDIT' END::\"TokenTransactionType\", "
-            "CASE WHEN g % 3 = 0 THEN 'spend' ELSE 'purchase' END, "
-            "CASE WHEN g % 30 = 0 THEN timestamp '2025-12-03 01:00' + (g % 300000) * interval '1 second' "
-            "ELSE timestamp '2025-01-01' + (g % 28000000) * interval '1 second' END "
-            "FROM generate_series(1::bigint, :rest) g"), {"users": users, "rest": rest}).rowcount
-        info["other ledger rows"] = n
-        print(f"  seed_bulk: other ledger rows: {n} rows", flush=True)
-        print("  seed_bulk: running balances and balances", flush=True)
-        finish_ledger(c)
-    with engine.connect() as c:
-        c.exec_driver_sql("ANALYZE")
-    return info
 
 
 MAPPED_TABLES = {"User": "users", "UserTokenBalance": "token_balances", "TokenTransaction": "token_ledger",

@@ -26,7 +26,7 @@ from sqlalchemy.engine import Connection
 
 from ..errors import InvariantError, NotFoundError, ParameterError, PolicyAbort
 from ..names import NameMap
-from ..params import CommonParams
+from ..params import CommonParams, recorded_reason
 from ..prisma import history
 from ..prisma import status as st
 from .base import ApplyResult, Check, Plan, VerifyResult, plan_hash
@@ -72,11 +72,7 @@ class Params(CommonParams):
     @field_validator("override_reason")
     @classmethod
     def _reason(cls, v: str | None) -> str | None:
-        if v in (None, ""):
-            return None
-        if len(v) < 10:
-            raise ValueError("give a real reason (at least 10 characters); it is recorded in the evidence")
-        return v
+        return recorded_reason(v)
 
     @field_validator("migration_name")
     @classmethod
