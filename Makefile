@@ -7,7 +7,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test test-pg15 reliability lint typecheck benchmark clean validator
+.PHONY: demo lab test test-pg15 reliability lint typecheck benchmark clean validator
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -17,6 +17,10 @@ $(STAMP): pyproject.toml
 
 demo: $(STAMP)
 	$(BIN)/runbook demo
+
+# JupyterLab on notebooks/ with DATABASE_URL set to the embedded demo database (kept up until Ctrl-C)
+lab: $(STAMP)
+	$(BIN)/runbook lab
 
 validator:
 	@if command -v npm >/dev/null 2>&1 && [ -f tests/prisma_validator/package.json ]; then \

@@ -172,13 +172,19 @@ def _parser() -> argparse.ArgumentParser:
 
     ev = sub.add_parser("evidence", help="check or summarize an incident's evidence")
     ev_sub = ev.add_subparsers(dest="evidence_command", required=True)
-    v = ev_sub.add_parser("verify", help="recompute every hash and the manifest chain")
-    v.add_argument("dir")
+    v = ev_sub.add_parser("verify", help="recompute every hash and the manifest chain (an incident folder), "
+                                        "or one run folder's hashes against its manifest")
+    v.add_argument("dir", help="an incident folder, or one of its run folders")
     s = ev_sub.add_parser("show", help="print an incident summary")
     s.add_argument("dir")
 
     demo = sub.add_parser("demo", help="embedded PostgreSQL + seeded incident + token reversal review/execute")
     demo.add_argument("--evidence-dir", default="incidents")
+
+    lab = sub.add_parser("lab", help="JupyterLab on the notebooks, DATABASE_URL set to the embedded demo database")
+    lab.add_argument("--port", type=int, help="JupyterLab's port (default: the first free one from 8888)")
+    lab.add_argument("--no-browser", action="store_true", help="do not open a browser (implied without a display)")
+    lab.add_argument("--reset", action="store_true", help="recreate the demo database with a fresh incident")
     return ap
 
 
@@ -293,13 +299,20 @@ def _cmd_evidence(args: argparse.Namespace) -> int:
     if args.evidence_command == "show":
         print(evidence.show_incident(Path(args.dir)))
         return 0
-    problems = evidence.verify_incident(Path(args.dir))
-    for p in problems:
+    result = evidence.verify_path(Path(args.dir))  # EvidenceError (exit 11) for anything that is not evidence
+    for p in result.problems:
         print(p)
-    if problems:
-        print(f"evidence NOT intact: {len(problems)} problem{'' if len(problems) == 1 else 's'}", file=sys.stderr)
+    if result.problems:
+        n = len(result.problems)
+        print(f"evidence NOT intact: {n} problem{'' if n == 1 else 's'}", file=sys.stderr)
         return 11
-    print("evidence intact: every hash and the manifest chain check out")
+    if result.kind == "run":
+        verb = "check out" if result.link and " and " in result.link else "checks out"
+        link = f"; {result.link} {verb}" if result.link else ""
+        print(f"run {result.path.name} intact: {result.files} files match its manifest{link}; the chain is checked "
+              f"when you verify the incident folder {result.path.parent}")
+        return 0
+    print(f"evidence intact: {result.runs} runs, every hash and the manifest chain check out")
     return 0
 
 
@@ -309,10 +322,17 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return run_demo(evidence_root=Path(args.evidence_dir))
 
 
+def _cmd_lab(args: argparse.Namespace) -> int:
+    from .lab import run_lab
+
+    return run_lab(port=args.port, no_browser=args.no_browser, reset=args.reset)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
-        handler = {"list": _cmd_list, "run": _cmd_run, "evidence": _cmd_evidence, "demo": _cmd_demo}[args.command]
+        handler = {"list": _cmd_list, "run": _cmd_run, "evidence": _cmd_evidence, "demo": _cmd_demo,
+                   "lab": _cmd_lab}[args.command]
         return handler(args)
     except RunbookError as exc:
         if args.raiseerr:

@@ -53,11 +53,15 @@ def _nothing(title: str, what: str = "nothing to show") -> None:
     _display(_html(f"<p><b>{html.escape(title)}</b>: {html.escape(what)}.</p>"))
 
 
-def _init_itables() -> bool:
-    """Load itables offline once per kernel; False when it is unavailable (plain HTML tables then)."""
+def setup() -> bool:
+    """Load itables offline into the page: call it at the start of every notebook run (its first code cell).
+
+    It always emits the offline init output, even when this kernel has done so before: after a page reload,
+    or a "run all" on the same kernel, the previous init output is gone from the page, and tables would show
+    "Loading ITables..." forever. The library is embedded once per run, not once per table, so the executed
+    notebook stays small. False when itables is unavailable (plain HTML tables then).
+    """
     global _itables_ready
-    if _itables_ready:
-        return True
     try:
         import itables
 
@@ -68,7 +72,11 @@ def _init_itables() -> bool:
     return True
 
 
-# ------------------------------------------------------------------------------------------ values
+def _init_itables() -> bool:
+    """For a table shown before any :func:`setup` in this kernel (a notebook that does not call it)."""
+    return True if _itables_ready else setup()
+
+
 def is_missing(v: Any) -> bool:
     """None, NaN, NaT, pd.NA or Decimal('NaN')."""
     if v is None or v is pd.NA or v is pd.NaT:

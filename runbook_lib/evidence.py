@@ -13,7 +13,9 @@ Layout::
             manifest.json               parameters, operator, versions, target, SHA-256 of every file,
                                         and the SHA-256 of the previous run's manifest (the chain)
 
-``verify_incident`` recomputes every hash and the chain and names what changed or went missing.
+``verify_incident`` recomputes every hash and the chain and names what changed or went missing;
+``verify_run`` checks one run folder against its manifest; ``verify_path`` (``runbook evidence verify``)
+picks between them and refuses anything that is not evidence.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ import os
 import re
 import subprocess
 from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -293,8 +296,9 @@ def manifest_digest(manifest: dict[str, Any]) -> str:
 
 
 def _file_hashes(run_dir: Path) -> dict[str, str]:
-    return {p.relative_to(run_dir).as_posix(): sha256_file(p) for p in sorted(run_dir.rglob("*"))
-            if p.is_file() and p.name != MANIFEST}
+    """SHA-256 of every file under the run folder but its own top-level manifest.json."""
+    return {rel: sha256_file(p) for p in sorted(run_dir.rglob("*"))
+            if p.is_file() and (rel := p.relative_to(run_dir).as_posix()) != MANIFEST}
 
 
 def _chain_tail(incident_dir: Path, exclude: Path) -> tuple[int, str | None, str | None]:
@@ -415,36 +419,84 @@ def write_index(incident_dir: Path) -> None:
 
 
 # ------------------------------------------------------------------------------------------ checking
+#: files a run folder may hold besides those its manifest lists: none but the manifest itself
+RUN_UNLISTED_ALLOWED = (MANIFEST,)
+
+
+@dataclass(frozen=True)
+class Verification:
+    """What ``verify_path`` checked: a run folder alone, or an incident folder (every run and the chain)."""
+
+    path: Path
+    kind: str  # "run" or "incident"
+    problems: list[str]
+    files: int = 0  # run: the files its manifest lists (all present and matching when no problems)
+    runs: int = 0  # incident: its run folders
+    link: str | None = None  # run: how its link to the neighbouring runs of its incident was checked
+
+
+def _check_run(d: Path, m: dict[str, Any]) -> list[str]:
+    """One archived run against its own manifest: the manifest's digest, its run name, every file's hash."""
+    problems: list[str] = []
+    if m.get(SELF_DIGEST) != manifest_digest(m):
+        problems.append(f"{d.name}: manifest.json was edited after the run was archived (its "
+                        f"{SELF_DIGEST} does not match its content)")
+    if m.get("run") != d.name:
+        problems.append(f"{d.name}: its manifest belongs to run {m.get('run')!r} (folders renamed or swapped)")
+    recorded = m.get("files")
+    if not isinstance(recorded, dict):
+        return [*problems, f"{d.name}: manifest.json lists no files (it was tampered with)"]
+    actual = _file_hashes(d)
+    for rel, digest in recorded.items():
+        if rel not in actual:
+            problems.append(f"{d.name}: file {rel} is missing")
+        elif actual[rel] != digest:
+            problems.append(f"{d.name}: file {rel} changed (sha256 {actual[rel][:16]}…, "
+                            f"manifest says {str(digest)[:16]}…)")
+    for rel in sorted(set(actual) - set(recorded)):
+        problems.append(f"{d.name}: file {rel} was added after the run was archived")
+    return problems
+
+
+def _read_manifest(d: Path) -> tuple[dict[str, Any] | None, str | None]:
+    """(manifest, None), or (None, the one-line problem) for a run folder without a readable manifest."""
+    mf = d / MANIFEST
+    if not mf.is_file():
+        if is_live(d):
+            return None, f"{d.name}: still running (not archived yet); verify again when it has finished"
+        return None, f"{d.name}: manifest.json missing (the run was never archived, or it was tampered with)"
+    try:
+        m = json.loads(mf.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        m = None
+    if not isinstance(m, dict):
+        return None, f"{d.name}: manifest.json unreadable (not a JSON object: it was tampered with)"
+    return m, None
+
+
 def verify_incident(incident_dir: Path) -> list[str]:
-    """Every problem found: changed, missing or extra files; broken, reordered or incomplete chain."""
+    """Every problem found: changed, missing or extra files; broken, reordered or incomplete chain.
+
+    Raises ``EvidenceError`` for a path that is no incident folder: missing, a file, or a folder holding no
+    run folders (and no INDEX.md listing deleted ones) — an empty folder is never "intact".
+    """
+    if not incident_dir.exists():
+        raise EvidenceError(f"{incident_dir}: no such incident folder")
     if not incident_dir.is_dir():
-        return [f"{incident_dir}: no such incident folder"]
+        raise EvidenceError(f"{incident_dir} is a file, not an incident folder")
+    listed = _index_runs(incident_dir)
+    if not run_dirs(incident_dir) and not listed:
+        raise EvidenceError(f"{incident_dir}: no run folders (NNN_<time>_<procedure>_<mode>/) in it: "
+                            "not an incident folder, nothing to verify")
     problems: list[str] = []
     chain: dict[int, tuple[Path, dict[str, Any], str]] = {}
-    for d, m in load_manifests(incident_dir):
+    for d in run_dirs(incident_dir):
+        m, problem = _read_manifest(d)
         if m is None:
-            if not (d / MANIFEST).is_file() and is_live(d):
-                problems.append(f"{d.name}: still running (not archived yet); verify again when it has finished")
-                continue
-            what = "unreadable" if (d / MANIFEST).is_file() else "missing"
-            problems.append(f"{d.name}: manifest.json {what} (the run was never archived, or it was tampered with)")
+            problems.append(str(problem))
             continue
-        if m.get(SELF_DIGEST) != manifest_digest(m):
-            problems.append(f"{d.name}: manifest.json was edited after the run was archived (its "
-                            f"{SELF_DIGEST} does not match its content)")
-        if m.get("run") != d.name:
-            problems.append(f"{d.name}: its manifest belongs to run {m.get('run')!r} (folders renamed or swapped)")
-        recorded: dict[str, str] = m.get("files") or {}
-        actual = _file_hashes(d)
-        for rel, digest in recorded.items():
-            if rel not in actual:
-                problems.append(f"{d.name}: file {rel} is missing")
-            elif actual[rel] != digest:
-                problems.append(f"{d.name}: file {rel} changed (sha256 {actual[rel][:16]}…, "
-                                f"manifest says {digest[:16]}…)")
-        for rel in sorted(set(actual) - set(recorded)):
-            problems.append(f"{d.name}: file {rel} was added after the run was archived")
-        idx = int(m.get("chain_index") or 0)
+        problems += _check_run(d, m)
+        idx = _chain_index(m)
         if idx in chain:
             problems.append(f"{d.name}: chain index {idx} is used twice (also {chain[idx][0].name})")
         chain[idx] = (d, m, sha256_file(d / MANIFEST))
@@ -463,11 +515,101 @@ def verify_incident(incident_dir: Path) -> list[str]:
             problems.append(f"{d.name}: first run of the chain points at a previous manifest (runs before it "
                             "are missing)")
         prev_idx = idx
-    listed = _index_runs(incident_dir)
     present = {d.name for d in run_dirs(incident_dir)}
     for name in sorted(listed - present):
         problems.append(f"{name}: listed in INDEX.md but its folder is missing (run deleted)")
     return problems
+
+
+def _chain_index(m: dict[str, Any]) -> int:
+    try:
+        return int(m.get("chain_index") or 0)
+    except (TypeError, ValueError):
+        return 0
+
+
+def verify_run(run_dir: Path) -> Verification:
+    """One run folder alone: every file its manifest lists present with its SHA-256, no unlisted file, the
+    manifest's own digest. When its parent is an incident folder, also its links to the runs just before
+    and after it in the chain (the whole chain is checked by ``verify_incident`` on the parent).
+
+    Raises ``EvidenceError`` when ``run_dir`` is no archived run folder (missing, a file, no manifest.json).
+    """
+    if not run_dir.exists():
+        raise EvidenceError(f"{run_dir}: no such run folder")
+    if not run_dir.is_dir():
+        raise EvidenceError(f"{run_dir} is a file, not a run folder")
+    m, problem = _read_manifest(run_dir)
+    if m is None:
+        if not (run_dir / MANIFEST).exists():
+            raise EvidenceError(f"{run_dir}: no manifest.json: not an archived run folder "
+                                f"({str(problem).split(': ', 1)[1]})")
+        return Verification(run_dir, "run", [str(problem)])
+    problems = _check_run(run_dir, m)
+    link = _check_links(run_dir, m, problems)
+    files = m.get("files")
+    return Verification(run_dir, "run", problems, files=len(files) if isinstance(files, dict) else 0, link=link)
+
+
+def _check_links(run_dir: Path, m: dict[str, Any], problems: list[str]) -> str | None:
+    """This run's links to its neighbours in the incident's chain (appends problems; returns a summary)."""
+    parent = run_dir.parent
+    if not _RUN_DIR.match(run_dir.name) or run_dir not in run_dirs(parent):
+        return None
+    idx = _chain_index(m)
+    prev = m.get("previous_manifest_sha256")
+    siblings: dict[int, tuple[Path, dict[str, Any]]] = {}
+    for d in run_dirs(parent):
+        if d == run_dir:
+            continue
+        other, _ = _read_manifest(d)
+        if other is not None:
+            siblings.setdefault(_chain_index(other), (d, other))
+    said: list[str] = []
+    if idx == 1:
+        if prev is not None:
+            problems.append(f"{run_dir.name}: first run of the chain points at a previous manifest (runs before "
+                            "it are missing)")
+        said.append("first of the chain")
+    elif idx - 1 in siblings:
+        d, _ = siblings[idx - 1]
+        if prev != sha256_file(d / MANIFEST):
+            problems.append(f"{run_dir.name}: previous_manifest_sha256 does not match the manifest of {d.name} "
+                            "(a manifest was edited, replaced or reordered)")
+        said.append(f"link to {d.name}")
+    else:
+        problems.append(f"{run_dir.name}: the run before it in the chain (number {idx - 1}, "
+                        f"{m.get('previous_run')!r}) is missing from {parent}")
+    if idx + 1 in siblings:
+        d, nxt = siblings[idx + 1]
+        if nxt.get("previous_manifest_sha256") != sha256_file(run_dir / MANIFEST):
+            problems.append(f"{run_dir.name}: its manifest is not the one the next run {d.name} recorded "
+                            "(manifest edited or replaced)")
+        said.append(f"link from {d.name}")
+    return " and ".join(said) if said else None
+
+
+def verify_path(path: Path) -> Verification:
+    """``runbook evidence verify``: a run folder (it has a manifest.json) alone, or an incident folder.
+
+    Raises ``EvidenceError`` (one line) for anything that is not evidence: a missing path, a file, an empty
+    folder, a run folder without manifest.json, a folder with no run folders.
+    """
+    if not path.exists():
+        raise EvidenceError(f"{path}: no such file or folder")
+    if not path.is_dir():
+        raise EvidenceError(f"{path} is a file, not an evidence folder (give an incident folder or one of its "
+                            "run folders)")
+    if (path / MANIFEST).exists():
+        return verify_run(path)
+    if run_dirs(path) or any((path / marker).exists() for marker in (*INDEX_FILES, ".lock")):
+        return Verification(path, "incident", verify_incident(path), runs=len(run_dirs(path)))
+    if not any(path.iterdir()):
+        raise EvidenceError(f"{path} is an empty folder: no evidence to verify")
+    if _RUN_DIR.match(path.name):
+        return verify_run(path)  # raises: no manifest.json
+    raise EvidenceError(f"{path}: no manifest.json and no run folders: neither a run folder nor an incident "
+                        "folder, nothing to verify")
 
 
 def _index_runs(incident_dir: Path) -> set[str]:

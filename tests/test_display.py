@@ -174,3 +174,34 @@ def test_summary_box_formats_decimals_and_missing(shown):
     assert "6,666,640" in text and "0.50" in text and text.count("—") == 2
     display.summary_box("Empty", {})
     assert "nothing to show" in _text(shown)
+
+
+# --------------------------------------------------------------------------- itables offline, at every run
+def test_setup_emits_the_offline_init_at_every_call(monkeypatch):
+    """A page reload or "run all" on the same kernel drops the previous init output: every setup re-emits it."""
+    import IPython.display
+
+    out: list = []
+    monkeypatch.setattr(IPython.display, "display", lambda *objs, **kw: out.extend(objs))
+    monkeypatch.setattr(display, "_itables_ready", False)
+    for _ in range(2):
+        out.clear()
+        assert display.setup() is True
+        html = "".join(getattr(o, "data", "") or "" for o in out)
+        assert "injectModule" in html and len(html) > 100_000, "the library is embedded (offline), not fetched"
+    out.clear()
+    display._init_itables()  # a table after setup: no second copy of the library within the run
+    assert out == []
+
+
+def test_every_notebook_sets_up_the_display_before_its_first_table():
+    import json
+    from pathlib import Path
+
+    for nb_path in sorted((Path(__file__).resolve().parent.parent / "notebooks").glob("*.ipynb")):
+        cells = [c for c in json.loads(nb_path.read_text())["cells"] if c["cell_type"] == "code"]
+        sources = ["".join(c["source"]) for c in cells]
+        assert "parameters" in cells[0]["metadata"].get("tags", []), nb_path.name
+        assert "show.setup()" in sources[1], f"{nb_path.name}: the cell after the parameters calls show.setup()"
+        assert all("show." not in line or "import" in line or "show.setup()" in line
+                   for line in sources[1].split("show.setup()")[0].splitlines()), nb_path.name

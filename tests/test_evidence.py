@@ -12,6 +12,7 @@ import sqlalchemy as sa
 
 from runbook_lib import evidence
 from runbook_lib.cli import main
+from runbook_lib.errors import EvidenceError
 from runbook_lib.runner import run_procedure
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -265,3 +266,111 @@ def test_rollback_check_trusts_the_server_over_a_plan_moved_by_other_sessions(in
     assert moved["checked"] is True and moved["rolled_back"] is True and "it differs" in moved["how"]
     assert run._check_rolled_back(plan_id, xids["committed"])["rolled_back"] is False
     assert run._check_rolled_back(plan_id, None)["rolled_back"] is True  # no id: the plan comparison decides
+
+
+# ------------------------------------------------------------------ `runbook evidence verify` on any path
+@pytest.fixture
+def one_run(incident_db, target_env, tmp_path, quick_notebook) -> Path:
+    target_env(incident_db)
+    out = run_procedure("token-reversal", WINDOW, incident="V", evidence_root=tmp_path / "ev", progress_bar=False)
+    assert out.exit_code == 0, out.error
+    return out.run_dir
+
+
+def _one_error_line(capsys: pytest.CaptureFixture[str]) -> str:
+    captured = capsys.readouterr()
+    assert "intact" not in captured.out + captured.err.replace("NOT intact", "")
+    lines = captured.err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: EvidenceError: "), captured.err
+    return lines[0]
+
+
+def test_verify_one_run_folder_intact(one_run, capsys):
+    assert main(["evidence", "verify", str(one_run)]) == 0
+    out = capsys.readouterr().out.strip()
+    files = len(json.loads((one_run / "manifest.json").read_text())["files"])
+    assert out == (f"run {one_run.name} intact: {files} files match its manifest; first of the chain checks out; "
+                   f"the chain is checked when you verify the incident folder {one_run.parent}")
+
+
+def test_verify_one_run_folder_with_a_tampered_csv(one_run, capsys):
+    csvs = sorted(one_run.glob("*.csv"))
+    assert csvs, "the run wrote no CSV figures"
+    with csvs[0].open("a") as f:
+        f.write("1,2,3\n")
+    assert main(["evidence", "verify", str(one_run)]) == 11
+    captured = capsys.readouterr()
+    assert captured.out.startswith(f"{one_run.name}: file {csvs[0].name} changed (sha256 ")
+    assert "evidence NOT intact: 1 problem" in captured.err and " intact:" not in captured.out
+
+
+def test_verify_one_run_folder_with_an_added_file(one_run, capsys):
+    (one_run / "notes.csv").write_text("a\n1\n")
+    assert main(["evidence", "verify", str(one_run)]) == 11
+    assert f"{one_run.name}: file notes.csv was added after the run was archived" in capsys.readouterr().out
+
+
+def test_verify_one_run_folder_with_an_edited_manifest(one_run, capsys):
+    mf = one_run / "manifest.json"
+    m = json.loads(mf.read_text())
+    m["status"] = "failed"
+    mf.write_text(json.dumps(m, indent=2, sort_keys=True))
+    assert main(["evidence", "verify", str(one_run)]) == 11
+    assert capsys.readouterr().out.strip() == (f"{one_run.name}: manifest.json was edited after the run was "
+                                               "archived (its manifest_sha256 does not match its content)")
+
+
+def test_verify_one_run_checks_its_links_in_the_chain(incident_with_three_runs, capsys):
+    """A run folder alone: its successor's link catches a manifest edited with its own digest recomputed."""
+    first, middle, last = evidence.run_dirs(incident_with_three_runs)
+    assert main(["evidence", "verify", str(middle)]) == 0
+    assert f"link to {first.name} and link from {last.name} check out" in capsys.readouterr().out
+    m = json.loads((middle / "manifest.json").read_text())
+    m["operator"] = "someone-else"
+    m[evidence.SELF_DIGEST] = evidence.manifest_digest(m)
+    (middle / "manifest.json").write_text(json.dumps(m, indent=2, sort_keys=True))
+    assert main(["evidence", "verify", str(middle)]) == 11
+    assert f"its manifest is not the one the next run {last.name} recorded" in capsys.readouterr().out
+    shutil.rmtree(first)
+    assert main(["evidence", "verify", str(middle)]) == 11
+    assert "the run before it in the chain (number 1" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("case, expected", [
+    ("empty", "is an empty folder: no evidence to verify"),
+    ("no-manifest", "no manifest.json: not an archived run folder"),
+    ("missing", "no such file or folder"),
+    ("file", "is a file, not an evidence folder"),
+    ("other-folder", "no manifest.json and no run folders: neither a run folder nor an incident folder"),
+    ("incident-without-runs", "no run folders (NNN_<time>_<procedure>_<mode>/) in it: not an incident folder"),
+])
+def test_verify_refuses_what_is_not_evidence(tmp_path, capsys, case, expected):
+    path = tmp_path / "INC-1"
+    if case == "empty":
+        path.mkdir()
+    elif case == "no-manifest":
+        path = tmp_path / "INC-1" / "001_20251204T101500Z_token-reversal_review"
+        path.mkdir(parents=True)
+        (path / "balances.csv").write_text("a\n1\n")
+    elif case == "file":
+        path.write_text("not a folder")
+    elif case == "other-folder":
+        path.mkdir()
+        (path / "notes").mkdir()
+    elif case == "incident-without-runs":
+        path.mkdir()
+        evidence.write_index(path)  # an INDEX.md listing no run
+        (path / "notes").mkdir()
+    assert main(["evidence", "verify", str(path)]) == 11
+    line = _one_error_line(capsys)
+    assert str(path) in line and expected in line, line
+    if case == "incident-without-runs":
+        with pytest.raises(EvidenceError, match="no run folders"):
+            evidence.verify_incident(path)
+
+
+def test_verify_an_incident_whose_runs_were_all_deleted(incident_with_three_runs, capsys):
+    for d in evidence.run_dirs(incident_with_three_runs):
+        shutil.rmtree(d)
+    assert main(["evidence", "verify", str(incident_with_three_runs)]) == 11
+    assert capsys.readouterr().out.count("listed in INDEX.md but its folder is missing") == 3
