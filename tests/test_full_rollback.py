@@ -16,7 +16,7 @@ import pandas as pd
 import pytest
 import sqlalchemy as sa
 from test_partial_rollback import notebook_text, plan_id_of, seed_small
-from test_prisma_edit import validator_or_skip
+from test_prisma_edit import schema_engine_or_skip, validator_or_skip
 
 from runbook_lib import catalog
 from runbook_lib.errors import ParameterError, PolicyAbort
@@ -142,6 +142,13 @@ def test_full_rollback_removes_everything_and_prisma_agrees(app, engine_for):
     assert plan.summary["Prisma's parser on the edited schema"].startswith(f"Prisma {app.major} parser")
     after = pconfig.validate_text({"schema.prisma": schema_after}, app.major)
     assert after.ok and not set(after.enums) & set(ENUMS), after
+    # Prisma's own `migrate diff` of the edit (schema engine WASM, offline) drops what migration.sql drops
+    schema_engine_or_skip()
+    d = plan.details["migration_diff"]
+    assert d is not None and d.checked and d.agrees, d
+    assert plan.summary["Prisma's migrate diff of the schema edit"].startswith(
+        "agrees with the recorded migration.sql (4 statements"), plan.summary
+    assert not any("migrate diff" in w for w in plan.warnings)
 
 
 def test_reverse_policy_takes_tokens_back_first(app, engine_for):

@@ -39,6 +39,7 @@ from ..errors import EvidenceError, InvariantError, ParameterError, PolicyAbort
 from ..names import NameMap
 from ..params import DestructiveParams, LedgerSource, identifiers
 from ..prisma import config as pconfig
+from ..prisma import diff as pdiff
 from ..prisma import edit as pedit
 from ..prisma import history
 from . import token_reversal as tr
@@ -235,6 +236,7 @@ def plan(conn: Connection, params: Params, names: NameMap, detail: bool = True) 
     migration_sql = _migration_sql(disc, params, ledger_note) if not disc.empty else ""
     schema_edit: pedit.SchemaEdit | None = None
     validation: pconfig.Validation | None = None
+    mdiff: pdiff.DiffCheck | None = None
     if params.prisma_side and params.prisma_schema:
         schema_edit = pedit.remove_from_file(params.prisma_schema, params.models, params.enums)
         warnings.extend(schema_edit.warnings)
@@ -242,6 +244,10 @@ def plan(conn: Connection, params: Params, names: NameMap, detail: bool = True) 
             validation = check_schema(params, schema_edit)
             if validation.checked and not validation.ok:
                 warnings.append(validation.line())
+            if migration_sql:  # Prisma's own migrate diff of the edit, offline (never fails the review)
+                mdiff = pdiff.check_migration(schema_edit.old_text, schema_edit.new_text, migration_sql)
+                if mdiff.checked and not mdiff.agrees:
+                    warnings.append("Prisma's migrate diff of the schema edit " + mdiff.line())
         if disc.empty and schema_edit.changed:
             warnings.append("the database has no voucher objects but schema.prisma still defines them")
         if not disc.empty and not history.history_table(conn, names.db_schema):
@@ -260,6 +266,7 @@ def plan(conn: Connection, params: Params, names: NameMap, detail: bool = True) 
         "schema.prisma blocks removed": len(schema_edit.removed_blocks) if schema_edit else 0,
         "schema.prisma fields removed": len(schema_edit.removed_fields) if schema_edit else 0,
         **({"Prisma's parser on the edited schema": validation.line()} if validation is not None else {}),
+        **({"Prisma's migrate diff of the schema edit": mdiff.line()} if mdiff is not None else {}),
         "nothing_to_do": disc.empty,
     }
     if rp is not None:
@@ -277,7 +284,7 @@ def plan(conn: Connection, params: Params, names: NameMap, detail: bool = True) 
     p = Plan(procedure=NAME, plan_id=plan_hash(NAME, digest), summary=summary, frames=frames, warnings=warnings,
              details={"discovery": disc, "unacknowledged": unack, "undroppable": undroppable, "reversal": rp,
                       "migration_sql": migration_sql, "schema_edit": schema_edit, "row_counts": counts,
-                      "schema_validation": validation,
+                      "schema_validation": validation, "migration_diff": mdiff,
                       "migrations_folder": str(_migrations_folder(params)) if params.prisma_schema else None})
     if ledger_exists and not disc.empty:
         R, V = "VoucherRedemption", "Voucher"
@@ -409,6 +416,9 @@ def show_prisma_side(run: Any) -> None:
     v: pconfig.Validation | None = plan.details.get("schema_validation")
     if v is not None:
         print(v.line() + (f" [major from {v.major_from}]" if v.major_from else ""))
+    d: pdiff.DiffCheck | None = plan.details.get("migration_diff")
+    if d is not None:
+        print("Prisma's migrate diff of the schema edit " + d.line())
 
 
 def write_prisma_files(run: Any) -> dict[str, Any]:
