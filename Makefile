@@ -28,6 +28,8 @@ validator:
 	  || echo "note: could not install the Prisma schema validator; its tests will be skipped"; \
 	else echo "note: Node/npm not found; the Prisma schema validator tests will be skipped"; fi
 
+# tests/test_browser.py opens JupyterLab in Debian's chromium (apt-get install chromium; Playwright comes with
+# the test extra and never downloads a browser): skipped with a message when it is missing, failed under CI=true
 test: $(STAMP) validator
 	$(BIN)/ruff check runbook_lib tests benchmarks
 	$(BIN)/mypy

@@ -166,7 +166,14 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--execute", action="store_true", help="apply the change (default: review only)")
     run.add_argument("--approve", metavar="PLAN_ID", help="the plan id printed by the review run")
     run.add_argument("--confirm-target", metavar="DATABASE", help="name the database of a production target")
-    run.add_argument("--operator", help="who runs this (default: the OS user)")
+    run.add_argument("--operator", help="who runs this (default: the OS user); a review records it as reviewer")
+    run.add_argument("--approver", metavar="NAME", help="who approved the plan of an execute (default: the operator)")
+    run.add_argument("--four-eyes", action="store_true", default=None,
+                     help="the approver must not be the reviewer (also RUNBOOK_FOUR_EYES=1; always on production)")
+    run.add_argument("--sign-key", metavar="PATH", help="sign the approval and manifest with this SSH key "
+                     "(ssh-keygen -Y sign; default: RUNBOOK_SIGNING_KEY)")
+    run.add_argument("--signer", metavar="ID", help="the signer identity your allowed_signers file names "
+                     "(default: RUNBOOK_SIGNER, else the operator)")
     run.add_argument("--no-progress", action="store_true", help="hide papermill's progress bar")
     run.add_argument("--log-output", action="store_true", help="stream the notebook's output to the terminal")
 
@@ -175,6 +182,8 @@ def _parser() -> argparse.ArgumentParser:
     v = ev_sub.add_parser("verify", help="recompute every hash and the manifest chain (an incident folder), "
                                         "or one run folder's hashes against its manifest")
     v.add_argument("dir", help="an incident folder, or one of its run folders")
+    v.add_argument("--allowed-signers", metavar="FILE", help="check every SSH signature against this "
+                   "allowed_signers file (ssh-keygen -Y verify); an unsigned run is then a problem")
     s = ev_sub.add_parser("show", help="print an incident summary")
     s.add_argument("dir")
 
@@ -288,6 +297,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     outcome = run_procedure(
         mod.NAME, build_parameters(args), incident=args.incident, evidence_root=Path(args.evidence_dir),
         operator=args.operator, progress_bar=not args.no_progress, log_output=args.log_output,
+        approver=args.approver, four_eyes=args.four_eyes, sign_key=args.sign_key, signer=args.signer,
     )
     print_outcome(args, mod.NAME, outcome)
     return outcome.exit_code
@@ -299,21 +309,41 @@ def _cmd_evidence(args: argparse.Namespace) -> int:
     if args.evidence_command == "show":
         print(evidence.show_incident(Path(args.dir)))
         return 0
-    result = evidence.verify_path(Path(args.dir))  # EvidenceError (exit 11) for anything that is not evidence
+    allowed = None
+    if args.allowed_signers:
+        from .approvals import load_allowed_signers
+
+        allowed = load_allowed_signers(args.allowed_signers)
+    result = evidence.verify_path(Path(args.dir), allowed)  # EvidenceError (exit 11) for anything not evidence
     for p in result.problems:
         print(p)
+    print_people(result.people)
     if result.problems:
         n = len(result.problems)
         print(f"evidence NOT intact: {n} problem{'' if n == 1 else 's'}", file=sys.stderr)
         return 11
+    signed = ", every signature checks out against the allowed signers" if result.signatures_checked else ""
     if result.kind == "run":
         verb = "check out" if result.link and " and " in result.link else "checks out"
         link = f"; {result.link} {verb}" if result.link else ""
-        print(f"run {result.path.name} intact: {result.files} files match its manifest{link}; the chain is checked "
-              f"when you verify the incident folder {result.path.parent}")
+        print(f"run {result.path.name} intact: {result.files} files match its manifest{link}{signed}; the chain is "
+              f"checked when you verify the incident folder {result.path.parent}")
         return 0
-    print(f"evidence intact: {result.runs} runs, every hash and the manifest chain check out")
+    print(f"evidence intact: {result.runs} runs, every hash and the manifest chain check out{signed}")
     return 0
+
+
+def print_people(rows: list[dict[str, str]]) -> None:
+    """Per run: what it was, its verdict, who reviewed, approved and ran it, and who signed it."""
+    if rows:
+        print("runs (who reviewed, approved, ran and signed):")
+    for r in rows:
+        line = f"{r['run']}: {r['procedure']} {r['mode']} {r['status']}; operator {r['operator']}"
+        if r["mode"] == "review":
+            line += f"; reviewer {r['reviewer']}"
+        if r["mode"] == "execute":
+            line += f"; reviewer {r['reviewer']}; approver {r['approver']}; review run {r['review_run']}"
+        print(f"  {line}; signed: {r['signed']}")
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:

@@ -75,5 +75,7 @@ def run_demo(evidence_root: Path = Path("incidents")) -> int:
     print(f"tokens reversed:        {c.get('tokens_reversed')}")
     print(f"users left negative:    {c.get('users_left_negative')}")
     print(f"verification passed:    {execute.manifest.get('verification_passed')}")
+    m = execute.manifest
+    print(f"reviewer / approver:    {m.get('reviewer')} / {m.get('approver')} (plan of {m.get('review_run')})")
     print(f"check the evidence:     .venv/bin/runbook evidence verify {review.run_dir.parent}")
     return 0

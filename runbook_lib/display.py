@@ -397,3 +397,105 @@ def show_checks(result: Any, caption: str = "Verification checks") -> None:
         if not check.passed and not getattr(check, "pending", False) and check.sample is not None \
                 and not check.sample.empty:
             show_table(check.sample, f"Offending rows: {check.name}")
+
+
+# ------------------------------------------------------------------------------------------ one user
+def user_section(result: Any) -> None:
+    """One user's section (a :class:`runbook_lib.inspect_user.UserInspection`): the figures in an element of class
+    ``runbook-user-inspector``, the ledger rows around the window (affected rows marked, what the plan does to each)
+    and a timeline of the running balance. Static output: it renders in the HTML evidence too."""
+    figures = "".join(
+        f"<tr><th style='text-align:left;padding-right:2em'>{html.escape(k)}</th>"
+        f"<td style='text-align:right;font-family:monospace'>{html.escape(fmt_value(v))}</td></tr>"
+        for k, v in result.figures().items()) if result.user_id is not None and result.status != "unknown" else ""
+    title = f"Inspect one user: {result.user_id}" if result.user_id else "Inspect one user"
+    _display(_html(
+        f"<div class='runbook-user-inspector' data-user='{html.escape(result.user_id or '', quote=True)}' "
+        f"data-status='{html.escape(result.status)}' style='border:1px solid #90a4ae;border-radius:4px;"
+        f"padding:0.5em 1em;margin:0.5em 0'><b>{html.escape(title)}</b>"
+        f"<p style='margin:0.3em 0'>{html.escape(result.note)}</p>"
+        + (f"<table>{figures}</table>" if figures else "") + "</div>"))
+    if result.user_id is None or result.status == "unknown":
+        return
+    show_table(result.rows, f"Ledger of {result.user_id} around the window (affected rows marked)",
+               highlight_negative=["balanceAfter", "balance_after_plan"], max_rows=max(len(result.rows), 1))
+    plot_user_timeline(result)
+
+
+def plot_user_timeline(result: Any) -> None:
+    """The running balance (``balanceAfter``) over time, the affected rows marked, the running balance with this
+    plan's reversed rows taken out, and the balance after the plan at the right edge."""
+    title = f"Balance of {result.user_id} over time"
+    rows = normalize(result.rows, dates_as_datetime=True) if result.rows is not None else pd.DataFrame()
+    if rows.empty or "balanceAfter" not in rows.columns or rows["balanceAfter"].isna().all():
+        _nothing(title, "no running balance (balanceAfter) in the rows shown, nothing to plot")
+        return
+    xs = pd.to_datetime(rows["createdAt"])
+    if getattr(xs.dt, "tz", None) is not None:
+        xs = xs.dt.tz_convert("UTC").dt.tz_localize(None)
+    before = pd.to_numeric(rows["balanceAfter"], errors="coerce").astype("float64")
+    planned = pd.to_numeric(rows["balance_after_plan"], errors="coerce").astype("float64")
+    affected = rows["affected"].astype(bool).to_numpy()
+    fig, ax = _figure(title)
+    ax.step(xs.to_numpy(), before.to_numpy(), where="post", color="#90a4ae", linewidth=1.4,
+            label="balanceAfter (ledger)")
+    if affected.any():
+        ax.step(xs.to_numpy(), planned.to_numpy(), where="post", color="#1565c0", linewidth=1.2, linestyle="--",
+                label="without the reversed rows")
+        ax.scatter(xs.to_numpy()[affected], before.to_numpy()[affected], color="#c62828", zorder=3, s=18,
+                   label="affected rows")
+    if result.balance_after is not None:  # at the right edge: where the balance ends once the plan is applied
+        span = xs.max() - xs.min()
+        x_end = xs.max() + (span / 20 if span > pd.Timedelta(0) else pd.Timedelta(hours=1))
+        ax.scatter([x_end], [result.balance_after], marker="D", color="#2e7d32", s=32, zorder=4,
+                   label=f"balance after the plan: {fmt_value(result.balance_after)}")
+    ax.axhline(0, color="#b71c1c", linewidth=0.6, alpha=0.5)
+    import matplotlib.dates as mdates
+
+    locator = mdates.AutoDateLocator(maxticks=8)
+    ax.xaxis.set_major_locator(locator)
+    ax.xaxis.set_major_formatter(mdates.ConciseDateFormatter(locator))
+    ax.set_ylabel("tokens")
+    ax.legend(fontsize=7, loc="best")
+    _show_figure(fig)
+
+
+def user_inspector(run: Any, plan: Any, user_id: str | None = None) -> Any:
+    """The review's "Inspect one user" section for ``user_id`` (default: the run's ``inspect_user`` parameter,
+    else the user with the largest reversal). In JupyterLab (an interactive kernel with ipywidgets, not a CLI
+    run) a dropdown "Affected user" below it lists the affected users and shows the chosen one's section.
+    Returns the inspection shown (a :class:`runbook_lib.inspect_user.UserInspection`)."""
+    from . import inspect_user as iu
+
+    wanted = user_id if user_id is not None else getattr(run.params, "inspect_user", None)
+    result = iu.for_run(run, plan, wanted)
+    user_section(result)
+    if iu.widgets_wanted(run) and not result.users.empty:
+        _user_picker(run, plan, result)
+    return result
+
+
+def _user_picker(run: Any, plan: Any, shown: Any) -> None:
+    """An ipywidgets Dropdown of the affected users; choosing one shows their section in an Output below it."""
+    import ipywidgets as widgets
+
+    from . import inspect_user as iu
+
+    options = [(f"{r.user_id} — {r.tokens:,} tokens, {r.rows} rows", r.user_id) for r in shown.users.itertuples()]
+    more = shown.users_total - len(options)
+    picker = widgets.Dropdown(options=options, value=None, description="Affected user",
+                              style={"description_width": "initial"}, layout=widgets.Layout(width="32em"))
+    output = widgets.Output()
+    hint = widgets.HTML(f"<small>{shown.users_total:,} affected users"
+                        + (f" (the largest {len(options):,} listed)" if more > 0 else "")
+                        + "; choose one to show their ledger below.</small>")
+
+    def changed(change: dict[str, Any]) -> None:
+        if change.get("new") is None:
+            return
+        output.clear_output(wait=True)
+        with output:
+            user_section(iu.for_run(run, plan, str(change["new"])))
+
+    picker.observe(changed, names="value")
+    _display(widgets.VBox([picker, hint, output]))

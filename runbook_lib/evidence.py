@@ -24,13 +24,12 @@ import contextlib
 import datetime as dt
 import fcntl
 import hashlib
-import html
 import json
 import os
 import re
 import subprocess
-from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -179,6 +178,11 @@ def _archive_interrupted(run_dir: Path) -> None:
         "execute_step": (state.get("steps") or {}).get("execute"),
         "archived_by": "a later run of the same incident",
     }
+    approval: Any = None
+    with contextlib.suppress(Exception):  # an execute's approval, written before papermill started: who it was
+        approval = json.loads((run_dir / "approval.json").read_text())
+    if isinstance(approval, dict):
+        manifest.update({k: approval.get(k) for k in ("operator", "approver", "reviewer", "review_run")})
     _write_manifest(run_dir, manifest)
 
 
@@ -215,16 +219,18 @@ def write_frame(run_dir: Path, name: str, chunks: Iterable[Any]) -> Path:
     return path
 
 
-def render_html(notebook: Path) -> Path:
-    """An HTML copy of the executed notebook, readable offline (nbconvert's lab template, inlined CSS)."""
-    import nbformat
-    from nbconvert import HTMLExporter
+def render_html(notebook: Path, manifest: dict[str, Any] | None = None) -> Path:
+    """The run's report page next to its executed notebook (``<notebook>.html``), readable offline.
 
-    nb = nbformat.read(str(notebook), as_version=4)
-    exporter = HTMLExporter(template_name="lab")
-    body, _ = exporter.from_notebook_node(nb)
+    A header from ``manifest`` (what the runner is about to archive: incident, verdict, who, database, plan id,
+    figures, checks), then the notebook's narrative, tables and plots without its code (``report.py``). The
+    executed notebook itself is left as it is.
+    """
+    from . import report
+
+    page = report.render_run_report(notebook, manifest or {})
     out = notebook.with_suffix(".html")
-    out.write_text(redact_text(body), encoding="utf-8")
+    out.write_text(redact_text(page), encoding="utf-8")
     return out
 
 
@@ -296,9 +302,9 @@ def manifest_digest(manifest: dict[str, Any]) -> str:
 
 
 def _file_hashes(run_dir: Path) -> dict[str, str]:
-    """SHA-256 of every file under the run folder but its own top-level manifest.json."""
+    """SHA-256 of every file under the run folder but its own top-level manifest.json (and its signature)."""
     return {rel: sha256_file(p) for p in sorted(run_dir.rglob("*"))
-            if p.is_file() and (rel := p.relative_to(run_dir).as_posix()) != MANIFEST}
+            if p.is_file() and (rel := p.relative_to(run_dir).as_posix()) not in RUN_UNLISTED_ALLOWED}
 
 
 def _chain_tail(incident_dir: Path, exclude: Path) -> tuple[int, str | None, str | None]:
@@ -346,10 +352,18 @@ def _write_manifest(run_dir: Path, manifest: dict[str, Any]) -> dict[str, Any]:
     return m
 
 
-def finalize_run(run_dir: Path, manifest: dict[str, Any]) -> dict[str, Any]:
-    """Redact, hash, chain and index a finished run (succeeded, failed or aborted alike)."""
+def finalize_run(run_dir: Path, manifest: dict[str, Any],
+                 sign: Callable[[Path], Any] | None = None) -> dict[str, Any]:
+    """Redact, hash, chain and index a finished run (succeeded, failed or aborted alike).
+
+    ``sign`` (``approvals.sign_file`` with the operator's key) signs the written manifest.json into
+    manifest.json.sig under the incident lock, before the index names the run; the manifest records its
+    ``signer`` before it is written.
+    """
     with _incident_lock(run_dir.parent):
         final = _write_manifest(run_dir, manifest)
+        if sign is not None:
+            sign(run_dir / MANIFEST)
         write_index(run_dir.parent)
     return final
 
@@ -366,61 +380,38 @@ def load_manifests(incident_dir: Path) -> list[tuple[Path, dict[str, Any] | None
 
 
 def _counts_text(m: dict[str, Any]) -> str:
-    figures = m.get("counts") or {}
-    if not figures:
-        figures = {k: v for k, v in (m.get("summary") or {}).items() if k != "nothing_to_do"}
-    return ", ".join(f"{k}={v}" for k, v in list(figures.items())[:5])
+    """A run's key figures in words, in a fixed order: an execute's counts, else its plan's summary."""
+    from . import report
+
+    return report.figures_text(report.key_figures(m))
 
 
-def _rows(incident_dir: Path) -> list[dict[str, str]]:
-    rows = []
-    for d, m in load_manifests(incident_dir):
-        m = m or {}
-        nb = m.get("notebook") or ""
-        rows.append({
-            "run": d.name, "time": str(m.get("started_at") or ""), "procedure": str(m.get("procedure") or "?"),
-            "mode": str(m.get("mode") or "?"),
-            "status": str(m.get("status") or ("running" if not m and is_live(d) else "NO MANIFEST")),
-            "plan id": str(m.get("plan_id") or ""), "operator": str(m.get("operator") or ""),
-            "figures": _counts_text(m), "error": str((m.get("error") or {}).get("message") or ""),
-            "notebook": f"{d.name}/{nb}" if nb else "", "html": f"{d.name}/{Path(nb).with_suffix('.html').name}"
-            if nb and (d / Path(nb).with_suffix(".html").name).is_file() else "",
-        })
-    return rows
+def _rows(incident_dir: Path) -> list[dict[str, Any]]:
+    """The incident's runs, oldest first, as the timeline shows them (``report.run_row``)."""
+    from . import report
+
+    return [report.run_row(d, m, live=not m and is_live(d)) for d, m in load_manifests(incident_dir)]
 
 
 def write_index(incident_dir: Path) -> None:
-    """``index.html`` and ``INDEX.md``: every run of the incident, in order, with links."""
-    rows = _rows(incident_dir)
-    cols = ["run", "time", "procedure", "mode", "status", "plan id", "operator", "figures", "error"]
-    md = [f"# Incident {incident_dir.name}", "",
-          f"{len(rows)} runs. Check the evidence with `runbook evidence verify {incident_dir}`.", "",
-          "| " + " | ".join([*cols, "notebook", "html"]) + " |", "|" + "---|" * (len(cols) + 2)]
-    for r in rows:
-        cells = [r[c].replace("|", "\\|") for c in cols]
-        nb = f"[notebook]({r['notebook']})" if r["notebook"] else ""
-        hl = f"[html]({r['html']})" if r["html"] else ""
-        md.append("| " + " | ".join([*cells, nb, hl]) + " |")
-    (incident_dir / "INDEX.md").write_text("\n".join(md) + "\n", encoding="utf-8")
-    color = {"succeeded": "#e8f5e9", "aborted": "#fff8e1"}
-    trs = []
-    for r in rows:
-        tds = "".join(f"<td>{html.escape(r[c])}</td>" for c in cols)
-        links = " ".join(f"<a href='{html.escape(r[k])}'>{k}</a>" for k in ("notebook", "html") if r[k])
-        trs.append(f"<tr style='background:{color.get(r['status'], '#ffebee')}'>{tds}<td>{links}</td></tr>")
-    head = "".join(f"<th>{html.escape(c)}</th>" for c in [*cols, "files"])
-    page = (f"<!doctype html><html><head><meta charset='utf-8'><title>Incident {html.escape(incident_dir.name)}"
-            "</title><style>body{font-family:sans-serif}table{border-collapse:collapse}td,th{border:1px solid #ccc;"
-            "padding:4px 8px;text-align:left;vertical-align:top}</style></head><body>"
-            f"<h1>Incident {html.escape(incident_dir.name)}</h1><p>{len(rows)} runs, oldest first. Verify with "
-            f"<code>runbook evidence verify {html.escape(str(incident_dir))}</code>.</p>"
-            f"<table><tr>{head}</tr>{''.join(trs)}</table></body></html>")
+    """``index.html`` and ``INDEX.md``: the chain head, the net change, and the timeline of every run with links."""
+    from . import report
+
+    manifests = load_manifests(incident_dir)
+    rows = [report.run_row(d, m, live=not m and is_live(d)) for d, m in manifests]
+    net = report.net_change(m for _, m in manifests)
+    head = chain_head(incident_dir)
+    md = report.incident_markdown(incident_dir.name, incident_dir, rows, net, head)
+    (incident_dir / "INDEX.md").write_text(redact_text(md), encoding="utf-8")
+    page = report.incident_html(incident_dir.name, incident_dir, rows, net, head)
     (incident_dir / "index.html").write_text(redact_text(page), encoding="utf-8")
 
 
 # ------------------------------------------------------------------------------------------ checking
-#: files a run folder may hold besides those its manifest lists: none but the manifest itself
-RUN_UNLISTED_ALLOWED = (MANIFEST,)
+#: files a run folder may hold besides those its manifest lists: the manifest itself and its SSH signature
+#: (written after it; any other ``*.sig``, e.g. approval.json.sig, is written before and listed)
+MANIFEST_SIG = MANIFEST + ".sig"
+RUN_UNLISTED_ALLOWED = (MANIFEST, MANIFEST_SIG)
 
 
 @dataclass(frozen=True)
@@ -433,6 +424,9 @@ class Verification:
     files: int = 0  # run: the files its manifest lists (all present and matching when no problems)
     runs: int = 0  # incident: its run folders
     link: str | None = None  # run: how its link to the neighbouring runs of its incident was checked
+    #: per run: procedure, mode, status, reviewer, approver, operator, signed (who signed, and whether checked)
+    people: list[dict[str, str]] = field(default_factory=list)
+    signatures_checked: bool = False  # an allowed_signers file was given and every signature was checked
 
 
 def _check_run(d: Path, m: dict[str, Any]) -> list[str]:
@@ -458,6 +452,101 @@ def _check_run(d: Path, m: dict[str, Any]) -> list[str]:
     return problems
 
 
+def _check_signatures(d: Path, m: dict[str, Any], allowed_signers: Path | None) -> tuple[list[str], str]:
+    """The run's SSH signatures (manifest.json.sig, approval.json.sig): (problems, who signed).
+
+    With ``allowed_signers`` every signature is checked with ``ssh-keygen -Y verify`` for the identity the
+    signed file records (``signer``), and an unsigned run is a problem; without it they are only listed.
+    """
+    from . import approvals
+
+    problems: list[str] = []
+    signed: list[str] = []
+    targets: list[tuple[Path, str | None]] = [(d / MANIFEST, m.get("signer"))]
+    approval = d / approvals.APPROVAL
+    if approval.is_file():
+        try:
+            recorded = json.loads(approval.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+            recorded = None
+        if not isinstance(recorded, dict):
+            problems.append(f"{d.name}: {approvals.APPROVAL} unreadable (not a JSON object: it was tampered with)")
+        else:
+            targets.append((approval, recorded.get("signer")))
+    for data, signer in targets:
+        sig = data.with_name(data.name + approvals.SIG_SUFFIX)
+        if not sig.is_file():
+            if signer:
+                problems.append(f"{d.name}: {data.name} names signer {signer!r} but {sig.name} is missing "
+                                "(signature deleted)")
+                signed.append(f"{data.name}: {signer} (signature MISSING)")
+            elif allowed_signers is not None:
+                problems.append(f"{d.name}: {data.name} is not signed (no {sig.name}; the run was made without "
+                                "--sign-key)")
+            continue
+        if not signer:
+            problems.append(f"{d.name}: {sig.name} present but {data.name} records no signer (tampered with)")
+            continue
+        if allowed_signers is None:
+            signed.append(f"{data.name}: {signer} (not checked)")
+            continue
+        why = approvals.verify_signature(allowed_signers, str(signer), data, sig)
+        if why:
+            problems.append(f"{d.name}: {sig.name} is not a valid signature of {data.name} by {signer!r} under "
+                            f"{allowed_signers} ({why})")
+            signed.append(f"{data.name}: {signer} (BAD signature)")
+        else:
+            signed.append(f"{data.name}: {signer} (good signature)")
+    return problems, ", ".join(signed) if signed else "not signed"
+
+
+def _check_approval(d: Path, m: dict[str, Any], by_name: dict[str, dict[str, Any]]) -> list[str]:
+    """An execute's approval against its manifest and the review run it names (in the same incident)."""
+    from . import approvals
+
+    if m.get("mode") != "execute" or not m.get("review_run"):
+        return []
+    problems: list[str] = []
+    try:
+        rec = json.loads((d / approvals.APPROVAL).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return [f"{d.name}: names review run {m.get('review_run')!r} but its {approvals.APPROVAL} is missing or "
+                "unreadable"]
+    if not isinstance(rec, dict):
+        return [f"{d.name}: {approvals.APPROVAL} is not a JSON object (tampered with)"]
+    approved = (m.get("parameters") or {}).get("approved_plan")
+    if m.get("parameters") and rec.get("plan_id") != approved:  # (an interrupted run may have recorded none)
+        problems.append(f"{d.name}: {approvals.APPROVAL} approves plan {rec.get('plan_id')!r}, but the run executed "
+                        f"with approved_plan {approved!r}")
+    for key in ("review_run", "reviewer", "approver"):
+        if rec.get(key) != m.get(key):
+            problems.append(f"{d.name}: {approvals.APPROVAL} says {key} {rec.get(key)!r}, its manifest "
+                            f"{m.get(key)!r}")
+    review = by_name.get(str(m.get("review_run")))
+    if review is None:
+        problems.append(f"{d.name}: the review run it executed, {m.get('review_run')!r}, is not in the incident")
+    else:
+        if (review.get("mode") != "review" or review.get("procedure") != m.get("procedure")
+                or review.get("plan_id") != rec.get("plan_id")):
+            problems.append(f"{d.name}: its review run {m.get('review_run')} is not a review of plan "
+                            f"{rec.get('plan_id')} by {m.get('procedure')}")
+        if (review.get("reviewer") or review.get("operator")) != rec.get("reviewer"):
+            problems.append(f"{d.name}: reviewer {rec.get('reviewer')!r} is not who ran {m.get('review_run')} "
+                            f"({review.get('reviewer') or review.get('operator')!r})")
+        if _chain_index(review) >= _chain_index(m):
+            problems.append(f"{d.name}: its review run {m.get('review_run')} comes after it in the chain")
+    return problems
+
+
+def _people(d: Path, m: dict[str, Any] | None, signed: str) -> dict[str, str]:
+    m = m or {}
+    return {"run": d.name, "procedure": str(m.get("procedure") or "?"), "mode": str(m.get("mode") or "?"),
+            "status": str(m.get("status") or "NO MANIFEST"),
+            "reviewer": str(m.get("reviewer") or "-"), "approver": str(m.get("approver") or "-"),
+            "operator": str(m.get("operator") or "-"), "review_run": str(m.get("review_run") or "-"),
+            "signed": signed}
+
+
 def _read_manifest(d: Path) -> tuple[dict[str, Any] | None, str | None]:
     """(manifest, None), or (None, the one-line problem) for a run folder without a readable manifest."""
     mf = d / MANIFEST
@@ -474,12 +563,18 @@ def _read_manifest(d: Path) -> tuple[dict[str, Any] | None, str | None]:
     return m, None
 
 
-def verify_incident(incident_dir: Path) -> list[str]:
-    """Every problem found: changed, missing or extra files; broken, reordered or incomplete chain.
+def verify_incident(incident_dir: Path, allowed_signers: Path | None = None) -> list[str]:
+    """Every problem found: changed, missing or extra files; broken, reordered or incomplete chain; an
+    execute whose approval does not match the review it names; with ``allowed_signers``, a missing or bad
+    SSH signature.
 
     Raises ``EvidenceError`` for a path that is no incident folder: missing, a file, or a folder holding no
     run folders (and no INDEX.md listing deleted ones) — an empty folder is never "intact".
     """
+    return _verify_incident(incident_dir, allowed_signers)[0]
+
+
+def _verify_incident(incident_dir: Path, allowed_signers: Path | None) -> tuple[list[str], list[dict[str, str]]]:
     if not incident_dir.exists():
         raise EvidenceError(f"{incident_dir}: no such incident folder")
     if not incident_dir.is_dir():
@@ -489,13 +584,20 @@ def verify_incident(incident_dir: Path) -> list[str]:
         raise EvidenceError(f"{incident_dir}: no run folders (NNN_<time>_<procedure>_<mode>/) in it: "
                             "not an incident folder, nothing to verify")
     problems: list[str] = []
+    people: list[dict[str, str]] = []
     chain: dict[int, tuple[Path, dict[str, Any], str]] = {}
+    by_name: dict[str, dict[str, Any]] = {}
     for d in run_dirs(incident_dir):
         m, problem = _read_manifest(d)
         if m is None:
             problems.append(str(problem))
+            people.append(_people(d, None, "-"))
             continue
         problems += _check_run(d, m)
+        sig_problems, signed = _check_signatures(d, m, allowed_signers)
+        problems += sig_problems
+        people.append(_people(d, m, signed))
+        by_name[d.name] = m
         idx = _chain_index(m)
         if idx in chain:
             problems.append(f"{d.name}: chain index {idx} is used twice (also {chain[idx][0].name})")
@@ -515,10 +617,12 @@ def verify_incident(incident_dir: Path) -> list[str]:
             problems.append(f"{d.name}: first run of the chain points at a previous manifest (runs before it "
                             "are missing)")
         prev_idx = idx
+    for name, m in by_name.items():
+        problems += _check_approval(incident_dir / name, m, by_name)
     present = {d.name for d in run_dirs(incident_dir)}
     for name in sorted(listed - present):
         problems.append(f"{name}: listed in INDEX.md but its folder is missing (run deleted)")
-    return problems
+    return problems, people
 
 
 def _chain_index(m: dict[str, Any]) -> int:
@@ -528,7 +632,7 @@ def _chain_index(m: dict[str, Any]) -> int:
         return 0
 
 
-def verify_run(run_dir: Path) -> Verification:
+def verify_run(run_dir: Path, allowed_signers: Path | None = None) -> Verification:
     """One run folder alone: every file its manifest lists present with its SHA-256, no unlisted file, the
     manifest's own digest. When its parent is an incident folder, also its links to the runs just before
     and after it in the chain (the whole chain is checked by ``verify_incident`` on the parent).
@@ -544,11 +648,18 @@ def verify_run(run_dir: Path) -> Verification:
         if not (run_dir / MANIFEST).exists():
             raise EvidenceError(f"{run_dir}: no manifest.json: not an archived run folder "
                                 f"({str(problem).split(': ', 1)[1]})")
-        return Verification(run_dir, "run", [str(problem)])
+        return Verification(run_dir, "run", [str(problem)], people=[_people(run_dir, None, "-")])
     problems = _check_run(run_dir, m)
     link = _check_links(run_dir, m, problems)
+    sig_problems, signed = _check_signatures(run_dir, m, allowed_signers)
+    problems += sig_problems
+    if m.get("review_run"):
+        review_dir = run_dir.parent / str(m["review_run"])
+        review, _ = _read_manifest(review_dir) if review_dir.is_dir() else (None, None)
+        problems += _check_approval(run_dir, m, {review_dir.name: review} if review else {})
     files = m.get("files")
-    return Verification(run_dir, "run", problems, files=len(files) if isinstance(files, dict) else 0, link=link)
+    return Verification(run_dir, "run", problems, files=len(files) if isinstance(files, dict) else 0, link=link,
+                        people=[_people(run_dir, m, signed)], signatures_checked=allowed_signers is not None)
 
 
 def _check_links(run_dir: Path, m: dict[str, Any], problems: list[str]) -> str | None:
@@ -589,8 +700,9 @@ def _check_links(run_dir: Path, m: dict[str, Any], problems: list[str]) -> str |
     return " and ".join(said) if said else None
 
 
-def verify_path(path: Path) -> Verification:
-    """``runbook evidence verify``: a run folder (it has a manifest.json) alone, or an incident folder.
+def verify_path(path: Path, allowed_signers: Path | None = None) -> Verification:
+    """``runbook evidence verify``: a run folder (it has a manifest.json) alone, or an incident folder; with
+    ``allowed_signers`` also every run's SSH signatures (an unsigned run is then a problem).
 
     Raises ``EvidenceError`` (one line) for anything that is not evidence: a missing path, a file, an empty
     folder, a run folder without manifest.json, a folder with no run folders.
@@ -601,13 +713,15 @@ def verify_path(path: Path) -> Verification:
         raise EvidenceError(f"{path} is a file, not an evidence folder (give an incident folder or one of its "
                             "run folders)")
     if (path / MANIFEST).exists():
-        return verify_run(path)
+        return verify_run(path, allowed_signers)
     if run_dirs(path) or any((path / marker).exists() for marker in (*INDEX_FILES, ".lock")):
-        return Verification(path, "incident", verify_incident(path), runs=len(run_dirs(path)))
+        problems, people = _verify_incident(path, allowed_signers)
+        return Verification(path, "incident", problems, runs=len(run_dirs(path)), people=people,
+                            signatures_checked=allowed_signers is not None)
     if not any(path.iterdir()):
         raise EvidenceError(f"{path} is an empty folder: no evidence to verify")
     if _RUN_DIR.match(path.name):
-        return verify_run(path)  # raises: no manifest.json
+        return verify_run(path, allowed_signers)  # raises: no manifest.json
     raise EvidenceError(f"{path}: no manifest.json and no run folders: neither a run folder nor an incident "
                         "folder, nothing to verify")
 
@@ -626,21 +740,31 @@ def chain_head(incident_dir: Path) -> str | None:
 
 
 def show_incident(incident_dir: Path) -> str:
-    """A terminal summary of an incident: one line per run, then the chain head and its integrity."""
+    """A terminal summary of an incident: one line per run, the net change, then the chain head and its integrity."""
+    from . import report
+
     if not incident_dir.is_dir():
         raise EvidenceError(f"{incident_dir}: no such incident folder")
-    rows = _rows(incident_dir)
+    manifests = load_manifests(incident_dir)
+    rows = [report.run_row(d, m, live=not m and is_live(d)) for d, m in manifests]
     lines = [f"incident {incident_dir.name}: {len(rows)} runs"]
     for r in rows:
-        line = (f"  {r['run'][:3]}  {r['time'][:19]:19s}  {r['procedure']:18s} {r['mode']:7s} {r['status']:9s}"
-                f"  plan {r['plan id'] or '-':24s}  {r['operator'] or '-'}")
+        line = (f"  {r['number']}  {r['time'][:19]:19s}  {r['procedure']:18s} {r['mode']:7s} {r['status']:9s}"
+                f"  plan {r['plan id'] or '-':24s}  {r['who']}")
         lines.append(line)
+        lines.append(f"       database {r['database']}; verification: {r['verification']}")
         if r["figures"]:
             lines.append(f"       {r['figures']}")
         if r["error"]:
             lines.append(f"       error: {r['error']}")
+    net = report.net_change(m for _, m in manifests)
+    if net:
+        lines.append("net change (committed executes): "
+                     + "; ".join(f"{k}: {report.fmt(v)}" for k, v, _ in net))
+    else:
+        lines.append("net change: none (no execute committed a change)")
     problems = verify_incident(incident_dir)
-    lines.append(f"chain head sha256: {chain_head(incident_dir) or '-'}")
+    lines.append(f"chain head sha256: {chain_head(incident_dir) or '-'}  (record this in the ticket)")
     lines.append("integrity: intact" if not problems else f"integrity: {len(problems)} problems "
                  f"(runbook evidence verify {incident_dir})")
     return "\n".join(lines)

@@ -114,6 +114,25 @@ def name_list(v: Any, limit: int = 100_000, allow_empty: bool = True) -> list[st
     return [str(x).strip() for x in v]
 
 
+#: the ``inspect_user`` parameter's description, shared by the procedures whose review shows affected users
+INSPECT_USER_DESCRIPTION = ("the user shown in the review's 'Inspect one user' section (a user id; empty: the user "
+                            "with the largest reversal)")
+
+
+def inspect_user_id(v: Any) -> str | None:
+    """``inspect_user``: None/empty, or one user id (a short printable string, never a list)."""
+    if v is None or v == "":
+        return None
+    if isinstance(v, bool) or not isinstance(v, (str, int)):
+        raise ValueError("must be one user id (text), e.g. user_0042")
+    text = str(v).strip()
+    if not text:
+        return None
+    if len(text) > 200 or not text.isprintable():
+        raise ValueError("must be one user id of at most 200 printable characters, e.g. user_0042")
+    return text
+
+
 def recorded_reason(v: str | None) -> str | None:
     """An override's reason: None when empty, else a real sentence (it is recorded in the evidence)."""
     if v in (None, ""):

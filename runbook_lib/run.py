@@ -49,6 +49,22 @@ def _jsonable(v: Any) -> Any:
     return str(v)
 
 
+class FinishedRun(dict[str, Any]):
+    """The run's recorded state, shown in a notebook as one line (not as the ~150-line dictionary it is)."""
+
+    def __init__(self, state: Mapping[str, Any], *, evidence_dir: Path | None) -> None:
+        super().__init__(state)
+        self.evidence_dir = evidence_dir
+
+    def __repr__(self) -> str:
+        where = str(self.evidence_dir) if self.evidence_dir is not None else "none (runbook run records the evidence)"
+        plan = f", plan id {self['plan_id']}" if self.get("plan_id") else ""
+        return f"run {self.get('status')}: {self.get('procedure')} {self.get('mode')}{plan}; evidence: {where}"
+
+    def _repr_pretty_(self, printer: Any, cycle: bool) -> None:  # IPython's text/plain
+        printer.text(repr(self))
+
+
 class Run:
     """One run of one procedure against the target in ``DATABASE_URL`` (or ``url``)."""
 
@@ -78,6 +94,8 @@ class Run:
         self.verification: VerifyResult | None = None
         self.names: names_mod.NameMap | None = None
         self.server: dict[str, Any] | None = None
+        #: built from a notebook's variables (``from_namespace``): an execute must then be one ``runbook run`` records
+        self.in_notebook = False
 
     @classmethod
     def from_namespace(cls, procedure: str, namespace: Mapping[str, Any], **more: Any) -> Run:
@@ -94,7 +112,40 @@ class Run:
         near_misses = {k: v for k, v in namespace.items()
                        if k not in fields and not k.startswith("_") and isinstance(v, simple)
                        and difflib.get_close_matches(k, list(fields), n=1, cutoff=0.8)}
-        return cls(procedure, {**near_misses, **{k: v for k, v in namespace.items() if k in fields}}, **more)
+        run = cls(procedure, {**near_misses, **{k: v for k, v in namespace.items() if k in fields}}, **more)
+        run.in_notebook = True
+        return run
+
+    # ------------------------------------------------------------------------------------- recording
+    def _recorded_by_runner(self) -> bool:
+        """Is this run's evidence folder a run folder that ``runbook run`` created and is still writing?
+
+        The runner holds a lock on the folder until it has written the manifest and chained it into the incident
+        (``evidence.new_run_dir(hold=True)``); a folder named by hand (``papermill -p evidence_dir …``), or none
+        (JupyterLab), holds no such lock.
+        """
+        from . import evidence
+
+        d = self.evidence_dir
+        return bool(d is not None and d.is_dir() and not (d / evidence.MANIFEST).exists() and evidence.is_live(d))
+
+    def runner_command(self, plan_id: str | None) -> str:
+        """The ``runbook run`` command that executes ``plan_id`` with this run's parameters (those that differ
+        from the defaults), ready to paste: the execute then leaves a run record in the incident's chain."""
+        import shlex
+
+        skip = {"mode", "approved_plan", "evidence_dir", "confirm_target"}
+        defaults = {k: json.loads(json.dumps(f.get_default(call_default_factory=True), default=str))
+                    for k, f in self.proc.Params.model_fields.items() if not f.is_required()}
+        cmd = ["runbook", "run", self.name]
+        for key, value in self.params.public_dict().items():
+            if key in skip or defaults.get(key, object()) == value:
+                continue
+            cmd += ["-p", key, value if isinstance(value, str) else json.dumps(value)]
+        if self.params.confirm_target:
+            cmd += ["--confirm-target", self.params.confirm_target]
+        cmd += ["--incident", "INCIDENT", "--execute", "--approve", plan_id or "PLAN_ID"]
+        return shlex.join(cmd)
 
     # ----------------------------------------------------------------------------------------- state
     def _write_state(self) -> None:
@@ -235,6 +286,12 @@ class Run:
             return None
         with self._step("execute"):
             approved = self.params.approved_plan
+            if self.in_notebook and not self._recorded_by_runner():
+                # papermill by hand or JupyterLab: a committed change would have no manifest and no place in the
+                # incident's chain. Nothing has touched the database yet.
+                raise ApprovalError(
+                    "an execute from a notebook must run through the CLI, which records it in the incident's "
+                    f"evidence chain; nothing was changed. Run: {self.runner_command(approved)}")
             if not approved:
                 raise ApprovalError("mode=execute needs approved_plan: run a review first and pass its plan id "
                                     "(CLI: --approve PLAN_ID)")
@@ -382,16 +439,11 @@ class Run:
                 wants_general = getattr(self.proc, "general_checks", None)
                 if self.name != "verify" and self.params.mode == "execute" and (
                         wants_general is None or wants_general(self.params)):
-                    import importlib
+                    from . import checks
 
-                    try:
-                        checks: Any = importlib.import_module(f"{__package__}.checks")
-                    except ImportError:
-                        checks = None
-                    if checks is not None:
-                        general = checks.run_all(conn, names, sample_rows=self.params.sample_rows)
-                        result = VerifyResult(checks=[*result.checks, *general.checks],
-                                              frames={**result.frames, **general.frames})
+                    general = checks.run_all(conn, names, sample_rows=self.params.sample_rows)
+                    result = VerifyResult(checks=[*result.checks, *general.checks],
+                                          frames={**result.frames, **general.frames})
             if self.params.mode != "execute":
                 # a review: post-conditions that hold only once the change is applied are pending, not failed
                 for c in result.checks:
@@ -428,7 +480,7 @@ class Run:
         self.progress(f"VERIFICATION FAILED: {', '.join(c.name for c in failed)} — the database change stands")
         self._write_state()
 
-    def finish(self) -> dict[str, Any]:
+    def finish(self) -> FinishedRun:
         """Mark the run succeeded (a failure before this leaves it failed/aborted).
 
         Raises :class:`VerificationFailed` (exit 13) when the verification after an execute failed: the run is
@@ -442,7 +494,7 @@ class Run:
         err = self.state.get("error") or {}
         if err.get("type") == VerificationFailed.__name__ and err.get("step") == "verify":
             raise VerificationFailed(str(err["message"]).removeprefix(f"{VerificationFailed.__name__}: "))
-        return self.state
+        return FinishedRun(self.state, evidence_dir=self.evidence_dir)
 
     # ----------------------------------------------------------------------------------------- display
     def summary_html(self) -> str:

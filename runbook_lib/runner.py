@@ -20,7 +20,7 @@ from typing import IO, Any
 
 from . import db, procedures
 from . import params as params_mod
-from .errors import EvidenceError, KernelDiedError, ParameterError, RunbookError
+from .errors import ApprovalError, EvidenceError, KernelDiedError, ParameterError, RunbookError
 from .redact import redact_obj, redact_text
 from .run import STATE_FILE
 
@@ -73,8 +73,20 @@ def run_procedure(
     operator: str | None = None,
     progress_bar: bool = True,
     log_output: bool = False,
+    approver: str | None = None,
+    four_eyes: bool | None = None,
+    sign_key: str | Path | None = None,
+    signer: str | None = None,
 ) -> RunOutcome:
-    from . import evidence
+    """Validate, run the notebook into a new run folder of the incident, archive it.
+
+    An execute is approved before papermill starts (``approvals.approve``): its plan id must come from a
+    succeeded, unaltered review of the incident, and with four eyes (``four_eyes``, ``RUNBOOK_FOUR_EYES=1``,
+    always on a target marked production) the approver (default: the operator) must not be its reviewer;
+    otherwise the run is archived as aborted with exit 6 and nothing is changed. With ``sign_key`` (or
+    ``RUNBOOK_SIGNING_KEY``) the approval and the manifest are signed with ``ssh-keygen -Y sign``.
+    """
+    from . import approvals, evidence
 
     proc = procedures.get(procedure)
     if "evidence_dir" in parameters:
@@ -82,20 +94,66 @@ def run_procedure(
                              "for the evidence root", "evidence_dir")
     params = validate_parameters(proc.NAME, parameters)
     db.database_url()  # fail fast, before any folder is made, when the target is not configured
+    who = operator_name(operator)
+    signing = approvals.signing_from(sign_key, signer, who)
+    if signing is not None:
+        approvals.preflight(signing)  # a key that cannot sign is found before anything runs
     nb_in = notebooks_dir() / proc.NOTEBOOK
     if not nb_in.is_file():
         raise EvidenceError(f"notebook {nb_in} is missing from this installation")
     # held (flock on the folder) until archived: a concurrent run of the incident must not take it for dead
     run_dir = evidence.new_run_dir(Path(evidence_root), incident, proc.NAME, params.mode, hold=True)
     try:
-        return _run_in(run_dir, proc, nb_in, params, incident=incident, operator=operator,
-                       progress_bar=progress_bar, log_output=log_output)
+        people: dict[str, Any] = {"reviewer": who} if params.mode == "review" else {}
+        if params.mode == "execute":
+            try:
+                approval = approvals.approve(run_dir.parent, proc.NAME, params, approver=approver or who,
+                                             operator=who, four_eyes_requested=four_eyes,
+                                             signer=signing.signer if signing else None)
+            except ApprovalError as exc:
+                return _refused(run_dir, proc, params, incident=incident, operator=who, signing=signing,
+                                approver=approver or who, exc=exc)
+            approvals.write_approval(run_dir, approval, signing)
+            people = {k: approval[k] for k in ("approver", "reviewer", "review_run", "four_eyes")}
+            people["approval"] = approvals.APPROVAL
+        return _run_in(run_dir, proc, nb_in, params, incident=incident, operator=who,
+                       progress_bar=progress_bar, log_output=log_output, people=people, signing=signing)
     finally:
         evidence.release_run(run_dir)
 
 
+def _sign_manifest(signing: Any) -> Any:
+    """The ``finalize_run`` hook that signs ``manifest.json`` (None when unsigned)."""
+    if signing is None:
+        return None
+    from . import approvals
+
+    return lambda path: approvals.sign_file(signing, path)
+
+
+def _refused(run_dir: Path, proc: Any, params: params_mod.CommonParams, *, incident: str, operator: str,
+             signing: Any, approver: str, exc: ApprovalError) -> RunOutcome:
+    """An execute whose approval was refused before papermill: archived as aborted, nothing changed."""
+    from . import evidence
+
+    now = evidence._now()
+    line = " ".join(str(exc.message).split())
+    manifest = {
+        "procedure": proc.NAME, "mode": params.mode, "status": "aborted", "plan_id": params.approved_plan,
+        "incident": incident, "operator": operator, "approver": approver, "reviewer": None, "review_run": None,
+        "parameters": redact_obj({**params.public_dict(), "evidence_dir": str(run_dir)}),
+        "committed": False, "started_at": now, "finished_at": now, "notebook": None,
+        "signer": signing.signer if signing else None,
+        "error": {"message": line, "type": type(exc).__name__, "step": "approval", "exit_code": exc.exit_code},
+    }
+    final = evidence.finalize_run(run_dir, manifest, sign=_sign_manifest(signing))
+    return RunOutcome(procedure=proc.NAME, mode=params.mode, status="aborted", exit_code=exc.exit_code,
+                      run_dir=run_dir, plan_id=params.approved_plan, error=line, manifest=final)
+
+
 def _run_in(run_dir: Path, proc: Any, nb_in: Path, params: params_mod.CommonParams, *, incident: str,
-            operator: str | None, progress_bar: bool, log_output: bool) -> RunOutcome:
+            operator: str, progress_bar: bool, log_output: bool, people: dict[str, Any],
+            signing: Any) -> RunOutcome:
     import papermill as pm
 
     from . import evidence
@@ -162,7 +220,9 @@ def _run_in(run_dir: Path, proc: Any, nb_in: Path, params: params_mod.CommonPara
         "plan_id": state.get("plan_id"),
         "plan_id_at_execute": state.get("plan_id_at_execute"),
         "incident": incident,
-        "operator": operator_name(operator),
+        "operator": operator,
+        **people,
+        "signer": signing.signer if signing else None,
         "parameters": redact_obj(injected),
         "summary": state.get("summary"),
         "counts": state.get("counts"),
@@ -183,10 +243,10 @@ def _run_in(run_dir: Path, proc: Any, nb_in: Path, params: params_mod.CommonPara
     }
     try:
         if nb_out.is_file():
-            evidence.render_html(nb_out)
+            evidence.render_html(nb_out, manifest)
     except Exception as exc:  # noqa: BLE001 - the HTML copy is a convenience; its absence is recorded
         manifest["html_error"] = redact_text(str(exc))[:300]
-    final = evidence.finalize_run(run_dir, manifest)
+    final = evidence.finalize_run(run_dir, manifest, sign=_sign_manifest(signing))
     return RunOutcome(
         procedure=proc.NAME, mode=params.mode, status=status, exit_code=exit_code, run_dir=run_dir,
         plan_id=state.get("plan_id"), summary=state.get("summary") or {}, counts=state.get("counts") or {},

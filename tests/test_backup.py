@@ -90,7 +90,9 @@ def test_override_reason_is_recorded(linked_incident_db, target_env, tmp_path):
                         incident="OV", evidence_root=tmp_path, progress_bar=False)
     assert out.exit_code == 0, out.error
     assert out.manifest["backup"] == {"backup": None, "override_reason": reason}
-    refused = run_procedure("token-reversal", {**params, "mode": "execute", "approved_plan": review.plan_id},
+    # an incident without a backup or a reason (its own review: an execute approves a review of its incident)
+    review2 = run_procedure("token-reversal", params, incident="OV2", evidence_root=tmp_path, progress_bar=False)
+    refused = run_procedure("token-reversal", {**params, "mode": "execute", "approved_plan": review2.plan_id},
                             incident="OV2", evidence_root=tmp_path, progress_bar=False)
     assert refused.exit_code == 14 and refused.status == "aborted"
 

@@ -25,6 +25,7 @@ def test_demo_runs_review_then_execute_and_prints_the_summary(tmp_path):
     assert int(figures["ledger rows reversed"]) > int(figures["users affected"]) > 0
     assert int(figures["users left negative"]) > 0 and figures["verification passed"] == "True"
     incident = Path(figures["evidence"])
+    assert figures["reviewer / approver"].startswith("demo / demo (plan of 001_")  # the approval names people
     runs = sorted(p.name for p in incident.iterdir() if p.is_dir())
     assert [r[4:].split("_", 1)[1] for r in runs] == ["token-reversal_review", "token-reversal_execute"]
     check = subprocess.run([str(exe), "evidence", "verify", str(incident)], capture_output=True, text=True,

@@ -289,6 +289,8 @@ def test_verify_one_run_folder_intact(one_run, capsys):
     assert main(["evidence", "verify", str(one_run)]) == 0
     out = capsys.readouterr().out.strip()
     files = len(json.loads((one_run / "manifest.json").read_text())["files"])
+    people, out = out.rsplit("\n", 1)  # who ran it (tests/test_approvals.py), then the verdict
+    assert people.startswith("runs (who reviewed, approved, ran and signed):\n  " + one_run.name)
     assert out == (f"run {one_run.name} intact: {files} files match its manifest; first of the chain checks out; "
                    f"the chain is checked when you verify the incident folder {one_run.parent}")
 
@@ -316,8 +318,9 @@ def test_verify_one_run_folder_with_an_edited_manifest(one_run, capsys):
     m["status"] = "failed"
     mf.write_text(json.dumps(m, indent=2, sort_keys=True))
     assert main(["evidence", "verify", str(one_run)]) == 11
-    assert capsys.readouterr().out.strip() == (f"{one_run.name}: manifest.json was edited after the run was "
-                                               "archived (its manifest_sha256 does not match its content)")
+    assert capsys.readouterr().out.strip().splitlines()[0] == (
+        f"{one_run.name}: manifest.json was edited after the run was archived (its manifest_sha256 does not match "
+        "its content)")
 
 
 def test_verify_one_run_checks_its_links_in_the_chain(incident_with_three_runs, capsys):

@@ -15,7 +15,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import sqlalchemy as sa
-from test_partial_rollback import notebook_text, plan_id_of, seed_small
+from test_partial_rollback import notebook_text, seed_small
 from test_prisma_edit import schema_engine_or_skip, validator_or_skip
 
 from runbook_lib import catalog
@@ -286,8 +286,12 @@ def test_review_writes_nothing_and_second_execute_changes_nothing(app, engine_fo
     result = again.execute()
     assert result is not None and not result.changed and again.state["backup"]["not_needed"]
     assert fingerprint(eng) == after and tree(app.root) == files_after
-    # and through the CLI's runner, in an incident without any backup: exit 0, "nothing to do"
-    out = run_procedure("full-rollback", {**params, "mode": "execute", "approved_plan": plan.plan_id},
+    # and through the CLI's runner, in an incident without any backup: exit 0, "nothing to do" (its review first:
+    # an execute approves a plan id a review of the incident produced)
+    review = run_procedure("full-rollback", params, incident="AGAIN", evidence_root=tmp_path / "ev",
+                           progress_bar=False)
+    assert review.exit_code == 0, review.error
+    out = run_procedure("full-rollback", {**params, "mode": "execute", "approved_plan": review.plan_id},
                         incident="AGAIN", evidence_root=tmp_path / "ev", progress_bar=False)
     assert out.exit_code == 0, out.error
     assert fingerprint(eng) == after
@@ -372,21 +376,21 @@ def test_parameters_are_checked(app):
 
 @pytest.mark.notebook
 def test_notebook_review_then_execute(app, tmp_path):
-    import papermill as pm
+    from runbook_lib.runner import run_procedure
 
     if app.kind != "real":
         pytest.skip("the notebook runs on the real application's shape")
-    nb_in = ROOT / "notebooks" / "full_rollback.ipynb"
     params = params_for(app)
     files_before = tree(app.root)
-    pm.execute_notebook(str(nb_in), str(tmp_path / "review.ipynb"),
-                        parameters=params, progress_bar=False, kernel_name="python3")
-    plan_id = plan_id_of(tmp_path / "review.ipynb")
+    ev = tmp_path / "ev"
+    review = run_procedure("full-rollback", params, incident="NB", evidence_root=ev, progress_bar=False)
+    assert review.exit_code == 0, review.error
     assert tree(app.root) == files_before
-    text = notebook_text(tmp_path / "review.ipynb")
+    text = notebook_text(review.run_dir / "full_rollback.ipynb")
     assert "-model Voucher {" in text and "DROP TABLE" in text and "parser" in text
-    pm.execute_notebook(str(nb_in), str(tmp_path / "execute.ipynb"), parameters={
-        **params, "mode": "execute", "backup_override_reason": NO_BACKUP, "approved_plan": plan_id},
-        progress_bar=False, kernel_name="python3")
-    assert "prisma generate" in notebook_text(tmp_path / "execute.ipynb")
+    out = run_procedure("full-rollback", {**params, "mode": "execute", "backup_override_reason": NO_BACKUP,
+                                          "approved_plan": review.plan_id},
+                        incident="NB", evidence_root=ev, progress_bar=False)
+    assert out.exit_code == 0, out.error
+    assert "prisma generate" in notebook_text(out.run_dir / "full_rollback.ipynb")
     assert "model Voucher " not in app.schema.read_text()

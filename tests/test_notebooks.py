@@ -54,16 +54,39 @@ def test_token_reversal_notebook_review_then_execute(incident_db, target_env, tm
     summary_cell = next(c for c in nb.cells if c.cell_type == "code" and "show_summary" in c.source)
     summary_html = outputs_text(nbformat.from_dict({"cells": [summary_cell]}))
     assert "ledger rows to reverse" in summary_html and str(state["summary"]["ledger rows to reverse"]) in summary_html
+    # "Inspect one user": the static section for the largest reversal (no widget in a run with an evidence folder)
+    inspect_cell = next(c for c in nb.cells if c.cell_type == "code" and "user_inspector" in c.source)
+    inspect_out = outputs_text(nbformat.from_dict({"cells": [inspect_cell]}))
+    assert "runbook-user-inspector" in inspect_out and "affected ledger rows" in inspect_out
+    assert "image/png" in json.dumps(inspect_cell.outputs) and "widget-view" not in inspect_out
 
+    # an execute by papermill alone (or in JupyterLab) would leave no record in the incident's chain: refused,
+    # with the command that records it, before anything touches the database
     exec_out = tmp_path / "execute.ipynb"
-    pm.execute_notebook(str(nb_in), str(exec_out), parameters={
-        **WINDOW, "mode": "execute", "approved_plan": state["plan_id"], "evidence_dir": str(tmp_path / "e")},
-        progress_bar=False, kernel_name="python3")
-    nb2 = nbformat.read(exec_out, as_version=4)
-    assert errors(nb2) == []
-    st2 = json.loads((tmp_path / "e" / "run-state.json").read_text())
-    assert st2["committed"] is True and st2["verification_passed"] is True
+    with pytest.raises(pm.PapermillExecutionError) as refused:
+        pm.execute_notebook(str(nb_in), str(exec_out), parameters={
+            **WINDOW, "mode": "execute", "approved_plan": state["plan_id"], "evidence_dir": str(tmp_path / "e")},
+            progress_bar=False, kernel_name="python3")
+    assert refused.value.ename == "ApprovalError"
+    assert "must run through the CLI" in refused.value.evalue
+    assert ("runbook run token-reversal -p since 2025-12-01T00:00:00+00:00 -p until 2025-12-03T00:00:00+00:00 "
+            f"--incident INCIDENT --execute --approve {state['plan_id']}") in refused.value.evalue
     eng = sa.create_engine(incident_db, poolclass=sa.pool.NullPool)
+    with eng.connect() as c:
+        assert c.exec_driver_sql("select count(*) from token_transactions where source = 'voucher_reversal'"
+                                 ).scalar() == 0
+
+    # the same through the runner (what `runbook run` calls): review, then execute, both in the incident's chain
+    ev = tmp_path / "evidence"
+    review = run_procedure("token-reversal", WINDOW, incident="NB", evidence_root=ev, progress_bar=False)
+    assert review.exit_code == 0 and review.plan_id == state["plan_id"]
+    out = run_procedure("token-reversal", {**WINDOW, "mode": "execute", "approved_plan": review.plan_id},
+                        incident="NB", evidence_root=ev, progress_bar=False)
+    assert out.exit_code == 0, out.error
+    nb2 = nbformat.read(out.run_dir / "token_reversal.ipynb", as_version=4)
+    assert errors(nb2) == []
+    st2 = json.loads((out.run_dir / "run-state.json").read_text())
+    assert st2["committed"] is True and st2["verification_passed"] is True
     with eng.connect() as c:
         # the application's shape: a reversing row names its original in sourceId, with source voucher_reversal
         reversed_rows = c.exec_driver_sql(

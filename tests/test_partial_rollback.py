@@ -233,29 +233,20 @@ def notebook_text(path) -> str:
     return "\n".join(o.get("text", "") + json.dumps(o.get("data", {})) for o in outs)
 
 
-def plan_id_of(path) -> str:
-    import re
-
-    m = re.search(r"plan id ([0-9a-f]{16,64})", notebook_text(path))
-    assert m, "the review printed no plan id"
-    return m.group(1)
-
-
 @pytest.mark.notebook
 def test_notebook_review_then_execute(small_db, engine_for, tmp_path):
-    from pathlib import Path
+    from runbook_lib.runner import run_procedure
 
-    import papermill as pm
-
-    nb_in = Path(__file__).resolve().parent.parent / "notebooks" / "partial_rollback.ipynb"
-    params = {"all_vouchers": True}
-    pm.execute_notebook(str(nb_in), str(tmp_path / "review.ipynb"),
-                        parameters=params, progress_bar=False, kernel_name="python3")
-    plan_id = plan_id_of(tmp_path / "review.ipynb")
-    pm.execute_notebook(str(nb_in), str(tmp_path / "execute.ipynb"), parameters={
-        **params, "mode": "execute", "backup_override_reason": NO_BACKUP, "approved_plan": plan_id},
-        progress_bar=False, kernel_name="python3")
-    text = notebook_text(tmp_path / "execute.ipynb")
+    # through the runner (what `runbook run` calls): an execute from a notebook alone would leave no record
+    ev, params = tmp_path / "ev", {"all_vouchers": True}
+    review = run_procedure("partial-rollback", params, incident="NB", evidence_root=ev, progress_bar=False)
+    assert review.exit_code == 0, review.error
+    assert "runbook-user-inspector" in notebook_text(review.run_dir / "partial_rollback.ipynb")  # "Inspect one user"
+    out = run_procedure("partial-rollback", {**params, "mode": "execute", "backup_override_reason": NO_BACKUP,
+                                             "approved_plan": review.plan_id},
+                        incident="NB", evidence_root=ev, progress_bar=False)
+    assert out.exit_code == 0, out.error
+    text = notebook_text(out.run_dir / "partial_rollback.ipynb")
     assert "redemptions_deleted" in text and "review mode: nothing was changed" not in text
     assert state(engine_for(small_db))["r"].empty
 

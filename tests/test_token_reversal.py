@@ -12,6 +12,7 @@ from runbook_lib.errors import (
     ParameterError,
     PolicyAbort,
     SchemaMismatchError,
+    VerificationFailed,
 )
 from runbook_lib.run import Run
 
@@ -332,3 +333,30 @@ def test_apply_reverses_exactly_the_rows_the_plan_recomputed_under_the_locks(lin
             """select count(*) from "TokenTransaction" where "reversalOfId" = 'late_grant'""").scalar() == 0
     again = Run("token-reversal", WINDOW).review()
     assert again.summary["ledger rows to reverse"] == 1  # the late grant, for the next approval
+
+
+def test_verify_compares_committed_balances_with_the_plans_after_figures(linked_incident_db, engine_for, target_env):
+    """The after-figures check runs after every execute, fails on a balance that differs from the plan, and counts
+    (does not fail) a user whose balance the application moved on since with a ledger row of its own."""
+    target_env(linked_incident_db)
+    eng = engine_for(linked_incident_db)
+    plan, result, ex = review_then_execute()
+    name = "balances equal the plan's after-figures"
+    check = next(c for c in ex.verify().checks if c.name == name)
+    assert check.passed and check.detail.startswith(f"{result.counts['users_affected']} reversed users")
+    expected = ex.plan.details["after_expected"]
+    assert len(expected["user_ids"]) == result.counts["users_affected"]
+    tampered, active = expected["user_ids"][0], expected["user_ids"][1]
+    with eng.begin() as c:
+        # one balance changed behind the ledger's back; another moved on by the application's own activity
+        c.execute(sa.text('update "UserTokenBalance" set balance = balance + 7 where "userId" = :u'), {"u": tampered})
+        c.execute(sa.text('update "UserTokenBalance" set balance = balance - 3 where "userId" = :u'), {"u": active})
+        c.execute(sa.text('insert into "TokenTransaction"(id, "userId", amount, type, source, "createdAt") '
+                          "values ('app_spend', :u, -3, 'DEBIT', 'spend', now() at time zone 'utc')"), {"u": active})
+    verification = ex.verify()
+    check = next(c for c in verification.checks if c.name == name)
+    assert not check.passed and check.count == 1
+    assert f"differing: {tampered}" in check.detail and "1 moved on since" in check.detail
+    assert check in verification.failed
+    with pytest.raises(VerificationFailed):
+        ex.finish()

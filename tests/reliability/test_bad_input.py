@@ -24,7 +24,10 @@ PR = ["run", "partial-rollback", "-p", "all_vouchers", "true"]
 FR = ["run", "full-rollback", "-p", "ledger_policy", "reverse", "-p", "prisma_side", "false"]
 MR = ["run", "migration-recovery"]
 #: an execute with a syntactically valid approval: a bad parameter must stop it before anything is written
-EX = ["--execute", "--approve", "0" * 24]
+#: (the harness records a review of this plan id by another person in the incident, so that an execute gets past
+#: the approval check to the check its case is about; "no review produced it" is a case of its own)
+REVIEWED = "0" * 24
+EX = ["--execute", "--approve", REVIEWED]
 NO_BACKUP = ["-p", "backup_override_reason", "bad-input test on a scratch clone"]
 MANY = "[" + ", ".join(f"c{i}" for i in range(100_001)) + "]"
 MANY_501 = "[" + ", ".join(f"t{i}" for i in range(501)) + "]"
@@ -73,6 +76,8 @@ CASES: list[tuple[str, list[str], dict[str, str | None], int, str]] = [
     ("database that does not exist", [*TR, *W], {"DATABASE_URL": "@nodb"}, 3, "does not exist"),
     ("execute without approval", [*TR, *W, "--execute"], {}, 6, "approved_plan"),
     ("execute with a wrong plan id", [*TR, *W, "--execute", "--approve", "0" * 24], {}, 6, "plan changed"),
+    ("execute with a plan id no review produced", [*TR, *W, "--execute", "--approve", "1" * 24], {}, 6,
+     "was not produced by any review in incident adhoc"),
     ("production without confirmation", [*TR, *W, "--execute", "--approve", "0" * 24],
      {"RUNBOOK_TARGET_PRODUCTION": "1"}, 7, "marked production"),
     ("production with the wrong name", [*TR, *W, "--execute", "--approve", "0" * 24, "--confirm-target", "prod"],
@@ -107,6 +112,11 @@ CASES: list[tuple[str, list[str], dict[str, str | None], int, str]] = [
     ("SQL in until", [*TR, *W, "-p", "until", SQL, *EX], {}, 2, "until"),
     ("SQL in approved_plan", [*TR, *W, "-p", "approved_plan", SQL], {}, 2, "approved_plan"),
     ("SQL in lock_timeout", [*TR, *W, "-p", "lock_timeout", SQL, *EX], {}, 2, "lock_timeout"),
+    # inspect_user is only ever a bound value: SQL in it is a user nobody has; the execute goes on to the approval
+    ("SQL in inspect_user", [*TR, *W, "-p", "inspect_user", SQL, *EX], {}, 6, "the plan changed"),
+    ("partial: SQL in inspect_user", [*PR, "-p", "inspect_user", SQL, *NO_BACKUP, *EX], {}, 6, "the plan changed"),
+    ("full: SQL in inspect_user", [*FR, "-p", "inspect_user", SQL, *NO_BACKUP, *EX], {}, 6, "the plan changed"),
+    ("inspect_user a list", [*TR, *W, "-p", "inspect_user", "[a, b]"], {}, 2, "inspect_user"),
     ("SQL in statement_timeout", [*TR, *W, "-p", "statement_timeout", SQL, *EX], {}, 2, "statement_timeout"),
     ("SQL in prisma_schema", [*TR, *W, "-p", "prisma_schema", SQL], {}, 2, "does not exist"),
     ("SQL in column_map", [*TR, *W, "-p", "column_map", f"{{TokenTransaction.amount: {SQL_Y}}}", *EX], {}, 2,
@@ -232,6 +242,15 @@ def test_sql_is_tried_in_every_string_parameter_of_every_procedure():
     assert missing == [], f"no SQL case for: {missing}"
 
 
+def _record_review(root: Path, procedure: str, plan_id: str) -> None:
+    """An archived review of ``plan_id`` in the incident ``adhoc``, by someone else than the operator."""
+    from runbook_lib import evidence
+
+    d = evidence.new_run_dir(root, "adhoc", procedure, "review")
+    evidence.finalize_run(d, {"procedure": procedure, "mode": "review", "status": "succeeded", "plan_id": plan_id,
+                              "operator": "reviewer-ann", "reviewer": "reviewer-ann"})
+
+
 @pytest.mark.parametrize(("case", "argv", "env", "code", "text"), CASES, ids=[c[0] for c in CASES])
 def test_bad_input_is_refused(case, argv, env, code, text, incident_db, fresh_db, pg_server, monkeypatch, capfd,
                               tmp_path, figures):
@@ -265,6 +284,8 @@ def test_bad_input_is_refused(case, argv, env, code, text, incident_db, fresh_db
             monkeypatch.setenv(k, fresh_db)
         else:
             monkeypatch.setenv(k, v)
+    if REVIEWED in argv:
+        _record_review(tmp_path / "incidents", argv[1], REVIEWED)
     before = db_state(incident_db)
     figures["bad_inputs"] += 1
     status = main([*argv, "--no-progress"] if argv[0] == "run" else argv)

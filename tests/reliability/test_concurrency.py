@@ -210,16 +210,17 @@ def test_two_operators_through_the_cli_the_second_gets_exit_10(linked_incident_d
 
     monkeypatch.setenv("DATABASE_URL", linked_incident_db)
     monkeypatch.chdir(tmp_path)
-    plan = Run("token-reversal", WINDOW).review()
+    cli_window = ["-p", "since", WINDOW["since"], "-p", "until", WINDOW["until"], "-p", "backup_override_reason",
+                  NO_BACKUP, "--incident", "TWO", "--no-progress"]
+    assert main(["run", "token-reversal", *cli_window]) == 0  # the review the execute approves, in its incident
+    plan_id = next(line.split()[-1] for line in capfd.readouterr().out.splitlines() if line.startswith("plan id:"))
     marker = tmp_path / "op-a"
     a = start_worker(linked_incident_db, "token-reversal", dict(WINDOW), {"RUNBOOK_FAULT": "after_lock:sleep:25",
                                                                   "RUNBOOK_FAULT_MARKER": str(marker)})
     try:
         assert wait_for(marker, a) is not None
         before = db_state(linked_incident_db)
-        status = main(["run", "token-reversal", "-p", "since", WINDOW["since"], "-p", "until", WINDOW["until"],
-                       "-p", "backup_override_reason", NO_BACKUP, "--incident", "TWO", "--no-progress",
-                       "--execute", "--approve", plan.plan_id])
+        status = main(["run", "token-reversal", *cli_window, "--execute", "--approve", plan_id])
         err = [line for line in capfd.readouterr().err.splitlines() if line.strip()]
         assert status == 10, err
         assert len(err) == 1 and err[0].startswith("error:") and "another operator" in err[0], err

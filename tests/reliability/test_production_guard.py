@@ -15,9 +15,16 @@ def test_production_guard_end_to_end(incident_db, monkeypatch, capfd, tmp_path, 
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("DATABASE_URL", incident_db)
     monkeypatch.setenv("RUNBOOK_TARGET_PRODUCTION", "1")
-    assert main(["run", "token-reversal", *W]) == 0  # review is always allowed
+    assert main(["run", "token-reversal", *W, "--operator", "ann"]) == 0  # review is always allowed
     plan_id = next(line.split()[-1] for line in capfd.readouterr().out.splitlines() if line.startswith("plan id:"))
     before = db_state(incident_db)
+    # a production target always wants four eyes: the reviewer cannot approve her own plan (exit 6)
+    figures["bad_inputs"] += 1
+    assert main(["run", "token-reversal", *W, "--execute", "--approve", plan_id, "--approver", "ann"]) == 6
+    err = capfd.readouterr().err
+    assert "four eyes (the target is marked production)" in err and len(err.strip().splitlines()) == 1
+    assert db_state(incident_db) == before
+    figures["refused"] += 1
     for extra in ([], ["--confirm-target", "some_other_db"]):
         figures["bad_inputs"] += 1
         assert main(["run", "token-reversal", *W, "--execute", "--approve", plan_id, *extra]) == 7
