@@ -487,38 +487,3 @@ def unknown_names(disc: Discovery, allowed: list[str]) -> list[str]:
     for o in disc.objects:
         known |= _names_for(o.type, o.identity)
     return [a for a in allowed if normalize_label(a) not in known]
-
-
-def schema_snapshot(conn: Connection, db_schema: str) -> list[tuple[Any, ...]]:
-    """Every object of the schema with its definition, for before/after comparisons in tests and verify."""
-    return [tuple(r) for r in conn.execute(sa.text("""
-        select 'class', c.relname, c.relkind::text, coalesce(pg_get_viewdef(c.oid), '') from pg_class c
-          where c.relnamespace = cast(:s as regnamespace)
-        union all select 'column', c.relname || '.' || a.attname, format_type(a.atttypid, a.atttypmod),
-          coalesce(pg_get_expr(d.adbin, d.adrelid), '') from pg_attribute a join pg_class c on c.oid = a.attrelid
-          left join pg_attrdef d on d.adrelid = a.attrelid and d.adnum = a.attnum
-          where c.relnamespace = cast(:s as regnamespace) and a.attnum > 0 and not a.attisdropped
-        union all select 'constraint', conname, contype::text, pg_get_constraintdef(oid) from pg_constraint
-          where connamespace = cast(:s as regnamespace)
-        union all select 'type', typname, typtype::text, coalesce((select string_agg(enumlabel, ',' order by enumsortorder)
-          from pg_enum where enumtypid = t.oid), '') from pg_type t where typnamespace = cast(:s as regnamespace)
-        union all select 'function', p.proname, pg_get_function_identity_arguments(p.oid), p.prosrc from pg_proc p
-          where p.pronamespace = cast(:s as regnamespace)
-        union all select 'trigger', t.tgname, t.tgrelid::regclass::text, pg_get_triggerdef(t.oid) from pg_trigger t
-          join pg_class c on c.oid = t.tgrelid where c.relnamespace = cast(:s as regnamespace) and not t.tgisinternal
-        union all select 'index', indexrelid::regclass::text, '', pg_get_indexdef(indexrelid) from pg_index i
-          join pg_class c on c.oid = i.indexrelid where c.relnamespace = cast(:s as regnamespace)
-        order by 1, 2, 3, 4"""), {"s": db_schema}).all()]
-
-
-def table_checksums(conn: Connection, db_schema: str) -> dict[str, str]:
-    """md5 of every ordinary table's full contents (rows as text, sorted), for before/after comparisons."""
-    tables = [r[0] for r in conn.execute(sa.text(
-        "select format('%I.%I', n.nspname, c.relname) from pg_class c join pg_namespace n on n.oid = c.relnamespace "
-        "where n.nspname = :s and c.relkind in ('r', 'p') order by 1"), {"s": db_schema})]
-    out: dict[str, str] = {}
-    for t in tables:
-        out[t] = str(conn.execute(sa.text(
-            f"select md5(coalesce(string_agg(x::text, '|' order by x::text), '')) || ':' || count(*) from {t} x")
-        ).scalar_one())
-    return out

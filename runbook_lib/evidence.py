@@ -251,12 +251,6 @@ def redact_files(run_dir: Path) -> list[str]:
     return changed
 
 
-def scan_for_secret(root: Path, secret: str) -> list[str]:
-    """Every file under ``root`` whose bytes contain ``secret`` (for the redaction tests and audits)."""
-    needle = secret.encode()
-    return sorted(str(p) for p in Path(root).rglob("*") if p.is_file() and needle in p.read_bytes())
-
-
 # ------------------------------------------------------------------------------------------ manifest
 def code_version() -> dict[str, Any]:
     """The git commit when running from a checkout (with a dirty flag), else the package version."""

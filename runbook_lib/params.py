@@ -99,6 +99,16 @@ def _ledger_source(v: str) -> str:
 LedgerSource = Annotated[str, AfterValidator(_ledger_source)]
 
 
+def _top_rows(v: int) -> int:
+    if not 1 <= v <= 1000:
+        raise ValueError("must be between 1 and 1000")
+    return v
+
+
+#: rows in a bounded table of a review (``top_users``): 1 to 1000
+TopRows = Annotated[int, AfterValidator(_top_rows)]
+
+
 def name_list(v: Any, limit: int = 100_000, allow_empty: bool = True) -> list[str]:
     """A list parameter of names: ``[a, b]`` or ``"a, b"`` (CLI), stripped; too many or non-strings refused."""
     if v is None or v == "":

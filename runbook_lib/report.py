@@ -333,6 +333,7 @@ td.num{text-align:right;font-family:ui-monospace,monospace}
 code{font-family:ui-monospace,monospace;word-break:break-all}
 .nowrap{white-space:nowrap;word-break:normal}
 tr.succeeded{background:#e8f5e9} tr.aborted{background:#fff8e1} tr.other{background:#ffebee}
+.scroll{overflow-x:auto}
 """
 
 
@@ -569,7 +570,7 @@ def incident_html(incident: str, incident_dir: Path, rows: Sequence[Mapping[str,
             f"<style>{_INDEX_CSS}</style></head><body><h1>Incident {_e(incident)}</h1>"
             f"<div class='head'>{head_html}</div>{net_html}"
             f"<h2>Timeline ({len(rows)} runs, oldest first)</h2>"
-            f"<table><tr>{head_row}</tr>{''.join(trs)}</table>"
+            f"<div class='scroll'><table><tr>{head_row}</tr>{''.join(trs)}</table></div>"
             f"<p>Each run's report page shows its header and the notebook's narrative, tables and plots; the executed "
             f"notebook holds the code. Verify with <code>runbook evidence verify {_e(incident_dir)}</code>.</p>"
             "</body></html>")

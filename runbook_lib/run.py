@@ -551,8 +551,4 @@ class Run:
                 self._summary_handle.update(HTML(self.summary_html()))
 
 
-def checks_table(result: VerifyResult) -> Any:
-    return result.table()
-
-
 __all__ = ["Run", "Plan", "ApplyResult", "VerifyResult", "Check", "STATE_FILE", "sys"]

@@ -20,7 +20,7 @@ from typing import IO, Any
 
 from . import db, procedures
 from . import params as params_mod
-from .errors import ApprovalError, EvidenceError, KernelDiedError, ParameterError, RunbookError
+from .errors import ApprovalError, EvidenceError, KernelDiedError, ParameterError
 from .redact import redact_obj, redact_text
 from .run import STATE_FILE
 
@@ -309,11 +309,3 @@ def _read_state(run_dir: Path) -> dict[str, Any]:
         return data
     except json.JSONDecodeError:
         return {}
-
-
-def raise_for(outcome: RunOutcome) -> None:
-    """Raise the outcome's error as a RunbookError (library callers who prefer exceptions)."""
-    if outcome.exit_code:
-        err = RunbookError(outcome.error or "failed")
-        err.exit_code = outcome.exit_code
-        raise err

@@ -12,9 +12,12 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
+import pandas as pd
 import pytest
 import sqlalchemy as sa
+from sqlalchemy.engine import Connection
 
 from runbook_lib import embedded
 from runbook_lib.db import normalize_url
@@ -143,6 +146,15 @@ def linked_incident_db(pg_server: Server) -> Iterator[str]:
     yield from _fresh(pg_server, "linked_incident")
 
 
+def read_frame(url: str, sql: str) -> pd.DataFrame:
+    """One query's rows as a DataFrame, on a connection of its own (closed after)."""
+    eng = sa.create_engine(url, poolclass=sa.pool.NullPool)
+    with eng.connect() as c:
+        df = pd.read_sql(sql, c)
+    eng.dispose()
+    return df
+
+
 @pytest.fixture
 def engine_for():
     engines: list[sa.engine.Engine] = []
@@ -166,3 +178,38 @@ def target_env(monkeypatch: pytest.MonkeyPatch):
         return url
 
     return set_target
+
+
+def schema_snapshot(conn: Connection, db_schema: str) -> list[tuple[Any, ...]]:
+    """Every object of the schema with its definition, for before/after comparisons."""
+    return [tuple(r) for r in conn.execute(sa.text("""
+        select 'class', c.relname, c.relkind::text, coalesce(pg_get_viewdef(c.oid), '') from pg_class c
+          where c.relnamespace = cast(:s as regnamespace)
+        union all select 'column', c.relname || '.' || a.attname, format_type(a.atttypid, a.atttypmod),
+          coalesce(pg_get_expr(d.adbin, d.adrelid), '') from pg_attribute a join pg_class c on c.oid = a.attrelid
+          left join pg_attrdef d on d.adrelid = a.attrelid and d.adnum = a.attnum
+          where c.relnamespace = cast(:s as regnamespace) and a.attnum > 0 and not a.attisdropped
+        union all select 'constraint', conname, contype::text, pg_get_constraintdef(oid) from pg_constraint
+          where connamespace = cast(:s as regnamespace)
+        union all select 'type', typname, typtype::text, coalesce((select string_agg(enumlabel, ',' order by enumsortorder)
+          from pg_enum where enumtypid = t.oid), '') from pg_type t where typnamespace = cast(:s as regnamespace)
+        union all select 'function', p.proname, pg_get_function_identity_arguments(p.oid), p.prosrc from pg_proc p
+          where p.pronamespace = cast(:s as regnamespace)
+        union all select 'trigger', t.tgname, t.tgrelid::regclass::text, pg_get_triggerdef(t.oid) from pg_trigger t
+          join pg_class c on c.oid = t.tgrelid where c.relnamespace = cast(:s as regnamespace) and not t.tgisinternal
+        union all select 'index', indexrelid::regclass::text, '', pg_get_indexdef(indexrelid) from pg_index i
+          join pg_class c on c.oid = i.indexrelid where c.relnamespace = cast(:s as regnamespace)
+        order by 1, 2, 3, 4"""), {"s": db_schema}).all()]
+
+
+def table_checksums(conn: Connection, db_schema: str) -> dict[str, str]:
+    """md5 of every ordinary table's full contents (rows as text, sorted), for before/after comparisons."""
+    tables = [r[0] for r in conn.execute(sa.text(
+        "select format('%I.%I', n.nspname, c.relname) from pg_class c join pg_namespace n on n.oid = c.relnamespace "
+        "where n.nspname = :s and c.relkind in ('r', 'p') order by 1"), {"s": db_schema})]
+    out: dict[str, str] = {}
+    for t in tables:
+        out[t] = str(conn.execute(sa.text(
+            f"select md5(coalesce(string_agg(x::text, '|' order by x::text), '')) || ':' || count(*) from {t} x")
+        ).scalar_one())
+    return out

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-import sqlalchemy as sa
+from conftest import read_frame
 
 from runbook_lib import approvals, evidence
 from runbook_lib.cli import main
@@ -21,11 +21,7 @@ pytestmark = pytest.mark.notebook
 
 
 def _ledger(url: str) -> pd.DataFrame:
-    eng = sa.create_engine(url, poolclass=sa.pool.NullPool)
-    with eng.connect() as c:
-        df = pd.read_sql('select * from token_transactions order by id', c)
-    eng.dispose()
-    return df
+    return read_frame(url, "select * from token_transactions order by id")
 
 
 @pytest.fixture

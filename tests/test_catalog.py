@@ -12,6 +12,7 @@ from collections.abc import Callable
 
 import pytest
 import sqlalchemy as sa
+from conftest import schema_snapshot, table_checksums
 
 from runbook_lib import catalog
 from runbook_lib.faults import InjectedFault
@@ -124,7 +125,7 @@ def real_db(fresh_db: str, engine_for: Callable[[str], sa.engine.Engine], target
 
 def fingerprint(eng: sa.engine.Engine) -> tuple[list[tuple], dict[str, str]]:
     with eng.connect() as c:
-        return catalog.schema_snapshot(c, "public"), catalog.table_checksums(c, "public")
+        return schema_snapshot(c, "public"), table_checksums(c, "public")
 
 
 def test_enum_column_without_default_orders_its_table_first(real_db, engine_for):

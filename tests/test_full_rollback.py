@@ -15,6 +15,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import sqlalchemy as sa
+from conftest import schema_snapshot, table_checksums
 from test_partial_rollback import notebook_text, seed_small
 from test_prisma_edit import schema_engine_or_skip, validator_or_skip
 
@@ -79,7 +80,7 @@ def app(request, tmp_path: Path, engine_for, target_env) -> App:
 
 def fingerprint(eng: sa.engine.Engine) -> tuple[list[tuple], dict[str, str]]:
     with eng.connect() as c:
-        return catalog.schema_snapshot(c, "public"), catalog.table_checksums(c, "public")
+        return schema_snapshot(c, "public"), table_checksums(c, "public")
 
 
 def tree(folder: Path) -> dict[str, bytes]:

@@ -9,7 +9,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import sqlalchemy as sa
-from conftest import MIGRATIONS
+from conftest import MIGRATIONS, read_frame
 
 from runbook_lib.errors import InvariantError, ParameterError, PolicyAbort
 from runbook_lib.prisma import status as st
@@ -72,11 +72,7 @@ def failed_db(schema_db, engine_for, tmp_path, target_env):
 
 
 def rows(url: str) -> pd.DataFrame:
-    eng = sa.create_engine(url, poolclass=sa.pool.NullPool)
-    with eng.connect() as c:
-        df = pd.read_sql('select * from "_prisma_migrations" order by started_at, migration_name', c)
-    eng.dispose()
-    return df
+    return read_frame(url, 'select * from "_prisma_migrations" order by started_at, migration_name')
 
 
 def test_statuses_and_applied_steps(failed_db):

@@ -37,7 +37,14 @@ from .. import names as nmod
 from ..db import quote_ident
 from ..errors import EvidenceError, InvariantError, ParameterError, PolicyAbort
 from ..names import NameMap
-from ..params import INSPECT_USER_DESCRIPTION, DestructiveParams, LedgerSource, identifiers, inspect_user_id
+from ..params import (
+    INSPECT_USER_DESCRIPTION,
+    DestructiveParams,
+    LedgerSource,
+    TopRows,
+    identifiers,
+    inspect_user_id,
+)
 from ..prisma import config as pconfig
 from ..prisma import diff as pdiff
 from ..prisma import edit as pedit
@@ -77,7 +84,7 @@ class Params(DestructiveParams):
     prisma_side: bool = Field(True, description="also edit schema.prisma and write and record the migration (needs prisma_schema)")
     prisma_config: str | None = Field(None, description="the app's prisma.config.ts (Prisma 7; default: next to prisma_schema or up to two folders above)")
     migration_name: str = Field("remove_voucher_system", description="name of the migration that records the removal")
-    top_users: int = Field(50, description="users shown in the before/after table (1-1000)")
+    top_users: TopRows = Field(50, description="users shown in the before/after table (1-1000)")
     inspect_user: str | None = Field(None, description=INSPECT_USER_DESCRIPTION)
 
     @field_validator("inspect_user", mode="before")

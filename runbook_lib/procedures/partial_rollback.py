@@ -43,6 +43,7 @@ from ..params import (
     INSPECT_USER_DESCRIPTION,
     DestructiveParams,
     LedgerSource,
+    TopRows,
     inspect_user_id,
     parse_aware_datetime,
 )
@@ -78,7 +79,7 @@ class Params(DestructiveParams):
     negative_policy: Literal["allow", "clamp", "abort"] = Field("allow", description="balances that would go below zero: allow (flagged), clamp (to zero) or abort")
     reversal_type: str = Field("auto", description="type of reversing rows: auto (REVERSAL if the enum has it, else EARN_ADMIN_ADJUSTMENT) or a value of the enum")
     reversal_source: LedgerSource = Field("voucher_reversal", description="source of reversing rows; must differ from source")
-    top_users: int = Field(50, description="rows in the per-voucher and per-user tables (1-1000)")
+    top_users: TopRows = Field(50, description="rows in the per-voucher and per-user tables (1-1000)")
     inspect_user: str | None = Field(None, description=INSPECT_USER_DESCRIPTION)
 
     @field_validator("inspect_user", mode="before")
@@ -104,13 +105,6 @@ class Params(DestructiveParams):
         if len(v) > 100_000:
             raise ValueError(f"{len(v)} entries is too many for one run (at most 100000)")
         return [str(x).strip() for x in v]
-
-    @field_validator("top_users")
-    @classmethod
-    def _top(cls, v: int) -> int:
-        if not 1 <= v <= 1000:
-            raise ValueError("must be between 1 and 1000")
-        return v
 
     @model_validator(mode="after")
     def _scope(self) -> Params:

@@ -43,6 +43,7 @@ from ..params import (
     INSPECT_USER_DESCRIPTION,
     DestructiveParams,
     LedgerSource,
+    TopRows,
     inspect_user_id,
     name_list,
     parse_aware_datetime,
@@ -77,7 +78,7 @@ class Params(DestructiveParams):
     reversal_type: str = Field("auto", description="type of reversing rows: auto (REVERSAL if the enum has it, else EARN_ADMIN_ADJUSTMENT) or a value of the enum")
     reversal_source: LedgerSource = Field("voucher_reversal", description="source of reversing rows (their sourceId names the original); must differ from source")
     grant_link: GrantLink = Field("voucher_and_user", description="how a grant names its voucher: voucher_and_user (sourceId = voucher id, as the app writes it) or redemption_id")
-    top_users: int = Field(50, description="users shown in the before/after table (1-1000)")
+    top_users: TopRows = Field(50, description="users shown in the before/after table (1-1000)")
     inspect_user: str | None = Field(None, description=INSPECT_USER_DESCRIPTION)
 
     @field_validator("inspect_user", mode="before")
@@ -101,13 +102,6 @@ class Params(DestructiveParams):
     def _nonempty(cls, v: str) -> str:
         if not v or len(v) > 200:
             raise ValueError("must be a non-empty string of at most 200 characters")
-        return v
-
-    @field_validator("top_users")
-    @classmethod
-    def _top(cls, v: int) -> int:
-        if not 1 <= v <= 1000:
-            raise ValueError("must be between 1 and 1000")
         return v
 
     @model_validator(mode="after")

@@ -163,6 +163,8 @@ CASES: list[tuple[str, list[str], dict[str, str | None], int, str]] = [
     ("full: SQL in migration_name", [*FR, "-p", "migration_name", SQL], {}, 2, "migration_name"),
     ("full: SQL in prisma_config", [*FR, "-p", "prisma_config", SQL], {}, 2, "prisma_config"),
     ("full: path in migration_name", [*FR, "-p", "migration_name", "../../etc"], {}, 2, "migration_name"),
+    ("full: top_users below one", [*FR, "-p", "top_users", "-5"], {}, 2, "top_users"),
+    ("partial: top_users below one", [*PR, "-p", "top_users", "-5"], {}, 2, "top_users"),
     # --- migration-recovery
     ("recovery: SQL in migration_name", [*MR, "-p", "migration_name", SQL, "-p", "action", "rolled_back", *EX], {},
      5, "neither in _prisma_migrations"),
