@@ -236,7 +236,7 @@ def plan(conn: Connection, params: Params, names: NameMap, detail: bool = True) 
     elif params.ledger_policy == "keep":
         ledger_note = (f"{grants[0]} {L} rows with source '{params.source}' ({grants[1]} tokens) were kept; their "
                        "sourceId names vouchers or redemptions dropped here (exported to the run's evidence folder).")
-        warnings.append(f"ledger_policy=keep: {grants[0]} ledger rows ({grants[1]} tokens) keep a sourceId that will "
+        warnings.append(f"ledger_policy=keep: {grants[0]:,} ledger rows ({grants[1]:,} tokens) keep a sourceId that will "
                         "point to dropped redemptions; they are exported to the evidence folder and noted in the "
                         "migration")
     elif rp is not None:

@@ -399,7 +399,7 @@ def plan(conn: Connection, params: Params, names: NameMap) -> Plan:
     }
     warnings = list(rp.warnings)
     if rs["users_without_balance"]:
-        warnings.append(f"{rs['users_without_balance']} users have grants but no balance row: execute stops "
+        warnings.append(f"{rs['users_without_balance']:,} users have grants but no balance row: execute stops "
                         "(their grants could not be reversed); fix the balances or narrow the scope")
     warnings.extend(matching["warnings"])
     if vch["kept_status"]:

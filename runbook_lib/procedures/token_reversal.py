@@ -355,13 +355,13 @@ def _by_voucher(conn: Connection, names: NameMap, q: dict[str, str], where_sql: 
 def _warnings(rp: ReversalPlan, summary: dict[str, Any], negative_policy: str, already: int) -> None:
     if summary["users_negative"]:
         rp.warnings.append(
-            f"{summary['users_negative']} users already spent granted tokens: reversing all would leave them "
-            f"{summary['negative_tokens']} tokens below zero in total (policy: {negative_policy})")
+            f"{summary['users_negative']:,} users already spent granted tokens: reversing all would leave them "
+            f"{summary['negative_tokens']:,} tokens below zero in total (policy: {negative_policy})")
     if summary["users_without_balance"]:
-        rp.warnings.append(f"{summary['users_without_balance']} users have ledger rows but no balance row; "
+        rp.warnings.append(f"{summary['users_without_balance']:,} users have ledger rows but no balance row; "
                            "they are skipped and listed")
     if already:
-        rp.warnings.append(f"{already} matching rows were already reversed by an earlier run and are left alone")
+        rp.warnings.append(f"{already:,} matching rows were already reversed by an earlier run and are left alone")
 
 
 def _histogram(conn: Connection, base: str, where_params: dict[str, Any], bins: int = 30) -> pd.DataFrame:
