@@ -13,7 +13,15 @@ from pathlib import Path
 from typing import Annotated, Any, ClassVar, Literal
 
 import yaml
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+)
 
 from .errors import ParameterError
 
@@ -141,6 +149,10 @@ def inspect_user_id(v: Any) -> str | None:
     if len(text) > 200 or not text.isprintable():
         raise ValueError("must be one user id of at most 200 printable characters, e.g. user_0042")
     return text
+
+
+#: ``inspect_user``: None, or one user id (checked before pydantic's own str coercion)
+InspectUser = Annotated[str | None, BeforeValidator(inspect_user_id)]
 
 
 def recorded_reason(v: str | None) -> str | None:

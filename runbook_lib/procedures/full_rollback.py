@@ -40,10 +40,10 @@ from ..names import NameMap
 from ..params import (
     INSPECT_USER_DESCRIPTION,
     DestructiveParams,
+    InspectUser,
     LedgerSource,
     TopRows,
     identifiers,
-    inspect_user_id,
 )
 from ..prisma import config as pconfig
 from ..prisma import diff as pdiff
@@ -85,12 +85,8 @@ class Params(DestructiveParams):
     prisma_config: str | None = Field(None, description="the app's prisma.config.ts (Prisma 7; default: next to prisma_schema or up to two folders above)")
     migration_name: str = Field("remove_voucher_system", description="name of the migration that records the removal")
     top_users: TopRows = Field(50, description="users shown in the before/after table (1-1000)")
-    inspect_user: str | None = Field(None, description=INSPECT_USER_DESCRIPTION)
+    inspect_user: InspectUser = Field(None, description=INSPECT_USER_DESCRIPTION)
 
-    @field_validator("inspect_user", mode="before")
-    @classmethod
-    def _inspect_user(cls, v: Any) -> str | None:
-        return inspect_user_id(v)
 
     @field_validator("drop_dependents", "models", "enums", mode="before")
     @classmethod

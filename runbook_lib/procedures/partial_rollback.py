@@ -42,9 +42,9 @@ from ..names import NameMap
 from ..params import (
     INSPECT_USER_DESCRIPTION,
     DestructiveParams,
+    InspectUser,
     LedgerSource,
     TopRows,
-    inspect_user_id,
     parse_aware_datetime,
 )
 from . import token_reversal as tr
@@ -80,12 +80,8 @@ class Params(DestructiveParams):
     reversal_type: str = Field("auto", description="type of reversing rows: auto (REVERSAL if the enum has it, else EARN_ADMIN_ADJUSTMENT) or a value of the enum")
     reversal_source: LedgerSource = Field("voucher_reversal", description="source of reversing rows; must differ from source")
     top_users: TopRows = Field(50, description="rows in the per-voucher and per-user tables (1-1000)")
-    inspect_user: str | None = Field(None, description=INSPECT_USER_DESCRIPTION)
+    inspect_user: InspectUser = Field(None, description=INSPECT_USER_DESCRIPTION)
 
-    @field_validator("inspect_user", mode="before")
-    @classmethod
-    def _inspect_user(cls, v: Any) -> str | None:
-        return inspect_user_id(v)
 
     @field_validator("redeemed_since", "redeemed_until", mode="before")
     @classmethod

@@ -42,9 +42,9 @@ from ..names import NameMap
 from ..params import (
     INSPECT_USER_DESCRIPTION,
     DestructiveParams,
+    InspectUser,
     LedgerSource,
     TopRows,
-    inspect_user_id,
     name_list,
     parse_aware_datetime,
 )
@@ -79,12 +79,8 @@ class Params(DestructiveParams):
     reversal_source: LedgerSource = Field("voucher_reversal", description="source of reversing rows (their sourceId names the original); must differ from source")
     grant_link: GrantLink = Field("voucher_and_user", description="how a grant names its voucher: voucher_and_user (sourceId = voucher id, as the app writes it) or redemption_id")
     top_users: TopRows = Field(50, description="users shown in the before/after table (1-1000)")
-    inspect_user: str | None = Field(None, description=INSPECT_USER_DESCRIPTION)
+    inspect_user: InspectUser = Field(None, description=INSPECT_USER_DESCRIPTION)
 
-    @field_validator("inspect_user", mode="before")
-    @classmethod
-    def _inspect_user(cls, v: Any) -> str | None:
-        return inspect_user_id(v)
 
     @field_validator("since", "until", mode="before")
     @classmethod
