@@ -1,13 +1,13 @@
 """The second fixture: the same incident on a schema with model-named tables and a dedicated link column.
 
-``demo/prisma_linked`` is the schema this project first invented (tables named like the models, a
+``tests/fixtures/prisma_linked`` is the schema this project first invented (tables named like the models, a
 ``reversalOfId`` column linking a reversal to its original, a ``REVERSAL`` ledger type, a ``DISABLED``
 voucher status, grants whose ``sourceId`` is the redemption's id). The real application has none of these
 (``runbook_lib.seed`` and ``demo/prisma`` have its shape); this fixture keeps the runbooks honest on
 schemas that do have a link column and other conventions.
 
 ``seed_incident`` writes a small, deterministic incident (a few hundred users) into a database that has
-the ``demo/prisma_linked`` migrations applied (the benchmark's bulk data has the real shape:
+the ``tests/fixtures/prisma_linked`` migrations applied (the benchmark's bulk data has the real shape:
 ``runbook_lib.seed.seed_bulk``). It keeps the app's invariants: every
 balance equals the sum of its user's ledger, ``balanceAfter`` is the running balance, voucher use counters
 equal the redemption counts, depleted vouchers are at their limit.

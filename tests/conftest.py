@@ -27,8 +27,8 @@ ROOT = Path(__file__).resolve().parent.parent
 MIGRATIONS = ROOT / "demo" / "prisma" / "migrations"
 SCHEMA = ROOT / "demo" / "prisma" / "schema.prisma"
 #: the second fixture: model-named tables and a dedicated link column (reversalOfId)
-LINKED_MIGRATIONS = ROOT / "demo" / "prisma_linked" / "migrations"
-LINKED_SCHEMA = ROOT / "demo" / "prisma_linked" / "schema.prisma"
+LINKED_MIGRATIONS = ROOT / "tests" / "fixtures" / "prisma_linked" / "migrations"
+LINKED_SCHEMA = ROOT / "tests" / "fixtures" / "prisma_linked" / "schema.prisma"
 PASSWORD = "s3cr3t-Test-Passw0rd"  # a known fake password; the redaction tests scan for it
 
 
@@ -73,7 +73,7 @@ _TEMPLATES: dict[str, str] = {}
 
 def _template(server: Server, kind: str) -> str:
     """A template database per kind, built once per session: 'empty', 'schema'/'incident' (the real
-    application's shape, ``demo/prisma``), 'linked_schema'/'linked_incident' (``demo/prisma_linked``)."""
+    application's shape, ``demo/prisma``), 'linked_schema'/'linked_incident' (``tests/fixtures/prisma_linked``)."""
     if kind in _TEMPLATES:
         return _TEMPLATES[kind]
     name = f"rb_tmpl_{kind}_{uuid.uuid4().hex[:8]}"
@@ -136,7 +136,7 @@ def incident_db(pg_server: Server) -> Iterator[str]:
 
 @pytest.fixture
 def linked_schema_db(pg_server: Server) -> Iterator[str]:
-    """URL of a new database with ``demo/prisma_linked``'s migrations (model-named tables, reversalOfId)."""
+    """URL of a new database with ``tests/fixtures/prisma_linked``'s migrations (model-named tables, reversalOfId)."""
     yield from _fresh(pg_server, "linked_schema")
 
 

@@ -1,7 +1,7 @@
 """Full rollback against real PostgreSQL: catalog discovery, one-transaction DDL, Prisma schema and history.
 
 Every test runs on both fixtures: ``real`` (the real application's shape: ``demo/prisma`` with Prisma 7's
-``prisma.config.ts``, ``@@map``-ped snake_case tables, the seeded incident) and ``linked`` (``demo/prisma_linked``:
+``prisma.config.ts``, ``@@map``-ped snake_case tables, the seeded incident) and ``linked`` (``tests/fixtures/prisma_linked``:
 model-named tables, a Prisma 6 schema with the datasource ``url``).
 """
 
@@ -71,7 +71,7 @@ def app(request, tmp_path: Path, engine_for, target_env) -> App:
     else:
         url = request.getfixturevalue("linked_schema_db")
         seed_small(engine_for(url))
-        shutil.copytree(ROOT / "demo" / "prisma_linked", root / "prisma")
+        shutil.copytree(ROOT / "tests" / "fixtures" / "prisma_linked", root / "prisma")
         tables, major = {m: m for m in REAL_TABLES}, 6
     target_env(url)
     return App(request.param, url, root, root / "prisma" / "schema.prisma", root / "prisma" / "migrations", tables,

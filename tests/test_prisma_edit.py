@@ -22,6 +22,8 @@ from runbook_lib.prisma import edit, history
 from runbook_lib.prisma.migrate import checksum
 
 ROOT = Path(__file__).resolve().parent.parent
+#: the real application's shape (the demo) and the second fixture (tests/fixtures: model-named tables, a link column)
+SCHEMA_DIRS = {"prisma": ROOT / "demo" / "prisma", "prisma_linked": ROOT / "tests" / "fixtures" / "prisma_linked"}
 VALIDATOR = ROOT / "tests" / "prisma_validator"
 MODELS, ENUMS = ["Voucher", "VoucherRedemption"], ["VoucherType", "VoucherStatus"]
 
@@ -122,7 +124,7 @@ enum VoucherType {
 
 @pytest.mark.parametrize("demo", ["prisma", "prisma_linked"])
 def test_demo_schema_edit_is_minimal(demo):
-    old = (ROOT / "demo" / demo / "schema.prisma").read_text()
+    old = (SCHEMA_DIRS[demo] / "schema.prisma").read_text()
     e = edit.remove_definitions(old, MODELS, ENUMS)
     removed = only_removed_lines(old, e.new_text)
     assert "  voucherRedemptions VoucherRedemption[]\n" in removed
@@ -165,7 +167,7 @@ def test_crlf_file_stays_crlf():
 @pytest.mark.parametrize(("source", "major"), [("prisma", 7), ("prisma_linked", 6), ("tricky", 6)])
 def test_prisma_accepts_the_edited_schema(tmp_path, source, major):
     validate = validator_or_skip(major)
-    old = (ROOT / "demo" / source / "schema.prisma").read_text() if source != "tricky" else TRICKY
+    old = (SCHEMA_DIRS[source] / "schema.prisma").read_text() if source != "tricky" else TRICKY
     before = tmp_path / "before.prisma"
     before.write_text(old)
     ok, out = validate(before)
@@ -213,10 +215,10 @@ def test_both_validators_are_pinned_and_each_judges_its_major(tmp_path):
         assert spec.startswith("npm:@prisma/prisma-schema-wasm@" + prefix)
         assert lock[f"node_modules/prisma-schema-wasm-{major}"]["version"] == spec.split("@")[-1]
     assert pconfig.prisma_major(ROOT / "demo" / "prisma" / "schema.prisma")[0] == 7  # demo/package.json
-    shutil.copy(ROOT / "demo" / "prisma_linked" / "schema.prisma", tmp_path / "schema.prisma")
+    shutil.copy(SCHEMA_DIRS["prisma_linked"] / "schema.prisma", tmp_path / "schema.prisma")
     assert pconfig.prisma_major(tmp_path / "schema.prisma")[0] == 6  # no package.json: the datasource has url
     v6, v7 = validator_or_skip(6), validator_or_skip(7)
-    real, linked = ROOT / "demo" / "prisma" / "schema.prisma", ROOT / "demo" / "prisma_linked" / "schema.prisma"
+    real, linked = ROOT / "demo" / "prisma" / "schema.prisma", SCHEMA_DIRS["prisma_linked"] / "schema.prisma"
     ok, out = v6(real)
     assert not ok and "url" in out["error"] and "missing" in out["error"]
     assert v7(real)[0] and v6(linked)[0]
@@ -262,7 +264,7 @@ def test_prisma_migrate_diff_of_the_edit_offline(demo):
     demo edit: its foreign-key drops fold into the table drops, and the four drops match a Prisma-style
     migration in any order; a missing statement is reported as a difference."""
     schema_engine_or_skip()
-    old = (ROOT / "demo" / demo / "schema.prisma").read_text()
+    old = (SCHEMA_DIRS[demo] / "schema.prisma").read_text()
     new = edit.remove_definitions(old, MODELS, ENUMS).new_text
     t = {"prisma": ("voucher_redemptions", "vouchers"), "prisma_linked": ("VoucherRedemption", "Voucher")}[demo]
     recorded = history.render_sql([("DropTable", f'DROP TABLE "{t[0]}"'), ("DropTable", f'DROP TABLE "{t[1]}"'),

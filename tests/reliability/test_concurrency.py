@@ -1,7 +1,7 @@
 """The application keeps running while a runbook executes: no lost update, or a clean abort on lock timeout.
 Two operators at once: one proceeds, the other is refused. Any change between review and execute aborts.
 
-These trials run on the linked fixture (``demo/prisma_linked``: a dedicated link column, grants whose sourceId is
+These trials run on the linked fixture (``tests/fixtures/prisma_linked``: a dedicated link column, grants whose sourceId is
 the redemption's id, hence ``grant_link: redemption_id``); the crash trials run on the real application's shape."""
 
 from __future__ import annotations
