@@ -78,24 +78,26 @@ class ReviewRun:
 def find_review(incident_dir: Path, procedure: str, plan_id: str) -> ReviewRun:
     """The incident's most recent succeeded review of ``procedure`` whose plan id is ``plan_id``, verified
     against its manifest. ``ApprovalError`` when there is none or when it was altered after it was archived."""
-    from . import evidence
+    from .evidence.folders import MANIFEST, run_dirs
+    from .evidence.manifest import sha256_file
+    from .evidence.verify import read_manifest, verify_run
 
     incident = incident_dir.name
-    for d in reversed(evidence.run_dirs(incident_dir)):
-        if not (d / evidence.MANIFEST).is_file():
+    for d in reversed(run_dirs(incident_dir)):
+        if not (d / MANIFEST).is_file():
             continue
-        m, _ = evidence._read_manifest(d)
+        m, _ = read_manifest(d)
         if not m or m.get("mode") != "review" or m.get("procedure") != procedure or m.get("plan_id") != plan_id:
             continue
         if m.get("status") != "succeeded":
             continue
-        problems = evidence.verify_run(d).problems
+        problems = verify_run(d).problems
         if problems:
             raise ApprovalError(
                 f"the review run {d.name} that produced plan {plan_id} was altered after it was archived "
                 f"({problems[0]}; {len(problems)} problem(s), see runbook evidence verify {d}): run the review "
                 f"again with --incident {incident} and approve its plan id", plan_id=plan_id)
-        return ReviewRun(d, m, evidence.sha256_file(d / evidence.MANIFEST))
+        return ReviewRun(d, m, sha256_file(d / MANIFEST))
     raise ApprovalError(
         f"plan {plan_id} was not produced by any review in incident {incident}: run the review with --incident "
         f"{incident} first (runbook run {procedure} … --incident {incident}), then execute with the plan id it "

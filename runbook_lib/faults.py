@@ -10,8 +10,7 @@ import os
 import time
 
 POINTS = ("before_lock", "after_lock", "after_apply", "before_commit", "after_commit")
-#: points inside procedures (full rollback stops between two DROP statements there)
-PROCEDURE_POINTS = {"full-rollback": ("mid_ddl",)}
+#: a procedure's own points are its ``fault_points`` (full rollback stops between two DROP statements there)
 
 
 class InjectedFault(RuntimeError):

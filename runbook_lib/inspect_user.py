@@ -31,7 +31,8 @@ from sqlalchemy.engine import Connection
 
 from . import names as nmod
 from .names import NameMap
-from .procedures import token_reversal as tr
+from .reversal import ReversalPlan
+from .reversal_sql import affected_cte, decision_sql, ledger_names, table_exists
 
 #: ledger rows shown for one user, at most
 MAX_ROWS = 200
@@ -98,12 +99,12 @@ class UserInspection:
         }
 
 
-def _reversal(plan: Any) -> tr.ReversalPlan | None:
+def _reversal(plan: Any) -> ReversalPlan | None:
     rp = (getattr(plan, "details", None) or {}).get("reversal")
-    return rp if isinstance(rp, tr.ReversalPlan) else None
+    return rp if isinstance(rp, ReversalPlan) else None
 
 
-def inspect(conn: Connection, names: NameMap, rp: tr.ReversalPlan | None, user_id: str | None = None, *,
+def inspect(conn: Connection, names: NameMap, rp: ReversalPlan | None, user_id: str | None = None, *,
             window: tuple[Any, Any] = (None, None), margin: dt.timedelta = MARGIN, max_rows: int = MAX_ROWS,
             max_users: int = MAX_USERS) -> UserInspection:
     """One user's section: ``user_id``, or the user with the largest reversal of ``rp`` when None.
@@ -113,7 +114,7 @@ def inspect(conn: Connection, names: NameMap, rp: tr.ReversalPlan | None, user_i
     affected row. Read-only; run it in the review's transaction or any read-only one.
     """
     nmod.require(conn, names, {L: ["id", "userId", "amount", "source", "createdAt"]})
-    q = tr._n(names)
+    q = ledger_names(names)
     has = {f: nmod.has_column(conn, names, L, f) for f in ("type", "sourceId", "balanceAfter")}
     if rp is not None:
         where_sql, binds, link, policy = rp.where_sql, dict(rp.where_params), rp.link, rp.negative_policy
@@ -129,9 +130,9 @@ def inspect(conn: Connection, names: NameMap, rp: tr.ReversalPlan | None, user_i
         user_id = str(users.iloc[0]["user_id"])
     out = UserInspection(user_id, "affected", "", users=users, users_total=users_total)
     ub = {**binds, "iu_user": user_id}
-    where_user = f"({where_sql}) and tt.{q['uid']} = :iu_user"
+    where_user = f"({where_sql}) and tt.{q['user_id']} = :iu_user"
     fig = conn.execute(sa.text(
-        f"with {tr._affected_cte(q, where_user, link)}, {tr._decision_sql(q, policy)} "
+        f"with {affected_cte(q, where_user, link)}, {decision_sql(q, policy)} "
         "select d.n, d.total, d.before, d.raw_after, d.included, d.new_balance, d.shortfall, "
         "(select min(created_at) from affected) as first_at, (select max(created_at) from affected) as last_at "
         "from decided d"), ub).mappings().first()
@@ -173,7 +174,7 @@ def _when(v: Any) -> str:
     return v.isoformat(sep=" ", timespec="seconds") if isinstance(v, dt.datetime) else str(v)
 
 
-def _decision(fig: Any, rp: tr.ReversalPlan | None) -> str:
+def _decision(fig: Any, rp: ReversalPlan | None) -> str:
     """What the plan does to this user, in the words of the review's per-user table."""
     if fig["before"] is None:
         return "skipped (no balance row)"
@@ -191,7 +192,7 @@ def _affected_users(conn: Connection, q: dict[str, str], where_sql: str, binds: 
                     policy: str, max_users: int) -> tuple[pd.DataFrame, int]:
     """The plan's affected users, largest reversal first (the review table's order), at most ``max_users``."""
     rows = conn.execute(sa.text(
-        f"with {tr._affected_cte(q, where_sql, link)}, {tr._decision_sql(q, policy)} "
+        f"with {affected_cte(q, where_sql, link)}, {decision_sql(q, policy)} "
         "select user_id, n as rows, total as tokens, count(*) over () as users_total from decided "
         "order by total desc, user_id limit :iu_lim"), {**binds, "iu_lim": max_users}).mappings().all()
     frame = pd.DataFrame([{"user_id": str(r["user_id"]), "rows": int(r["rows"]), "tokens": int(r["tokens"])}
@@ -201,17 +202,17 @@ def _affected_users(conn: Connection, q: dict[str, str], where_sql: str, binds: 
 
 def _user_exists(conn: Connection, names: NameMap, q: dict[str, str], user_id: str) -> bool:
     """A user row (where the schema has a User table), else a ledger or balance row with this id."""
-    if conn.execute(sa.text("select to_regclass(:t)"), {"t": names.t("User")}).scalar() is not None:
+    if table_exists(conn, names.t("User")):
         if conn.execute(sa.text(f"select 1 from {names.t('User')} where {names.c('User', 'id')} = :u"),
                         {"u": user_id}).first():
             return True
     return bool(conn.execute(sa.text(
-        f"select exists (select 1 from {q['ledger']} where {q['uid']} = :u) "
-        f"or exists (select 1 from {q['bal']} where {q['b_uid']} = :u)"), {"u": user_id}).scalar())
+        f"select exists (select 1 from {q['ledger']} where {q['user_id']} = :u) "
+        f"or exists (select 1 from {q['balances']} where {q['b_user_id']} = :u)"), {"u": user_id}).scalar())
 
 
 def _balance(conn: Connection, q: dict[str, str], user_id: str) -> int | None:
-    v = conn.execute(sa.text(f"select {q['b_bal']}::bigint from {q['bal']} where {q['b_uid']} = :u"),
+    v = conn.execute(sa.text(f"select {q['b_balance']}::bigint from {q['balances']} where {q['b_user_id']} = :u"),
                      {"u": user_id}).scalar()
     return None if v is None else int(v)
 
@@ -220,28 +221,28 @@ def _rows(conn: Connection, q: dict[str, str], has: dict[str, bool], where_user:
           link: Any, start: Any, end: Any, max_rows: int) -> tuple[pd.DataFrame, int]:
     """The user's ledger rows in [start, end]: at most ``max_rows``, affected rows first, then the latest; one
     statement. ``selected`` marks rows of the selection reversed by an earlier run (not in ``affected``)."""
-    cond = [f"tt.{q['uid']} = :iu_user"]
+    cond = [f"tt.{q['user_id']} = :iu_user"]
     binds = dict(ub)
     if start is not None:
-        cond.append(f"tt.{q['ts']} >= :iu_start")
+        cond.append(f"tt.{q['created_at']} >= :iu_start")
         binds["iu_start"] = start
     if end is not None:
-        cond.append(f"tt.{q['ts']} <= :iu_end")
+        cond.append(f"tt.{q['created_at']} <= :iu_end")
         binds["iu_end"] = end
     typ = f"tt.{q['type']}::text" if has["type"] else "null::text"
-    sid = f"tt.{q['sid']}::text" if has["sourceId"] else "null::text"
-    ba = f"tt.{q['ba']}::bigint" if has["balanceAfter"] else "null::bigint"
+    sid = f"tt.{q['source_id']}::text" if has["sourceId"] else "null::text"
+    ba = f"tt.{q['balance_after']}::bigint" if has["balanceAfter"] else "null::bigint"
     res = conn.execute(sa.text(
-        f"with {tr._affected_cte(q, where_user, link)}, "
+        f"with {affected_cte(q, where_user, link)}, "
         f"selected as (select tt.{q['id']} as id from {q['ledger']} tt where {where_user}) "
-        f"select tt.{q['id']} as id, tt.{q['ts']} as created_at, {typ} as type, tt.{q['src']} as source, "
-        f"{sid} as source_id, tt.{q['amt']}::bigint as amount, {ba} as balance_after, "
+        f"select tt.{q['id']} as id, tt.{q['created_at']} as created_at, {typ} as type, tt.{q['source']} as source, "
+        f"{sid} as source_id, tt.{q['amount']}::bigint as amount, {ba} as balance_after, "
         "a.id is not null as affected, s.id is not null and a.id is null as already_reversed, "
         "count(*) over () as in_range "
         f"from {q['ledger']} tt left join affected a on a.id = tt.{q['id']} "
         f"left join selected s on s.id = tt.{q['id']} "
         f"where {' and '.join(cond)} "
-        f"order by a.id is not null desc, tt.{q['ts']} desc, tt.{q['id']} desc limit :iu_rows"),
+        f"order by a.id is not null desc, tt.{q['created_at']} desc, tt.{q['id']} desc limit :iu_rows"),
         {**binds, "iu_rows": max_rows}).mappings().all()
     frame = pd.DataFrame([dict(r) for r in res], columns=[
         "id", "created_at", "type", "source", "source_id", "amount", "balance_after", "affected",
@@ -251,7 +252,7 @@ def _rows(conn: Connection, q: dict[str, str], has: dict[str, bool], where_user:
     return frame.drop(columns=["in_range"]), total
 
 
-def _mark(out: UserInspection, rp: tr.ReversalPlan | None, included: bool) -> None:
+def _mark(out: UserInspection, rp: ReversalPlan | None, included: bool) -> None:
     """The ``plan`` column (what the plan does to each row) and the running balance after the plan."""
     f = out.rows
     if f.empty:
@@ -287,7 +288,7 @@ def _mark(out: UserInspection, rp: tr.ReversalPlan | None, included: bool) -> No
     out.rows = rows[ROW_COLUMNS]
 
 
-def window_of(rp: tr.ReversalPlan | None) -> tuple[Any, Any]:
+def window_of(rp: ReversalPlan | None) -> tuple[Any, Any]:
     """The procedure's own window in the ledger's representation: token-reversal's ``since``/``until``, a partial
     rollback's redemption window; (None, None) when it has none."""
     wp = rp.where_params if rp is not None else {}

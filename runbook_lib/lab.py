@@ -20,6 +20,7 @@ from types import FrameType
 
 from . import embedded
 from .demo import DEMO_DB, ROOT, prepare_database
+from .errors import ToolMissingError
 from .redact import redact_text
 
 DEFAULT_PORT = 8888
@@ -82,6 +83,11 @@ def run_lab(port: int | None = None, no_browser: bool = False, reset: bool = Fal
 
 
 def _run_lab(port: int | None, no_browser: bool, reset: bool, notebook_dir: Path) -> int:
+    import importlib.util
+
+    if importlib.util.find_spec("jupyterlab") is None:
+        raise ToolMissingError("JupyterLab is not installed (it comes with the lab extra): "
+                               "pip install 'voucher-runbooks[lab]', or `make lab`")
     print(f"starting the embedded PostgreSQL (data in {embedded.pgdata_dir()}, reused by later runs)", flush=True)
     server = embedded.start()
     try:

@@ -25,12 +25,13 @@ from __future__ import annotations
 import copy
 import datetime as dt
 import html
-import json
 import logging
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
+
+from .procedures.base import Procedure
 
 MISSING = "—"
 
@@ -78,10 +79,19 @@ NET_FIGURES = ("tokens_reversed", "rows_reversed", "ledger_rows_inserted", "ledg
                "clamp_rows_inserted", "clamp_shortfall", "balances_updated", "running_balances_corrected",
                "redemptions_deleted", "vouchers_updated", "vouchers_status_changed", "objects dropped",
                "rows_restored", "rows_marked_rolled_back", "steps_missing_marked_applied", "compensating_statements")
-#: procedures whose execute does not change the target database (a copy, a dump, checks): not in the net change
-NOT_CHANGING_TARGET = ("rehearsal", "backup", "verify")
 #: notebook cell tags whose cells the report leaves out entirely
 HIDDEN_TAGS = frozenset({"parameters", "injected-parameters", "remove-cell", "report-hide"})
+
+
+def _procedure(m: Mapping[str, Any]) -> type[Procedure]:
+    """The contract class of the run's procedure (a writing one, with defaults, for a name no longer known)."""
+    from . import procedures
+    from .errors import UnknownProcedureError
+
+    try:
+        return type(procedures.get(str(m.get("procedure") or "")))
+    except UnknownProcedureError:
+        return Procedure
 
 
 # ------------------------------------------------------------------------------------------ figures
@@ -137,13 +147,9 @@ def summary_figures(summary: Mapping[str, Any] | None, order: Sequence[str] = ()
 
 def state_order(run_dir: Path | None) -> list[str]:
     """The procedure's order of its summary figures, as its run wrote them to run-state.json."""
-    if run_dir is None:
-        return []
-    try:
-        state = json.loads((run_dir / "run-state.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return []
-    summary = state.get("summary") if isinstance(state, dict) else None
+    from . import run_state
+
+    summary = run_state.read(run_dir).get("summary")
     return list(summary) if isinstance(summary, dict) else []
 
 
@@ -166,7 +172,7 @@ def net_change(manifests: Iterable[Mapping[str, Any] | None]) -> list[tuple[str,
     runs: dict[str, list[str]] = {}
     for m in manifests:
         if not m or m.get("mode") != "execute" or m.get("committed") is not True \
-                or m.get("procedure") in NOT_CHANGING_TARGET:
+                or not _procedure(m).writes:  # a copy, a dump, checks: not in the net change
             continue
         run = str(m.get("run") or "?")[:3]
         for key, value in (m.get("counts") or {}).items():
@@ -361,7 +367,7 @@ def header_html(m: Mapping[str, Any], order: Sequence[str] = (), notebook_name: 
     plan = summary_figures(m.get("summary"), order)
     if plan:
         heading = "The plan (recomputed under the locks)" if m.get("mode") == "execute" else "The plan (what would change)"
-        if m.get("procedure") == "verify":
+        if _procedure(m).checks_are_the_result:
             heading = "Figures"
         parts.append(f"<h2>{_e(heading)}</h2>" + _table(plan, numbers=True))
         if (m.get("summary") or {}).get("nothing_to_do"):

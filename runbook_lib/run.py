@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import html
-import inspect
 import json
 import os
 import sys
@@ -22,31 +21,19 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from . import db, faults, procedures
+from . import db, faults, procedures, run_state
 from . import names as names_mod
 from . import params as params_mod
 from .errors import ApprovalError, BackupRequiredError, PolicyAbort, RunbookError, VerificationFailed
 from .procedures.base import ApplyResult, Check, Plan, VerifyResult
 from .redact import redact_text
+from .run_state import STATE_FILE, RunState, jsonable
 
-STATE_FILE = "run-state.json"
 PRODUCTION_ENV = "RUNBOOK_TARGET_PRODUCTION"
 
 
 def _now() -> str:
     return dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
-
-
-def _jsonable(v: Any) -> Any:
-    if isinstance(v, dict):
-        return {str(k): _jsonable(x) for k, x in v.items()}
-    if isinstance(v, (list, tuple)):
-        return [_jsonable(x) for x in v]
-    if hasattr(v, "item"):
-        return v.item()
-    if isinstance(v, (str, int, float, bool)) or v is None:
-        return v
-    return str(v)
 
 
 class FinishedRun(dict[str, Any]):
@@ -76,7 +63,7 @@ class Run:
         self.name: str = self.proc.NAME
         values = {**(params or {}), **more}
         self.evidence_dir = Path(values["evidence_dir"]) if values.get("evidence_dir") else None
-        self.state: dict[str, Any] = {"procedure": self.name, "mode": values.get("mode", "review"),
+        self.state: RunState = {"procedure": self.name, "mode": values.get("mode", "review"),
                                       "status": "running", "started_at": _now(), "steps": {}}
         self._summary_handle: Any = None
         with self._step("parameters"):
@@ -153,10 +140,7 @@ class Run:
             return
         if self._name_maps:  # the names looked up so far; the last write (finish, or a failure) has them all
             self.state["names"] = self.used_names()
-        self.evidence_dir.mkdir(parents=True, exist_ok=True)
-        tmp = self.evidence_dir / (STATE_FILE + ".tmp")
-        tmp.write_text(redact_text(json.dumps(_jsonable(self.state), indent=2)))
-        tmp.replace(self.evidence_dir / STATE_FILE)
+        run_state.write(self.evidence_dir, self.state)
 
     @contextlib.contextmanager
     def _step(self, step: str) -> Iterator[None]:
@@ -166,7 +150,7 @@ class Run:
             yield
         except BaseException as exc:
             err = exc if isinstance(exc, RunbookError) else None
-            self.state["steps"][step].update(status="failed", finished_at=_now())
+            self.state["steps"][step].update({"status": "failed", "finished_at": _now()})
             self.state["status"] = err.status if err else "failed"
             message = err.one_line() if err else f"{type(exc).__name__}: {exc}"
             if step == "verify" and self.state.get("committed"):  # the database change stands: say so first
@@ -182,7 +166,7 @@ class Run:
             self._refresh_summary()
             raise
         else:
-            self.state["steps"][step].update(status="done", finished_at=_now())
+            self.state["steps"][step].update({"status": "done", "finished_at": _now()})
             self._write_state()
 
     def progress(self, message: str) -> None:
@@ -208,10 +192,8 @@ class Run:
         return dataclasses.replace(self.names or self._name_maps[-1], used=used).as_dict(used_only=True)
 
     def _plan(self, conn: sa.engine.Connection, names: names_mod.NameMap, detail: bool = True) -> Plan:
-        """The procedure's plan; ``detail=False`` (under locks) skips display frames where supported."""
-        if not detail and "detail" in inspect.signature(self.proc.plan).parameters:
-            return self.proc.plan(conn, self.params, names, detail=False)
-        return self.proc.plan(conn, self.params, names)
+        """The procedure's plan; ``detail=False`` (under locks) lets it skip display frames."""
+        return self.proc.plan(conn, self.params, names, detail=detail)
 
     def review(self) -> Plan:
         """Compute the plan in a read-only snapshot; export the full affected set to the evidence folder."""
@@ -224,9 +206,9 @@ class Run:
                 self._production_guard(info.database)
                 self.names = self._resolve(conn)
                 self.progress(f"computing the plan on {info.database} (PostgreSQL {info.server_version})")
-                plan = self.proc.plan(conn, self.params, self.names)
+                plan = self._plan(conn, self.names)
                 self.state["plan_id"] = plan.plan_id
-                self.state["summary"] = _jsonable(plan.summary)
+                self.state["summary"] = jsonable(plan.summary)
                 self.state["warnings"] = list(plan.warnings)
                 if plan.exports and self.evidence_dir is not None:
                     self.state["exports"] = self._export(conn, plan.exports)
@@ -299,8 +281,7 @@ class Run:
             p = self.params
             # a procedure may need a step with no session of ours on the target (rehearsal: CREATE DATABASE …
             # TEMPLATE); it returns the cleanup to run if the execute fails before apply took over
-            prepare = getattr(self.proc, "before_transaction", None)
-            cleanup = prepare(self.engine, p) if prepare is not None else None
+            cleanup = self.proc.before_transaction(self.engine, p)
             self.progress(f"opening the write transaction (lock_timeout {p.lock_timeout}, "
                           f"statement_timeout {p.statement_timeout})")
             before_id: str | None = None
@@ -315,6 +296,8 @@ class Run:
                     # the transaction's id: after a failure, the server itself says whether it was rolled back
                     xid = int(conn.exec_driver_sql("select txid_current()").scalar_one())
                     self.state["transaction_id"] = xid
+                    if not self.proc.writes:  # verify, backup, rehearsal: the target is only read
+                        conn.exec_driver_sql("SET TRANSACTION READ ONLY")
                     self._production_guard(info.database)
                     names = self.names = self._resolve(conn)
                     faults.hit("before_lock")
@@ -354,12 +337,22 @@ class Run:
             faults.hit("after_commit")
             self.result = result
             self.state["committed"] = result.changed
-            self.state["counts"] = _jsonable(result.counts)
+            self.state["counts"] = jsonable(result.counts)
             self.state["messages"] = result.messages
             for m in result.messages:
                 self.progress(m)
         self._refresh_summary()
         return result
+
+    def after_commit(self) -> dict[str, Any] | None:
+        """The procedure's file work after COMMIT (full rollback: migration folder and schema.prisma), in its own
+        step: a file that cannot be written as planned fails the run with the procedure's error (EvidenceError: exit
+        11), recorded in the evidence. Returns what was written (``None``: the procedure has no such work)."""
+        with self._step("after_commit"):
+            written = self.proc.after_commit(self)
+            if written is not None:
+                self.state["after_commit"] = jsonable(written)
+        return written
 
     def _check_rolled_back(self, before_id: str | None, xid: int | None = None) -> dict[str, Any]:
         """After a failed execute, prove the database is as before: the server's own record of the transaction
@@ -393,21 +386,19 @@ class Run:
         """Destructive executes need a recent backup of their tables in this incident, or a recorded override."""
         from . import backups
 
-        is_destructive = getattr(self.proc, "is_destructive", None)
-        destructive = is_destructive(self.params) if is_destructive else getattr(self.proc, "destructive", False)
-        if not destructive:
-            return
         p = self.params
+        if not self.proc.is_destructive(p):
+            return
         # a procedure may tell cheaply that the execute has nothing to do (full-rollback run again): no backup needed;
         # execute re-checks under the locks that the plan is indeed empty
-        nothing_to_do = getattr(self.proc, "nothing_to_do", None)
-        if nothing_to_do is not None:
-            with db.read_only(self.engine) as conn:
-                if nothing_to_do(conn, p, self._resolve(conn)):
-                    self.state["backup"] = {"backup": None, "not_needed": "nothing to do"}
-                    self.progress("backup: not needed, nothing to do")
-                    return
-        reason = getattr(p, "backup_override_reason", None)
+        with db.read_only(self.engine) as conn:
+            if self.proc.nothing_to_do(conn, p, self._resolve(conn)):
+                self.state["backup"] = {"backup": None, "not_needed": "nothing to do"}
+                self.progress("backup: not needed, nothing to do")
+                return
+        if not isinstance(p, params_mod.DestructiveParams):
+            raise TypeError(f"{self.name} is destructive: its Params must derive from params.DestructiveParams")
+        reason = p.backup_override_reason
         if self.evidence_dir is None:
             if not reason:
                 raise BackupRequiredError(
@@ -419,14 +410,12 @@ class Run:
         with db.read_only(self.engine) as conn:
             fp = db.server_info(conn).fingerprint
             names = self._resolve(conn)
-        # a procedure may name the tables of this very execute (restore: the tables chosen from the backup)
-        guarded = getattr(self.proc, "guarded_tables", None)
-        models = guarded(p) if guarded is not None else getattr(self.proc, "tables", [])
-        tables = [names.table_name(m) for m in models]
+        # the tables of this very execute (restore: the tables chosen from the backup)
+        tables = [names.table_name(m) for m in self.proc.guarded_tables(p)]
         found = backups.require_recent_backup(
-            self.evidence_dir.parent, tables, fp, dt.timedelta(hours=float(getattr(p, "backup_max_age_hours", 24))),
-            reason, restoring=self.proc.restoring(p) if hasattr(self.proc, "restoring") else None)
-        self.state["backup"] = _jsonable(found)
+            self.evidence_dir.parent, tables, fp, dt.timedelta(hours=p.backup_max_age_hours), reason,
+            restoring=self.proc.restoring(p))
+        self.state["backup"] = jsonable(found)
         self.progress(f"backup: {found.get('backup') or 'none, override: ' + str(found.get('override_reason'))}")
 
     def verify(self) -> VerifyResult:
@@ -436,9 +425,7 @@ class Run:
             with db.read_only(self.engine) as conn:
                 names = self.names or self._resolve(conn)
                 result = self.proc.verify(conn, self.params, names, self.plan)
-                wants_general = getattr(self.proc, "general_checks", None)
-                if self.name != "verify" and self.params.mode == "execute" and (
-                        wants_general is None or wants_general(self.params)):
+                if self.params.mode == "execute" and self.proc.wants_shared_checks(self.params):
                     from . import checks
 
                     general = checks.run_all(conn, names, sample_rows=self.params.sample_rows)
@@ -456,7 +443,7 @@ class Run:
             if pending:
                 self.state["verification_pending"] = pending
             failed = result.failed
-            if failed and self.name == "verify":
+            if failed and self.proc.checks_are_the_result:
                 raise VerificationFailed(f"{len(failed)} checks failed: " + ", ".join(c.name for c in failed))
         if failed and self.params.mode == "execute":
             self._verification_failed(failed)

@@ -9,7 +9,6 @@ hashed, chained, indexed) whatever the outcome. The exit status comes from the e
 from __future__ import annotations
 
 import getpass
-import json
 import logging
 import os
 import sys
@@ -18,11 +17,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
-from . import db, procedures
+from . import db, procedures, run_state
 from . import params as params_mod
 from .errors import ApprovalError, EvidenceError, KernelDiedError, ParameterError
 from .redact import redact_obj, redact_text
-from .run import STATE_FILE
 
 DEFAULT_EVIDENCE_ROOT = Path("incidents")
 KERNEL_LOG = "kernel.log"
@@ -86,7 +84,8 @@ def run_procedure(
     otherwise the run is archived as aborted with exit 6 and nothing is changed. With ``sign_key`` (or
     ``RUNBOOK_SIGNING_KEY``) the approval and the manifest are signed with ``ssh-keygen -Y sign``.
     """
-    from . import approvals, evidence
+    from . import approvals
+    from .evidence.folders import new_run_dir, release_run
 
     proc = procedures.get(procedure)
     if "evidence_dir" in parameters:
@@ -102,7 +101,7 @@ def run_procedure(
     if not nb_in.is_file():
         raise EvidenceError(f"notebook {nb_in} is missing from this installation")
     # held (flock on the folder) until archived: a concurrent run of the incident must not take it for dead
-    run_dir = evidence.new_run_dir(Path(evidence_root), incident, proc.NAME, params.mode, hold=True)
+    run_dir = new_run_dir(Path(evidence_root), incident, proc.NAME, params.mode, hold=True)
     try:
         people: dict[str, Any] = {"reviewer": who} if params.mode == "review" else {}
         if params.mode == "execute":
@@ -119,7 +118,7 @@ def run_procedure(
         return _run_in(run_dir, proc, nb_in, params, incident=incident, operator=who,
                        progress_bar=progress_bar, log_output=log_output, people=people, signing=signing)
     finally:
-        evidence.release_run(run_dir)
+        release_run(run_dir)
 
 
 def _sign_manifest(signing: Any) -> Any:
@@ -134,9 +133,10 @@ def _sign_manifest(signing: Any) -> Any:
 def _refused(run_dir: Path, proc: Any, params: params_mod.CommonParams, *, incident: str, operator: str,
              signing: Any, approver: str, exc: ApprovalError) -> RunOutcome:
     """An execute whose approval was refused before papermill: archived as aborted, nothing changed."""
-    from . import evidence
+    from .evidence.folders import now as utc_now
+    from .evidence.manifest import finalize_run
 
-    now = evidence._now()
+    now = utc_now()
     line = " ".join(str(exc.message).split())
     manifest = {
         "procedure": proc.NAME, "mode": params.mode, "status": "aborted", "plan_id": params.approved_plan,
@@ -146,7 +146,7 @@ def _refused(run_dir: Path, proc: Any, params: params_mod.CommonParams, *, incid
         "signer": signing.signer if signing else None,
         "error": {"message": line, "type": type(exc).__name__, "step": "approval", "exit_code": exc.exit_code},
     }
-    final = evidence.finalize_run(run_dir, manifest, sign=_sign_manifest(signing))
+    final = finalize_run(run_dir, manifest, sign=_sign_manifest(signing))
     return RunOutcome(procedure=proc.NAME, mode=params.mode, status="aborted", exit_code=exc.exit_code,
                       run_dir=run_dir, plan_id=params.approved_plan, error=line, manifest=final)
 
@@ -156,7 +156,8 @@ def _run_in(run_dir: Path, proc: Any, nb_in: Path, params: params_mod.CommonPara
             signing: Any) -> RunOutcome:
     import papermill as pm
 
-    from . import evidence
+    from .evidence.manifest import finalize_run
+    from .evidence.render import render_html
 
     nb_out = run_dir / proc.NOTEBOOK
     kernel_log = run_dir / KERNEL_LOG
@@ -200,7 +201,7 @@ def _run_in(run_dir: Path, proc: Any, nb_in: Path, params: params_mod.CommonPara
                 pm_logger.removeHandler(stream)
             if kernel_log.is_file() and kernel_log.stat().st_size == 0:
                 kernel_log.unlink()  # kept only when the kernel process said something outside the notebook
-    state = _read_state(run_dir)
+    state = run_state.read(run_dir)
     status = state.get("status", "failed")
     err = state.get("error") or {}
     exit_code = 0
@@ -217,36 +218,22 @@ def _run_in(run_dir: Path, proc: Any, nb_in: Path, params: params_mod.CommonPara
         "procedure": proc.NAME,
         "mode": params.mode,
         "status": status,
-        "plan_id": state.get("plan_id"),
-        "plan_id_at_execute": state.get("plan_id_at_execute"),
+        **run_state.manifest_fields(state),
         "incident": incident,
         "operator": operator,
         **people,
         "signer": signing.signer if signing else None,
         "parameters": redact_obj(injected),
-        "summary": state.get("summary"),
-        "counts": state.get("counts"),
-        "warnings": state.get("warnings"),
-        "committed": state.get("committed"),
-        "rolled_back": state.get("rolled_back"),
-        "verification": state.get("verification"),
-        "verification_passed": state.get("verification_passed"),
-        "exports": state.get("exports"),
-        "database": state.get("database"),
-        "names": state.get("names"),
-        "backup": state.get("backup"),
-        "started_at": state.get("started_at"),
-        "finished_at": state.get("finished_at"),
         "error": {"message": error_line, "type": err.get("type") or ("KernelDiedError" if kernel_died else None), "step": err.get("step"),
                   "exit_code": exit_code} if exit_code else None,
         "notebook": nb_out.name,
     }
     try:
         if nb_out.is_file():
-            evidence.render_html(nb_out, manifest)
+            render_html(nb_out, manifest)
     except Exception as exc:  # noqa: BLE001 - the HTML copy is a convenience; its absence is recorded
         manifest["html_error"] = redact_text(str(exc))[:300]
-    final = evidence.finalize_run(run_dir, manifest, sign=_sign_manifest(signing))
+    final = finalize_run(run_dir, manifest, sign=_sign_manifest(signing))
     return RunOutcome(
         procedure=proc.NAME, mode=params.mode, status=status, exit_code=exit_code, run_dir=run_dir,
         plan_id=state.get("plan_id"), summary=state.get("summary") or {}, counts=state.get("counts") or {},
@@ -275,7 +262,7 @@ def _kernel_manager_class(log: IO[bytes]) -> type:
 
 
 def _kernel_died(run_dir: Path, kernel_log: Path) -> str:
-    steps = (_read_state(run_dir).get("steps") or {}).items()
+    steps = (run_state.read(run_dir).get("steps") or {}).items()
     running = [name for name, st in steps if isinstance(st, dict) and st.get("status") == "running"]
     during = f" during the {running[-1]} step" if running else ""
     said = f"; what the kernel process wrote is in {KERNEL_LOG}" if kernel_log.is_file() and \
@@ -298,14 +285,3 @@ class _OutputStream(logging.Handler):
             sys.stdout.flush()
         except Exception:  # noqa: BLE001 - streaming is a convenience; the notebook keeps everything
             self.handleError(record)
-
-
-def _read_state(run_dir: Path) -> dict[str, Any]:
-    p = run_dir / STATE_FILE
-    if not p.is_file():
-        return {}
-    try:
-        data: dict[str, Any] = json.loads(p.read_text())
-        return data
-    except json.JSONDecodeError:
-        return {}

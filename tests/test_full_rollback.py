@@ -8,6 +8,7 @@ model-named tables, a Prisma 6 schema with the datasource ``url``).
 from __future__ import annotations
 
 import difflib
+import json
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -395,3 +396,21 @@ def test_notebook_review_then_execute(app, tmp_path):
     assert out.exit_code == 0, out.error
     assert "prisma generate" in notebook_text(out.run_dir / "full_rollback.ipynb")
     assert "model Voucher " not in app.schema.read_text()
+
+
+def test_after_commit_file_work_fails_the_run_with_an_evidence_error(app, tmp_path):
+    """``run.after_commit()`` (the notebook's Prisma-side cell) runs the procedure's file work in its own step: a
+    schema.prisma edited since the plan is not overwritten, and the run records the EvidenceError (exit 11)."""
+    from runbook_lib.errors import EvidenceError
+
+    params = {**params_for(app), "evidence_dir": str(tmp_path / "run")}
+    _, result, run = review_then_execute(params)
+    assert result is not None and result.changed
+    edited = app.schema.read_text() + "\n// edited by someone else meanwhile\n"
+    app.schema.write_text(edited)
+    with pytest.raises(EvidenceError, match="changed since the plan was made"):
+        run.after_commit()
+    assert app.schema.read_text() == edited
+    state = json.loads((tmp_path / "run" / "run-state.json").read_text())
+    assert state["steps"]["after_commit"]["status"] == "failed"
+    assert state["error"]["exit_code"] == 11 and state["error"]["step"] == "after_commit"

@@ -128,22 +128,29 @@ def test_a_template_copy_is_dropped_when_the_run_fails_before_apply(linked_incid
     def refuse(*a, **k):
         raise RuntimeError("lock failed (simulated)")
 
-    monkeypatch.setattr(rehearsal, "lock", refuse)
+    monkeypatch.setattr(rehearsal.Rehearsal, "lock", refuse)
     with pytest.raises(RuntimeError, match="simulated"):
         Run("rehearsal", {**params, "mode": "execute", "approved_plan": plan.plan_id}).execute()
     assert _copies(pg_server) == before
 
 
-def test_the_live_transaction_is_read_only(linked_incident_db, engine_for):
-    from runbook_lib import db
-    from runbook_lib.names import NameMap
+def test_the_live_transaction_is_read_only(linked_incident_db, target_env, pg_server, monkeypatch):
+    """A rehearsal does not write the target (``writes = False``): the driver makes its transaction READ ONLY, so
+    even a write by mistake in apply fails, and the copy made for it is dropped."""
     from runbook_lib.procedures import rehearsal
 
-    eng = engine_for(linked_incident_db)
-    with pytest.raises(Exception, match="read-only"), db.write_transaction(
-            eng, lock_timeout_ms=1000, statement_timeout_ms=10000) as conn:
-        rehearsal.lock(conn, None, NameMap())  # type: ignore[arg-type]
+    target_env(linked_incident_db)
+    params = {"rehearse": "token-reversal", "rehearse_parameters": INNER}
+    plan = _review(params)
+    before = _copies(pg_server)
+
+    def write_by_mistake(self, conn, *args):
         conn.exec_driver_sql('update "Voucher" set "currentUses" = "currentUses"')
+
+    monkeypatch.setattr(rehearsal.Rehearsal, "apply", write_by_mistake)
+    with pytest.raises(Exception, match="read-only"):
+        Run("rehearsal", {**params, "mode": "execute", "approved_plan": plan.plan_id}).execute()
+    assert _copies(pg_server) == before
 
 
 def test_rehearse_restore_with_a_backup_of_the_live_database(linked_incident_db, target_env, tmp_path):

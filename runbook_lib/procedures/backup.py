@@ -21,16 +21,11 @@ from .. import names as nmod
 from ..errors import InvariantError, ParameterError
 from ..names import NameMap
 from ..params import CommonParams, name_list
-from .base import ApplyResult, Check, Plan, VerifyResult, plan_hash
+from . import register
+from .base import ApplyResult, Check, Plan, Procedure, VerifyResult, plan_hash
 
 NAME = "backup"
-NOTEBOOK = "backup.ipynb"
-TITLE = "pg_dump archive of the voucher and token tables into the incident's evidence, with checksums"
-GUIDE_SECTION = "Rollback Procedure, Step 1: Backup Current State"
-writes = False  # the database is only read; the archive goes to the evidence folder
-destructive = False
 DEFAULT_MODELS = ["Voucher", "VoucherRedemption", "TokenTransaction", "UserTokenBalance"]
-tables = DEFAULT_MODELS
 
 
 class Params(CommonParams):
@@ -44,10 +39,6 @@ class Params(CommonParams):
         return name_list(v, limit=500, allow_empty=False)
 
 
-def general_checks(params: Params) -> bool:
-    """A backup reads the target and changes nothing: the shared checks would only judge the state it captures,
-    which is often a damaged one (the backup before a restore); a failing check must not fail the backup."""
-    return False
 
 
 def table_names(conn: Connection, params: Any, names: NameMap, models: list[str]) -> list[str]:
@@ -74,9 +65,6 @@ def plan(conn: Connection, params: Params, names: NameMap) -> Plan:
                 frames={"tables": pd.DataFrame(rows)}, details={"tables": tbls, "info": info})
 
 
-def lock(conn: Connection, params: Params, names: NameMap) -> None:
-    # pg_dump takes its own ACCESS SHARE locks in its snapshot; this transaction only reads, and cannot write
-    conn.exec_driver_sql("SET TRANSACTION READ ONLY")
 
 
 def apply(conn: Connection, params: Params, names: NameMap, plan: Plan) -> ApplyResult:
@@ -113,3 +101,31 @@ def verify(conn: Connection, params: Params, names: NameMap, plan: Plan | None) 
                     meta["pg_restore_list"]["entries"], "entries listed")]
     frame = pd.DataFrame([{"table": t, "rows": v["rows"], "md5": v["md5"]} for t, v in meta["tables"].items()])
     return VerifyResult(checks=checks, frames={"checksums": frame})
+
+
+@register
+class Backup(Procedure):
+    """Backup: reads the target (the driver makes its transaction READ ONLY); the archive goes to the evidence."""
+
+    NAME = NAME
+    NOTEBOOK = "backup.ipynb"
+    TITLE = "pg_dump archive of the voucher and token tables into the incident's evidence, with checksums"
+    GUIDE_SECTION = "Rollback Procedure, Step 1: Backup Current State"
+    Params = Params
+    tables = tuple(DEFAULT_MODELS)
+    writes = False  # the database is only read; pg_dump takes its own ACCESS SHARE locks in its snapshot
+    #: the shared checks would only judge the state it captures, often a damaged one (the backup before a
+    #: restore); a failing check must not fail the backup
+    shared_checks = False
+
+    def plan(self, conn: Connection, params: Any, names: NameMap, *, detail: bool = True) -> Plan:
+        return plan(conn, params, names)
+
+    def apply(self, conn: Connection, params: Any, names: NameMap, plan: Plan) -> ApplyResult:
+        return apply(conn, params, names, plan)
+
+    def check(self, conn: Connection, params: Any, names: NameMap, plan: Plan, result: ApplyResult) -> None:
+        check(conn, params, names, plan, result)
+
+    def verify(self, conn: Connection, params: Any, names: NameMap, plan: Plan | None) -> VerifyResult:
+        return verify(conn, params, names, plan)

@@ -12,18 +12,22 @@ execute  one write transaction with lock_timeout / statement_timeout and an advi
          COMMIT
 verify   read-only: verify(conn, params, names, plan) -> VerifyResult (post-conditions, orphans)
 
-Procedures that never write (verify, backup's database side) set ``writes = False``.
+Every procedure is a :class:`Procedure` subclass (below) registered by name; the hooks it does not override keep
+their documented defaults. Procedures that never write the target (verify, backup, rehearsal) set
+``writes = False``: the driver then makes the execute transaction READ ONLY.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Protocol
+from pathlib import Path
+from typing import Any, ClassVar
 
 import pandas as pd
-from sqlalchemy.engine import Connection
+from sqlalchemy.engine import Connection, Engine
 
 from ..names import NameMap
 from ..params import CommonParams
@@ -121,24 +125,100 @@ class VerifyResult:
                             columns=["name", "status", "passed", "count", "detail"])
 
 
-class Procedure(Protocol):
-    """The module-level interface every ``runbook_lib/procedures/<name>.py`` provides."""
+class Procedure:
+    """The contract of a procedure: metadata, typed parameters, the five steps and every optional hook, defaulted.
+
+    A procedure is a subclass registered with :func:`runbook_lib.procedures.register`; the driver
+    (:class:`runbook_lib.run.Run`) calls only what is declared here, never probes a module for optional names and
+    never keys behaviour on a procedure's name. ``docs/architecture.md`` walks through one execute and shows how
+    to add a procedure; ``tests/test_contract.py`` builds one from this class alone.
+
+    Required: ``NAME``, ``NOTEBOOK``, ``TITLE``, ``GUIDE_SECTION``, ``Params`` and :meth:`plan`; a procedure that
+    ``writes`` must also implement :meth:`apply` (checked when the class is defined).
+    """
 
     NAME: ClassVar[str]            # CLI name, e.g. "token-reversal"
     NOTEBOOK: ClassVar[str]        # notebook file in notebooks/, e.g. "token_reversal.ipynb"
     TITLE: ClassVar[str]           # one line for `runbook list`
     GUIDE_SECTION: ClassVar[str]   # section of DATABASE_MIGRATION_ROLLBACK.md it implements
-    Params: type[CommonParams]
-    writes: bool                   # False for read-only procedures
-    destructive: bool              # needs a recent backup in the incident before execute (issue 4)
-    tables: list[str]              # Prisma models it touches (for backup / rehearsal / locks)
+    Params: ClassVar[type[CommonParams]]
 
-    def plan(self, conn: Connection, params: Any, names: NameMap) -> Plan: ...
+    #: Prisma models it touches: the backup guard's tables (see :meth:`guarded_tables`) and what a rehearsal compares
+    tables: ClassVar[tuple[str, ...]] = ()
+    #: False: the execute transaction on the target is made READ ONLY by the driver (verify, backup, rehearsal —
+    #: whose writes go to a scratch copy); such a procedure cannot be rehearsed
+    writes: ClassVar[bool] = True
+    #: deletes or overwrites data: an execute needs a recent backup of its tables in the incident (see
+    #: :meth:`is_destructive` for a per-run answer)
+    destructive: ClassVar[bool] = False
+    #: after an execute the shared orphan/invariant checks (:mod:`runbook_lib.checks`) run with this procedure's own
+    #: post-conditions (see :meth:`wants_shared_checks`)
+    shared_checks: ClassVar[bool] = True
+    #: the checks are the procedure's result (verify): a failed check fails a review too, and a review is the whole
+    #: run (the CLI offers no execute command after it)
+    checks_are_the_result: ClassVar[bool] = False
+    #: fault-injection points inside the procedure (``faults.hit``), besides the driver's own; reliability trials
+    fault_points: ClassVar[tuple[str, ...]] = ()
 
-    def lock(self, conn: Connection, params: Any, names: NameMap) -> None: ...
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if cls.writes and cls.apply is Procedure.apply and "NAME" in cls.__dict__:
+            raise TypeError(f"procedure {cls.__name__} writes but does not implement apply()")
 
-    def apply(self, conn: Connection, params: Any, names: NameMap, plan: Plan) -> ApplyResult: ...
+    # -------------------------------------------------------------------------------- the five steps
+    def plan(self, conn: Connection, params: Any, names: NameMap, *, detail: bool = True) -> Plan:
+        """What would change, computed read-only. ``detail=False`` (under the execute's locks) may skip the display
+        frames; the plan id must not depend on ``detail``."""
+        raise NotImplementedError(f"{type(self).__name__}.plan")
 
-    def check(self, conn: Connection, params: Any, names: NameMap, plan: Plan, result: ApplyResult) -> None: ...
+    def lock(self, conn: Connection, params: Any, names: NameMap) -> None:
+        """Take the row/table locks of an execute, in a fixed order (default: none)."""
 
-    def verify(self, conn: Connection, params: Any, names: NameMap, plan: Plan | None) -> VerifyResult: ...
+    def apply(self, conn: Connection, params: Any, names: NameMap, plan: Plan) -> ApplyResult:
+        """Apply the plan with set-based statements (default, for procedures that do not write: nothing)."""
+        return ApplyResult(changed=False, counts={})
+
+    def check(self, conn: Connection, params: Any, names: NameMap, plan: Plan, result: ApplyResult) -> None:
+        """Invariants before COMMIT; raise :class:`~runbook_lib.errors.InvariantError` to roll back (default: none)."""
+
+    def verify(self, conn: Connection, params: Any, names: NameMap, plan: Plan | None) -> VerifyResult:
+        """Post-conditions, read-only, after the execute or at the end of a review (default: none)."""
+        return VerifyResult(checks=[])
+
+    # -------------------------------------------------------------------------------- optional hooks
+    def is_destructive(self, params: Any) -> bool:
+        """Does this run delete or overwrite data (token reversal: only ``ledger_mode=delete``)?"""
+        return self.destructive
+
+    def guarded_tables(self, params: Any) -> list[str]:
+        """The models a backup must cover before a destructive execute (restore: the tables chosen)."""
+        return list(self.tables)
+
+    def restoring(self, params: Any) -> dict[str, Any] | None:
+        """The backup this execute restores from, when it does (restore): the backup guard accepts that one."""
+        return None
+
+    def nothing_to_do(self, conn: Connection, params: Any, names: NameMap) -> bool:
+        """A cheap read-only answer "the execute would change nothing" (a full rollback run again): no backup is then
+        required. The driver re-checks under the locks. Default: cannot tell, so the backup is required."""
+        return False
+
+    def before_transaction(self, engine: Engine, params: Any) -> Callable[[], None] | None:
+        """Work that needs no session of ours on the target, before the write transaction (rehearsal: CREATE
+        DATABASE … TEMPLATE). Returns the cleanup to run if the execute fails before apply took over."""
+        return None
+
+    def wants_shared_checks(self, params: Any) -> bool:
+        """Run the shared checks after this execute? (backup and restore into another database: no)."""
+        return self.shared_checks
+
+    def for_a_copy(self, conn: Connection, values: dict[str, Any], incident: Path | None) -> dict[str, Any]:
+        """Parameter values as they apply when a rehearsal runs this procedure on a scratch copy of the target
+        ``conn`` is connected to (restore: the live database's backup accepted on the copy). Default: unchanged."""
+        return values
+
+    def after_commit(self, run: Any) -> dict[str, Any] | None:
+        """File work after COMMIT (full rollback: the migration folder and schema.prisma), called by
+        :meth:`runbook_lib.run.Run.after_commit` in its own step; raise
+        :class:`~runbook_lib.errors.EvidenceError` when a file cannot be written as planned."""
+        return None

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import hashlib
 from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar, Literal, Self
 
 import pandas as pd
 import sqlalchemy as sa
@@ -37,28 +37,27 @@ from .. import names as nmod
 from ..db import quote_ident
 from ..errors import EvidenceError, InvariantError, ParameterError, PolicyAbort
 from ..names import NameMap
-from ..params import (
-    INSPECT_USER_DESCRIPTION,
-    DestructiveParams,
-    InspectUser,
-    LedgerSource,
-    TopRows,
-    identifiers,
-)
+from ..params import DestructiveParams, identifiers
 from ..prisma import config as pconfig
 from ..prisma import diff as pdiff
 from ..prisma import edit as pedit
 from ..prisma import history
-from . import token_reversal as tr
-from .base import ApplyResult, Check, Plan, VerifyResult, plan_hash
+from ..reversal import (
+    LedgerMode,
+    NegativePolicyNoSkip,
+    ReversalOptions,
+    ReversalPlan,
+    abort_if_negative,
+    apply_reversal,
+    check_reversal,
+    lock_reversal,
+    plan_reversal,
+)
+from ..reversal_sql import table_exists
+from . import register
+from .base import ApplyResult, Check, Plan, Procedure, VerifyResult, plan_hash
 
 NAME = "full-rollback"
-NOTEBOOK = "full_rollback.ipynb"
-TITLE = "Drop the voucher tables and enums (and named dependents), edit schema.prisma, record the migration"
-GUIDE_SECTION = "Rollback Procedure, Steps 2 to 5"
-writes = True
-destructive = True
-tables = ["Voucher", "VoucherRedemption", "TokenTransaction", "UserTokenBalance"]
 
 #: fault point between two DROP statements (tests inject a failure there: RUNBOOK_FAULT=mid_ddl:raise)
 MID_DDL = "mid_ddl"
@@ -69,24 +68,16 @@ _COMMENT = {"table": "DropTable", "type": "DropEnum", "view": "DropView", "mater
             "domain": "DropDomain", "sequence": "DropSequence"}
 
 
-class Params(DestructiveParams):
-    procedure: ClassVar[str] = NAME
+class DropParams(DestructiveParams):
+    """full-rollback's own parameters (what to drop, the Prisma side); :class:`Params` adds the reversal options."""
 
     ledger_policy: Literal["keep", "reverse"] | None = Field(None, description="required: reverse (voucher tokens taken back first) or keep (grants stay, their sourceId dangles)")
-    source: LedgerSource = Field("voucher_redemption", description="ledger source of voucher grants")
-    ledger_mode: tr.LedgerMode = Field("compensate", description="with ledger_policy reverse: compensate (reversing rows) or delete")
-    negative_policy: Literal["allow", "clamp", "abort"] = Field("allow", description="with ledger_policy reverse: allow (flagged), clamp (to zero) or abort")
-    reversal_type: str = Field("auto", description="type of reversing rows: auto (read from the ledger's type enum; the real app has no REVERSAL) or a value of it")
-    reversal_source: LedgerSource = Field("voucher_reversal", description="source of reversing rows; must differ from source")
     drop_dependents: list[str] = Field([], description="unexpected dependent objects you accept to drop, as listed by the review")
     models: list[str] = Field(["Voucher", "VoucherRedemption"], description="the voucher models (tables) to drop")
     enums: list[str] = Field(["VoucherType", "VoucherStatus"], description="the voucher enums to drop")
     prisma_side: bool = Field(True, description="also edit schema.prisma and write and record the migration (needs prisma_schema)")
     prisma_config: str | None = Field(None, description="the app's prisma.config.ts (Prisma 7; default: next to prisma_schema or up to two folders above)")
     migration_name: str = Field("remove_voucher_system", description="name of the migration that records the removal")
-    top_users: TopRows = Field(50, description="users shown in the before/after table (1-1000)")
-    inspect_user: InspectUser = Field(None, description=INSPECT_USER_DESCRIPTION)
-
 
     @field_validator("drop_dependents", "models", "enums", mode="before")
     @classmethod
@@ -130,7 +121,7 @@ class Params(DestructiveParams):
         return v
 
     @model_validator(mode="after")
-    def _choices(self) -> Params:
+    def _choices(self) -> Self:
         if self.ledger_policy is None:
             raise ValueError("'ledger_policy' is required: 'reverse' (take the granted tokens back first) or 'keep' "
                              "(ledger rows stay, their sourceId then names dropped redemptions)")
@@ -149,9 +140,18 @@ class Params(DestructiveParams):
         if self.prisma_side and not self.prisma_schema:
             raise ValueError("'prisma_schema' is required for the Prisma side (Steps 4-5): the path of schema.prisma; "
                              "or set prisma_side=false to change only the database")
-        if self.reversal_source == self.source:
-            raise ValueError("'reversal_source' must differ from 'source'")
         return self
+
+
+class Params(ReversalOptions, DropParams):
+    """Its own parameters first, then the reversal options (used with ``ledger_policy=reverse`` only)."""
+
+    procedure: ClassVar[str] = NAME
+
+    # these two say that they apply with ledger_policy=reverse only; no skip: a skipped user's grants would
+    # keep their tokens while their vouchers are dropped
+    ledger_mode: LedgerMode = Field("compensate", description="with ledger_policy reverse: compensate (reversing rows) or delete")
+    negative_policy: NegativePolicyNoSkip = Field("allow", description="with ledger_policy reverse: allow (flagged), clamp (to zero) or abort")
 
 
 def _db_names(names: NameMap, params: Params) -> tuple[list[str], list[str]]:
@@ -212,7 +212,7 @@ def plan(conn: Connection, params: Params, names: NameMap, detail: bool = True) 
         warnings.append("not in the database (already gone?): " + ", ".join(disc.missing))
     # the token ledger
     L = "TokenTransaction"
-    ledger_exists = conn.execute(sa.text("select to_regclass(:t)"), {"t": names.t(L)}).scalar() is not None
+    ledger_exists = table_exists(conn, names.t(L))
     binds = {"fr_source": params.source}
     where = f"tt.{names.c(L, 'source')} = :fr_source"
     grants = (0, 0)
@@ -220,12 +220,12 @@ def plan(conn: Connection, params: Params, names: NameMap, detail: bool = True) 
         g = conn.execute(sa.text(f"select count(*), coalesce(sum(tt.{names.c(L, 'amount')}), 0) from {names.t(L)} tt "
                                  f"where {where}"), binds).one()
         grants = (int(g[0]), int(g[1]))
-    rp: tr.ReversalPlan | None = None
+    rp: ReversalPlan | None = None
     if params.ledger_policy == "reverse" and ledger_exists and not disc.empty:
-        rp = tr.plan_reversal(conn, names, where_sql=where, where_params=binds, ledger_mode=params.ledger_mode,
-                              negative_policy=params.negative_policy, reversal_type=params.reversal_type,
-                              reversal_source=params.reversal_source, sample_rows=params.sample_rows,
-                              top_users=params.top_users)
+        rp = plan_reversal(conn, names, where_sql=where, where_params=binds, ledger_mode=params.ledger_mode,
+                           negative_policy=params.negative_policy, reversal_type=params.reversal_type,
+                           reversal_source=params.reversal_source, sample_rows=params.sample_rows,
+                           top_users=params.top_users)
         warnings.extend(rp.warnings)
     if disc.empty:
         ledger_note = ""
@@ -297,8 +297,7 @@ def plan(conn: Connection, params: Params, names: NameMap, detail: bool = True) 
                       "migrations_folder": str(_migrations_folder(params)) if params.prisma_schema else None})
     if ledger_exists and not disc.empty:
         R, V = "VoucherRedemption", "Voucher"
-        redemptions = conn.execute(sa.text("select to_regclass(:t)"), {"t": names.t(R)}).scalar() is not None
-        vouchers = conn.execute(sa.text("select to_regclass(:t)"), {"t": names.t(V)}).scalar() is not None
+        redemptions, vouchers = table_exists(conn, names.t(R)), table_exists(conn, names.t(V))
         if redemptions and vouchers and nmod.has_column(conn, names, L, "sourceId"):
             p.exports["ledger_grants_with_redemptions"] = (
                 f"select tt.*, r.{names.c(R, 'voucherId')} as redemption_voucher_id, "
@@ -321,12 +320,12 @@ def lock(conn: Connection, params: Params, names: NameMap) -> None:
     tbls, _ = _db_names(names, params)
     for t in sorted(tbls):
         ident = f"{quote_ident(names.db_schema)}.{quote_ident(t)}"
-        if conn.execute(sa.text("select to_regclass(:t)"), {"t": ident}).scalar() is not None:
+        if table_exists(conn, ident):
             conn.execute(sa.text(f"lock table {ident} in access exclusive mode"))
     if params.ledger_policy == "reverse":
         L = "TokenTransaction"
-        if conn.execute(sa.text("select to_regclass(:t)"), {"t": names.t(L)}).scalar() is not None:
-            tr.lock_reversal(conn, names, f"tt.{names.c(L, 'source')} = :fr_source", {"fr_source": params.source})
+        if table_exists(conn, names.t(L)):
+            lock_reversal(conn, names, f"tt.{names.c(L, 'source')} = :fr_source", {"fr_source": params.source})
 
 
 def apply(conn: Connection, params: Params, names: NameMap, plan: Plan) -> ApplyResult:
@@ -341,16 +340,14 @@ def apply(conn: Connection, params: Params, names: NameMap, plan: Plan) -> Apply
         raise PolicyAbort("cannot drop automatically: " + "; ".join(plan.details["undroppable"])
                           + ". Nothing was changed; drop them by hand, then review again")
     counts: dict[str, Any] = {}
-    rp: tr.ReversalPlan | None = plan.details["reversal"]
+    rp: ReversalPlan | None = plan.details["reversal"]
     if rp is not None:
-        if params.negative_policy == "abort" and rp.summary["users_negative"]:
-            raise PolicyAbort(f"negative_policy=abort: {rp.summary['users_negative']} users would go below zero; "
-                              "nothing was changed. Choose allow or clamp, or ledger_policy=keep")
+        abort_if_negative(rp, params.negative_policy, "Choose allow or clamp, or ledger_policy=keep")
         if rp.summary["users_without_balance"]:
             raise PolicyAbort(f"{rp.summary['users_without_balance']} users have voucher grants but no balance row; "
                               "nothing was changed. Create their balance rows or use ledger_policy=keep")
         if rp.summary["rows_to_reverse"]:
-            counts.update(tr.apply_reversal(conn, names, rp))
+            counts.update(apply_reversal(conn, names, rp))
     for i, u in enumerate(disc.order):  # Steps 2 and 3, in dependency order (dependents first)
         if i == 1:
             faults.hit(MID_DDL)
@@ -407,7 +404,7 @@ def check(conn: Connection, params: Params, names: NameMap, plan: Plan, result: 
         raise InvariantError("invariant failed before COMMIT, rolled back: " + "; ".join(problems), problems=problems)
     rp = plan.details["reversal"]
     if rp is not None and result.counts.get("rows_reversed"):
-        tr.check_reversal(conn, names, rp, result.counts)
+        check_reversal(conn, names, rp, result.counts)
 
 
 def show_prisma_side(run: Any) -> None:
@@ -491,7 +488,7 @@ def verify(conn: Connection, params: Params, names: NameMap, plan: Plan | None) 
                             ", ".join(left_blocks.removed_blocks + left_blocks.removed_fields) or "clean"))
     if params.ledger_policy == "keep" and done:
         L = "TokenTransaction"
-        if conn.execute(sa.text("select to_regclass(:t)"), {"t": names.t(L)}).scalar() is not None:
+        if table_exists(conn, names.t(L)):
             n = int(conn.execute(sa.text(f"select count(*) from {names.t(L)} where {names.c(L, 'source')} = :s"),
                                  {"s": params.source}).scalar_one())
             checks.append(Check("voucher grants kept in the ledger (recorded, sourceId dangling)", True, n,
@@ -499,3 +496,38 @@ def verify(conn: Connection, params: Params, names: NameMap, plan: Plan | None) 
     if not checks:
         raise ParameterError("nothing to verify")
     return VerifyResult(checks=checks)
+
+
+@register
+class FullRollback(Procedure):
+    """Full rollback: the voucher tables and enums dropped (destructive); the Prisma files written after COMMIT."""
+
+    NAME = NAME
+    NOTEBOOK = "full_rollback.ipynb"
+    TITLE = "Drop the voucher tables and enums (and named dependents), edit schema.prisma, record the migration"
+    GUIDE_SECTION = "Rollback Procedure, Steps 2 to 5"
+    Params = Params
+    tables = ("Voucher", "VoucherRedemption", "TokenTransaction", "UserTokenBalance")
+    destructive = True
+    fault_points = (MID_DDL,)
+
+    def plan(self, conn: Connection, params: Any, names: NameMap, *, detail: bool = True) -> Plan:
+        return plan(conn, params, names, detail=detail)
+
+    def lock(self, conn: Connection, params: Any, names: NameMap) -> None:
+        lock(conn, params, names)
+
+    def apply(self, conn: Connection, params: Any, names: NameMap, plan: Plan) -> ApplyResult:
+        return apply(conn, params, names, plan)
+
+    def check(self, conn: Connection, params: Any, names: NameMap, plan: Plan, result: ApplyResult) -> None:
+        check(conn, params, names, plan, result)
+
+    def verify(self, conn: Connection, params: Any, names: NameMap, plan: Plan | None) -> VerifyResult:
+        return verify(conn, params, names, plan)
+
+    def nothing_to_do(self, conn: Connection, params: Any, names: NameMap) -> bool:
+        return nothing_to_do(conn, params, names)
+
+    def after_commit(self, run: Any) -> dict[str, Any] | None:
+        return write_prisma_files(run)

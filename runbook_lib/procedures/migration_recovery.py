@@ -29,15 +29,10 @@ from ..names import NameMap
 from ..params import CommonParams, recorded_reason
 from ..prisma import history
 from ..prisma import status as st
-from .base import ApplyResult, Check, Plan, VerifyResult, plan_hash
+from . import register
+from .base import ApplyResult, Check, Plan, Procedure, VerifyResult, plan_hash
 
 NAME = "migration-recovery"
-NOTEBOOK = "migration_recovery.ipynb"
-TITLE = "Prisma migration state; resolve a failed migration (rolled back / applied), with compensating SQL"
-GUIDE_SECTION = "If Migration Failed Mid-Way"
-writes = True
-destructive = False
-tables: list[str] = []
 
 
 class Params(CommonParams):
@@ -295,3 +290,29 @@ def verify(conn: Connection, params: Params, names: NameMap, plan: Plan | None) 
             checks.append(Check("no step of the rolled-back migration remains in effect", not left, len(left),
                                 ", ".join(f"{e.kind} {e.object}" for e in left) or "none"))
     return VerifyResult(checks=checks)
+
+
+@register
+class MigrationRecovery(Procedure):
+    """Migration recovery: resolves one failed Prisma migration (rolled back / applied) in ``_prisma_migrations``."""
+
+    NAME = NAME
+    NOTEBOOK = "migration_recovery.ipynb"
+    TITLE = "Prisma migration state; resolve a failed migration (rolled back / applied), with compensating SQL"
+    GUIDE_SECTION = "If Migration Failed Mid-Way"
+    Params = Params
+
+    def plan(self, conn: Connection, params: Any, names: NameMap, *, detail: bool = True) -> Plan:
+        return plan(conn, params, names)
+
+    def lock(self, conn: Connection, params: Any, names: NameMap) -> None:
+        lock(conn, params, names)
+
+    def apply(self, conn: Connection, params: Any, names: NameMap, plan: Plan) -> ApplyResult:
+        return apply(conn, params, names, plan)
+
+    def check(self, conn: Connection, params: Any, names: NameMap, plan: Plan, result: ApplyResult) -> None:
+        check(conn, params, names, plan, result)
+
+    def verify(self, conn: Connection, params: Any, names: NameMap, plan: Plan | None) -> VerifyResult:
+        return verify(conn, params, names, plan)

@@ -26,8 +26,7 @@ Where the guide is wrong, and what this procedure does instead:
 
 from __future__ import annotations
 
-import datetime as dt
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar, Self
 
 import pandas as pd
 import sqlalchemy as sa
@@ -36,27 +35,26 @@ from sqlalchemy.engine import Connection
 
 from .. import grants
 from .. import names as nmod
-from ..errors import InvariantError, NotFoundError, ParameterError, PolicyAbort
+from ..errors import InvariantError, ParameterError, PolicyAbort
 from ..grants import GrantLink
 from ..names import NameMap
-from ..params import (
-    INSPECT_USER_DESCRIPTION,
-    DestructiveParams,
-    InspectUser,
-    LedgerSource,
-    TopRows,
-    parse_aware_datetime,
+from ..params import DestructiveParams, TopRows, name_list, parse_aware_datetime
+from ..reversal import (
+    NegativePolicyNoSkip,
+    ReversalOptions,
+    ReversalPlan,
+    abort_if_negative,
+    apply_reversal,
+    check_reversal,
+    incident_of,
+    lock_reversal,
+    plan_reversal,
 )
-from . import token_reversal as tr
-from .base import ApplyResult, Check, Plan, VerifyResult, plan_hash
+from ..reversal_sql import as_column_time, refuse_unknown, sql_type
+from . import register
+from .base import ApplyResult, Check, Plan, Procedure, VerifyResult, plan_hash
 
 NAME = "partial-rollback"
-NOTEBOOK = "partial_rollback.ipynb"
-TITLE = "Clear voucher redemptions (all or chosen codes/window), reverse their tokens, fix counters and status"
-GUIDE_SECTION = "Partial Rollback (Keep Structure, Clear Data)"
-writes = True
-destructive = True  # redemptions are deleted
-tables = ["Voucher", "VoucherRedemption", "TokenTransaction", "UserTokenBalance"]
 
 V, R, L = "Voucher", "VoucherRedemption", "TokenTransaction"
 VOUCHER_NEEDS = ["id", "code", "status", "maxUses", "currentUses"]
@@ -65,23 +63,15 @@ REDEMPTION_NEEDS = ["id", "voucherId", "userId", "redeemedAt"]
 ACTIVE, DEPLETED, EXPIRED = "ACTIVE", "DEPLETED", "EXPIRED"
 
 
-class Params(DestructiveParams):
-    procedure: ClassVar[str] = NAME
+class ScopeParams(DestructiveParams):
+    """partial-rollback's own parameters (the scope); :class:`Params` adds the shared reversal options."""
 
     all_vouchers: bool = Field(False, description="true: roll back every voucher; otherwise name voucher_codes")
     voucher_codes: list[str] = Field([], description="the vouchers to roll back (case-sensitive; unknown codes are an error)")
     redeemed_since: str | None = Field(None, description="optional redemption window start (inclusive), ISO-8601 with a zone")
     redeemed_until: str | None = Field(None, description="optional redemption window end (exclusive), ISO-8601 with a zone")
     reset_statuses: list[str] = Field([], description="other statuses to reset to ACTIVE too, e.g. [INACTIVE, EXPIRED] (the guide resets all)")
-    source: LedgerSource = Field("voucher_redemption", description="ledger source of voucher grants")
     grant_link: GrantLink = Field("voucher_and_user", description="how a grant names its voucher: voucher_and_user (sourceId = voucher id, as the app writes it) or redemption_id")
-    ledger_mode: tr.LedgerMode = Field("compensate", description="compensate (reversing rows, history kept) or delete (grants removed, balances adjusted)")
-    negative_policy: Literal["allow", "clamp", "abort"] = Field("allow", description="balances that would go below zero: allow (flagged), clamp (to zero) or abort")
-    reversal_type: str = Field("auto", description="type of reversing rows: auto (REVERSAL if the enum has it, else EARN_ADMIN_ADJUSTMENT) or a value of the enum")
-    reversal_source: LedgerSource = Field("voucher_reversal", description="source of reversing rows; must differ from source")
-    top_users: TopRows = Field(50, description="rows in the per-voucher and per-user tables (1-1000)")
-    inspect_user: InspectUser = Field(None, description=INSPECT_USER_DESCRIPTION)
-
 
     @field_validator("redeemed_since", "redeemed_until", mode="before")
     @classmethod
@@ -92,18 +82,10 @@ class Params(DestructiveParams):
     @field_validator("voucher_codes", "reset_statuses", mode="before")
     @classmethod
     def _list(cls, v: Any) -> list[str]:
-        if v is None or v == "":
-            return []
-        if isinstance(v, str):
-            v = [s for s in (x.strip() for x in v.split(",")) if s]
-        if not isinstance(v, list) or not all(isinstance(x, (str, int)) and str(x).strip() for x in v):
-            raise ValueError("must be a list of non-empty strings")
-        if len(v) > 100_000:
-            raise ValueError(f"{len(v)} entries is too many for one run (at most 100000)")
-        return [str(x).strip() for x in v]
+        return name_list(v)
 
     @model_validator(mode="after")
-    def _scope(self) -> Params:
+    def _scope(self) -> Self:
         if self.all_vouchers and self.voucher_codes:
             raise ValueError("give either all_vouchers=true or voucher_codes, not both")
         if not self.all_vouchers and not self.voucher_codes:
@@ -111,9 +93,18 @@ class Params(DestructiveParams):
         if self.redeemed_since and self.redeemed_until and self.redeemed_until <= self.redeemed_since:
             raise ValueError(f"'redeemed_since' ({self.redeemed_since}) must be before 'redeemed_until' "
                              f"({self.redeemed_until})")
-        if self.reversal_source == self.source:
-            raise ValueError("'reversal_source' must differ from 'source', or reversals would be reversed again")
         return self
+
+
+class Params(ReversalOptions, ScopeParams):
+    """Its own parameters first, then the reversal options; two differ from :class:`ReversalOptions`."""
+
+    procedure: ClassVar[str] = NAME
+
+    # no skip: a skipped user's redemptions would still be deleted, their granted tokens kept (the guide's bug)
+    negative_policy: NegativePolicyNoSkip = Field("allow", description="balances that would go below zero: allow (flagged), clamp (to zero) or abort")
+    # here top_users bounds the per-voucher tables too, not only the per-user one
+    top_users: TopRows = Field(50, description="rows in the per-voucher and per-user tables (1-1000)")
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -134,14 +125,6 @@ def _q(names: NameMap) -> dict[str, str]:
     }
 
 
-def _naive_if_needed(conn: Connection, names: NameMap, model: str, fld: str, value: dt.datetime | None) -> Any:
-    """Prisma stores UTC in ``timestamp(3) without time zone``: compare with naive UTC values there."""
-    if value is None:
-        return None
-    ctype = nmod.column_type(conn, names, model, fld) or ""
-    return value.astimezone(dt.UTC).replace(tzinfo=None) if "without time zone" in ctype else value
-
-
 class Scope:
     """SQL fragments and bind values for one parameter set (built once per plan/lock/verify)."""
 
@@ -155,11 +138,8 @@ class Scope:
             known = {r[0] for r in conn.execute(sa.text(
                 f"select {q['v_code']} from {q['V']} where {q['v_code']} = any(:pr_codes)"),
                 {"pr_codes": params.voucher_codes})}
-            unknown = sorted(set(params.voucher_codes) - known)
-            if unknown:
-                raise NotFoundError(f"unknown voucher codes ({len(unknown)}): {', '.join(unknown[:10])}"
-                                    + (" …" if len(unknown) > 10 else "") + "; check the spelling (codes are "
-                                    "case-sensitive)", unknown=unknown)
+            refuse_unknown(params.voucher_codes, known, "voucher codes",
+                           "; check the spelling (codes are case-sensitive)")
             v_where.append(f"v.{q['v_code']} = any(:pr_codes)")
             self.binds["pr_codes"] = params.voucher_codes
         r_where = list(v_where)
@@ -167,10 +147,10 @@ class Scope:
         until = parse_aware_datetime(params.redeemed_until, "redeemed_until")
         if since:
             r_where.append(f"r.{q['r_ts']} >= :pr_since")
-            self.binds["pr_since"] = _naive_if_needed(conn, names, R, "redeemedAt", since)
+            self.binds["pr_since"] = as_column_time(conn, names, R, "redeemedAt", since)
         if until:
             r_where.append(f"r.{q['r_ts']} < :pr_until")
-            self.binds["pr_until"] = _naive_if_needed(conn, names, R, "redeemedAt", until)
+            self.binds["pr_until"] = as_column_time(conn, names, R, "redeemedAt", until)
         #: vouchers in scope (alias v)
         self.vouchers = f"select v.* from {q['V']} v where {' and '.join(v_where)}"
         #: redemptions to clear (alias r), with their voucher's code
@@ -197,7 +177,7 @@ class Scope:
         #: a ``timestamptz`` column compares with now() itself (never via the session's TimeZone)
         self.now_expiry = _now_for(conn, names, V, "expiresAt") if self.has_expiry else "now()"
         self.now_updated = _now_for(conn, names, V, "updatedAt") if self.has_updated else "now()"
-        self.status_type = _column_type_sql(conn, names, V, "status")
+        self.status_type = sql_type(conn, names, V, "status")
         #: the voucher statuses the database knows (the enum's values, else those in use)
         self.statuses = nmod.enum_values(conn, names, "VoucherStatus") or [
             r[0] for r in conn.execute(sa.text(f"select distinct {q['v_status']}::text from {q['V']}"))]
@@ -244,13 +224,6 @@ def _now_for(conn: Connection, names: NameMap, model: str, fld: str) -> str:
     """SQL for the current time in the column's own kind: naive UTC for ``timestamp``, ``now()`` for ``timestamptz``."""
     ctype = nmod.column_type(conn, names, model, fld) or ""
     return "now()" if "with time zone" in ctype else "(now() at time zone 'utc')"
-
-
-def _column_type_sql(conn: Connection, names: NameMap, model: str, fld: str) -> str:
-    return str(conn.execute(sa.text(
-        "select format_type(a.atttypid, a.atttypmod) from pg_attribute a "
-        "where a.attrelid = to_regclass(:t) and a.attname = :c"),
-        {"t": names.t(model), "c": names.column(model, fld)}).scalar_one())
 
 
 def _check_statuses(conn: Connection, names: NameMap, params: Params) -> None:
@@ -360,7 +333,7 @@ def plan(conn: Connection, params: Params, names: NameMap) -> Plan:
         f"md5(coalesce(string_agg(id || ':' || uses || '>' || new_uses || ':' || status || '>' || new_status, ',' "
         f"  order by id) filter (where uses <> new_uses or status <> new_status), '')) as digest "
         f"from ({changes}) c"), binds).mappings().one()
-    rp = tr.plan_reversal(
+    rp = plan_reversal(
         conn, names, where_sql=sc.grant_where, where_params=binds, ledger_mode=params.ledger_mode,
         negative_policy=params.negative_policy, reversal_type=params.reversal_type,
         reversal_source=params.reversal_source, sample_rows=params.sample_rows, top_users=params.top_users,
@@ -452,25 +425,22 @@ def lock(conn: Connection, params: Params, names: NameMap) -> None:
                          f"({sc.vouchers}) v) order by v.{q['v_id']} for update"), binds)
     conn.execute(sa.text(f"select 1 from {q['R']} r where r.{q['r_id']} in (select id from ({sc.redemptions}) s) "
                          f"order by r.{q['r_id']} for update"), binds)
-    tr.lock_reversal(conn, names, sc.grant_where, binds)
+    lock_reversal(conn, names, sc.grant_where, binds)
 
 
 def apply(conn: Connection, params: Params, names: NameMap, plan: Plan) -> ApplyResult:
-    rp: tr.ReversalPlan = plan.details["reversal"]
+    rp: ReversalPlan = plan.details["reversal"]
     rs = plan.details["raw_reversal"]
     sc: Scope = plan.details["scope"]
     q, binds = sc.q, sc.bind(params.reset_statuses)
-    if params.negative_policy == "abort" and rs["users_negative"]:
-        raise PolicyAbort(f"negative_policy=abort: {rs['users_negative']} users would go below zero "
-                          f"({rs['negative_tokens']} tokens); nothing was changed. Review the list, then choose "
-                          "allow or clamp")
+    abort_if_negative(rp, params.negative_policy, "Review the list, then choose allow or clamp")
     if rs["users_without_balance"]:
         raise PolicyAbort(f"{rs['users_without_balance']} users have voucher grants but no balance row, so their "
                           "grants cannot be reversed; nothing was changed. Create their balance rows or narrow "
                           "voucher_codes")
     if plan.details["matching"]["refuse"]:
         raise PolicyAbort(plan.details["matching"]["refuse"])
-    rp.incident, rp.plan_id = tr.incident_of(params), params.approved_plan
+    rp.incident, rp.plan_id = incident_of(params), params.approved_plan
     conn.execute(sa.text("drop table if exists pr_removed, pr_vouchers"))
     conn.execute(sa.text(f"create temp table pr_removed on commit drop as {sc.redemptions}"), binds)
     conn.execute(sa.text(f"create temp table pr_vouchers on commit drop as "
@@ -478,7 +448,7 @@ def apply(conn: Connection, params: Params, names: NameMap, plan: Plan) -> Apply
     conn.execute(sa.text("create index on pr_removed (id); analyze pr_removed; analyze pr_vouchers"))
     counts: dict[str, Any] = {}
     if rs["rows_to_reverse"]:
-        counts.update(tr.apply_reversal(conn, names, rp))  # before the redemptions go: it selects through them
+        counts.update(apply_reversal(conn, names, rp))  # before the redemptions go: it selects through them
     else:
         counts.update(rows_reversed=0, tokens_reversed=0, users_affected=0)
     counts["redemptions_deleted"] = conn.execute(sa.text(
@@ -537,7 +507,7 @@ def check(conn: Connection, params: Params, names: NameMap, plan: Plan, result: 
     if problems:
         raise InvariantError("invariant failed before COMMIT, rolled back: " + "; ".join(problems), problems=problems)
     if result.counts.get("rows_reversed"):
-        tr.check_reversal(conn, names, plan.details["reversal"], result.counts)  # balance change == reversed total
+        check_reversal(conn, names, plan.details["reversal"], result.counts)  # balance change == reversed total
 
 
 def verify(conn: Connection, params: Params, names: NameMap, plan: Plan | None) -> VerifyResult:
@@ -555,3 +525,31 @@ def verify(conn: Connection, params: Params, names: NameMap, plan: Plan | None) 
     # grants of a missing redemption that no reversing row compensates: the shared check
     # orphan_voucher_grants (runbook_lib.checks), run after every execute, covers every convention
     return VerifyResult(checks=checks)
+
+
+@register
+class PartialRollback(Procedure):
+    """Partial rollback: redemptions deleted (destructive), their grants reversed, counters and statuses fixed."""
+
+    NAME = NAME
+    NOTEBOOK = "partial_rollback.ipynb"
+    TITLE = "Clear voucher redemptions (all or chosen codes/window), reverse their tokens, fix counters and status"
+    GUIDE_SECTION = "Partial Rollback (Keep Structure, Clear Data)"
+    Params = Params
+    tables = ("Voucher", "VoucherRedemption", "TokenTransaction", "UserTokenBalance")
+    destructive = True  # redemptions are deleted
+
+    def plan(self, conn: Connection, params: Any, names: NameMap, *, detail: bool = True) -> Plan:
+        return plan(conn, params, names)
+
+    def lock(self, conn: Connection, params: Any, names: NameMap) -> None:
+        lock(conn, params, names)
+
+    def apply(self, conn: Connection, params: Any, names: NameMap, plan: Plan) -> ApplyResult:
+        return apply(conn, params, names, plan)
+
+    def check(self, conn: Connection, params: Any, names: NameMap, plan: Plan, result: ApplyResult) -> None:
+        check(conn, params, names, plan, result)
+
+    def verify(self, conn: Connection, params: Any, names: NameMap, plan: Plan | None) -> VerifyResult:
+        return verify(conn, params, names, plan)

@@ -26,15 +26,10 @@ from .. import params as params_mod
 from ..errors import InvariantError
 from ..names import NameMap
 from ..params import CommonParams
-from .base import ApplyResult, Check, Plan, VerifyResult, plan_hash
+from . import register
+from .base import ApplyResult, Check, Plan, Procedure, VerifyResult, plan_hash
 
 NAME = "rehearsal"
-NOTEBOOK = "rehearsal.ipynb"
-TITLE = "Run a procedure on a scratch copy of the target (never the target) and compare the figures"
-GUIDE_SECTION = "Testing Rollback"
-writes = False  # only the scratch copy is written
-destructive = False
-tables: list[str] = []
 OVERRIDE = "rehearsal on a scratch copy: the live database is not written"
 
 
@@ -48,42 +43,28 @@ class Params(CommonParams):
     @field_validator("rehearse")
     @classmethod
     def _proc(cls, v: str) -> str:
-        mod = procedures.get(v)
-        if mod.NAME in ("rehearsal", "verify", "backup"):
-            raise ValueError(f"{mod.NAME} cannot be rehearsed (it does not change the database)")
-        return str(mod.NAME)
+        proc = procedures.get(v)
+        if not proc.writes:
+            raise ValueError(f"{proc.NAME} cannot be rehearsed (it does not change the database)")
+        return str(proc.NAME)
 
 
-def general_checks(params: Params) -> bool:
-    """The live database is only read: the shared checks would judge its (often damaged) state, not the
-    rehearsal; the copy's own verification is in the result."""
-    return False
 
 
 def _inner_params(params: Params) -> dict[str, Any]:
     values = {k: v for k, v in params.rehearse_parameters.items()
               if k not in ("mode", "approved_plan", "evidence_dir", "confirm_target", "production")}
-    mod = procedures.get(params.rehearse)
-    if "backup_override_reason" in mod.Params.model_fields:
+    proc = procedures.get(params.rehearse)
+    if issubclass(proc.Params, params_mod.DestructiveParams):
         values.setdefault("backup_override_reason", OVERRIDE)
-    params_mod.validate(mod.Params, values)  # bad inner parameters fail the review, one line
+    params_mod.validate(proc.Params, values)  # bad inner parameters fail the review, one line
     return values
 
 
 def _for_the_copy(conn: Connection, params: Params, inner: dict[str, Any]) -> dict[str, Any]:
-    """Inner parameters as they apply on the copy.
-
-    A restore rehearsal names a backup of the live database; the copy has its own fingerprint, so restore
-    would refuse that backup as "from another database". The backup is resolved here (in the incident, as the
-    real run would) and accepted on the copy only when it was taken from the live target itself."""
-    if params.rehearse != "restore":
-        return inner
+    """Inner parameters as they apply on the copy (the rehearsed procedure's ``for_a_copy``)."""
     incident = Path(params.evidence_dir).parent if params.evidence_dir else None
-    folder, meta = backups.load_backup(str(inner.get("backup", "latest")), incident)
-    out = {**inner, "backup": str(folder.resolve())}
-    if meta.get("fingerprint") == db.server_info(conn).fingerprint:
-        out["force_other_database"] = True
-    return out
+    return procedures.get(params.rehearse).for_a_copy(conn, inner, incident)
 
 
 def _tables(params: Params, names: NameMap) -> list[str]:
@@ -106,9 +87,6 @@ def plan(conn: Connection, params: Params, names: NameMap) -> Plan:
                 details={"inner": inner})
 
 
-def lock(conn: Connection, params: Params, names: NameMap) -> None:
-    # the live database is only read: from here on this transaction cannot write, even by mistake
-    conn.exec_driver_sql("SET TRANSACTION READ ONLY")
 
 
 #: copies made by :func:`before_transaction`, by id of the run's parameters, until apply takes them over
@@ -261,3 +239,32 @@ def verify(conn: Connection, params: Params, names: NameMap, plan: Plan | None) 
     return VerifyResult(checks=[Check("the live database was not written (checksums before and after)", same, 0,
                                       "identical" if same else "CHANGED")])
 
+
+@register
+class Rehearsal(Procedure):
+    """Rehearsal: the target is only read (the driver makes its transaction READ ONLY); the copy is written."""
+
+    NAME = NAME
+    NOTEBOOK = "rehearsal.ipynb"
+    TITLE = "Run a procedure on a scratch copy of the target (never the target) and compare the figures"
+    GUIDE_SECTION = "Testing Rollback"
+    Params = Params
+    writes = False  # only the scratch copy is written
+    #: the live database is only read: the shared checks would judge its (often damaged) state, not the rehearsal;
+    #: the copy's own verification is in the result
+    shared_checks = False
+
+    def plan(self, conn: Connection, params: Any, names: NameMap, *, detail: bool = True) -> Plan:
+        return plan(conn, params, names)
+
+    def before_transaction(self, engine: sa.engine.Engine, params: Any) -> Callable[[], None] | None:
+        return before_transaction(engine, params)
+
+    def apply(self, conn: Connection, params: Any, names: NameMap, plan: Plan) -> ApplyResult:
+        return apply(conn, params, names, plan)
+
+    def check(self, conn: Connection, params: Any, names: NameMap, plan: Plan, result: ApplyResult) -> None:
+        check(conn, params, names, plan, result)
+
+    def verify(self, conn: Connection, params: Any, names: NameMap, plan: Plan | None) -> VerifyResult:
+        return verify(conn, params, names, plan)

@@ -26,15 +26,10 @@ from .. import backups, db, pgtools
 from ..errors import InvariantError, ParameterError, PolicyAbort
 from ..names import NameMap
 from ..params import DestructiveParams, identifiers, name_list
-from .base import ApplyResult, Check, Plan, VerifyResult, plan_hash
+from . import register
+from .base import ApplyResult, Check, Plan, Procedure, VerifyResult, plan_hash
 
 NAME = "restore"
-NOTEBOOK = "restore.ipynb"
-TITLE = "Compare a backup with the live tables; restore them in one transaction (or into another database)"
-GUIDE_SECTION = "If Data Corruption Detected: Restore from backup"
-writes = True
-destructive = True
-tables = ["Voucher", "VoucherRedemption", "TokenTransaction", "UserTokenBalance"]
 
 
 class Params(DestructiveParams):
@@ -60,13 +55,8 @@ class Params(DestructiveParams):
         return v
 
 
-def is_destructive(params: Params) -> bool:
-    return params.into_database is None  # restoring into a new database overwrites nothing
 
 
-def general_checks(params: Params) -> bool:
-    """The shared checks look at the live database: meaningless when the restore went elsewhere."""
-    return params.into_database is None
 
 
 def _backup(params: Params) -> tuple[Path, dict[str, Any]]:
@@ -318,3 +308,53 @@ def verify(conn: Connection, params: Params, names: NameMap, plan: Plan | None) 
     return VerifyResult(checks=[Check(f"restored tables in {where} equal the backup's checksums", not bad, len(bad),
                                       ", ".join(bad) or f"{len(chosen)} tables match")])
 
+
+@register
+class Restore(Procedure):
+    """Restore: in place (destructive, guarded by a backup of the tables it overwrites) or into another database."""
+
+    NAME = NAME
+    NOTEBOOK = "restore.ipynb"
+    TITLE = "Compare a backup with the live tables; restore them in one transaction (or into another database)"
+    GUIDE_SECTION = "If Data Corruption Detected: Restore from backup"
+    Params = Params
+    tables = ("Voucher", "VoucherRedemption", "TokenTransaction", "UserTokenBalance")
+    destructive = True
+
+    def plan(self, conn: Connection, params: Any, names: NameMap, *, detail: bool = True) -> Plan:
+        return plan(conn, params, names, detail=detail)
+
+    def lock(self, conn: Connection, params: Any, names: NameMap) -> None:
+        lock(conn, params, names)
+
+    def apply(self, conn: Connection, params: Any, names: NameMap, plan: Plan) -> ApplyResult:
+        return apply(conn, params, names, plan)
+
+    def check(self, conn: Connection, params: Any, names: NameMap, plan: Plan, result: ApplyResult) -> None:
+        check(conn, params, names, plan, result)
+
+    def verify(self, conn: Connection, params: Any, names: NameMap, plan: Plan | None) -> VerifyResult:
+        return verify(conn, params, names, plan)
+
+    def is_destructive(self, params: Any) -> bool:
+        return bool(params.into_database is None)  # restoring into a new database overwrites nothing
+
+    def wants_shared_checks(self, params: Any) -> bool:
+        """The shared checks look at the live database: meaningless when the restore went elsewhere."""
+        return bool(params.into_database is None)
+
+    def guarded_tables(self, params: Any) -> list[str]:
+        return guarded_tables(params)
+
+    def restoring(self, params: Any) -> dict[str, Any] | None:
+        return restoring(params)
+
+    def for_a_copy(self, conn: Connection, values: dict[str, Any], incident: Path | None) -> dict[str, Any]:
+        """The backup named is one of the live database; the copy has its own fingerprint, so restore would refuse
+        it as "from another database". It is resolved here (in the incident, as the real run would) and accepted on
+        the copy only when it was taken from the live target itself."""
+        folder, meta = backups.load_backup(str(values.get("backup", "latest")), incident)
+        out = {**values, "backup": str(folder.resolve())}
+        if meta.get("fingerprint") == db.server_info(conn).fingerprint:
+            out["force_other_database"] = True
+        return out

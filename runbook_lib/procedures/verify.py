@@ -18,15 +18,10 @@ from .. import checks as checks_mod
 from ..errors import SchemaMismatchError
 from ..names import NameMap
 from ..params import CommonParams, name_list
-from .base import ApplyResult, Plan, VerifyResult, plan_hash
+from . import register
+from .base import Plan, Procedure, VerifyResult, plan_hash
 
 NAME = "verify"
-NOTEBOOK = "verify.ipynb"
-TITLE = "Orphan and invariant checks (read-only); exit 13 when one fails"
-GUIDE_SECTION = "Testing Rollback: verify no orphaned data remains"
-writes = False
-destructive = False
-tables: list[str] = []
 
 
 class Params(CommonParams):
@@ -75,16 +70,10 @@ def plan(conn: Connection, params: Params, names: NameMap) -> Plan:
                 frames={"checks": result.table()}, warnings=warnings, details={"result": result})
 
 
-def lock(conn: Connection, params: Params, names: NameMap) -> None:  # nothing is written: no locks
-    return None
 
 
-def apply(conn: Connection, params: Params, names: NameMap, plan: Plan) -> ApplyResult:  # pragma: no cover
-    return ApplyResult(changed=False, counts={})
 
 
-def check(conn: Connection, params: Params, names: NameMap, plan: Plan, result: ApplyResult) -> None:
-    return None
 
 
 def verify(conn: Connection, params: Params, names: NameMap, plan: Plan | None) -> VerifyResult:
@@ -94,3 +83,23 @@ def verify(conn: Connection, params: Params, names: NameMap, plan: Plan | None) 
     require_target(conn, names)
     return checks_mod.run_all(conn, names, only=params.checks or None, sample_rows=params.sample_rows,
                               expect_full_rollback=params.expect_full_rollback)
+
+
+@register
+class Verify(Procedure):
+    """Verify: the shared checks are its result; it never writes."""
+
+    NAME = NAME
+    NOTEBOOK = "verify.ipynb"
+    TITLE = "Orphan and invariant checks (read-only); exit 13 when one fails"
+    GUIDE_SECTION = "Testing Rollback: verify no orphaned data remains"
+    Params = Params
+    writes = False
+    shared_checks = False  # it runs them itself (plan and verify)
+    checks_are_the_result = True  # a failed check fails a review too (exit 13)
+
+    def plan(self, conn: Connection, params: Any, names: NameMap, *, detail: bool = True) -> Plan:
+        return plan(conn, params, names)
+
+    def verify(self, conn: Connection, params: Any, names: NameMap, plan: Plan | None) -> VerifyResult:
+        return verify(conn, params, names, plan)

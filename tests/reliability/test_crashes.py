@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
-from runbook_lib import faults
+from runbook_lib import faults, procedures
 
 from .support import (
     NO_BACKUP,
@@ -38,7 +38,7 @@ CLI_TRIALS = int(os.environ.get("RELIABILITY_CLI_TRIALS", "8"))
 
 
 def _points(procedure: str) -> list[str]:
-    return [*faults.POINTS, *faults.PROCEDURE_POINTS.get(procedure, ())]
+    return [*faults.POINTS, *procedures.get(procedure).fault_points]
 
 
 @pytest.fixture(scope="module")
