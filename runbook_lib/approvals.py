@@ -39,12 +39,11 @@ def _truthy(value: str | None) -> bool:
 
 
 def production_marked(params: Any) -> bool:
-    """The target is marked production by its parameters or the environment (as ``run.Run._production_guard``
+    """The target is marked production by its parameters or the environment (as the driver's production guard
     decides it; the database itself is only known inside the notebook, so the runner goes by these markings)."""
-    from .run import PRODUCTION_ENV
+    from .guards import production_marked as marked
 
-    return bool(getattr(params, "production", False)) or (
-        os.environ.get(PRODUCTION_ENV, "").strip().lower() in ("1", "true", "yes", "production"))
+    return marked(params)
 
 
 def four_eyes(params: Any, requested: bool | None = None) -> tuple[bool, str | None]:

@@ -11,10 +11,12 @@ backup in their incident (:func:`require_recent_backup`).
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import json
 import tempfile
 from collections.abc import Iterable
+from graphlib import CycleError, TopologicalSorter
 from pathlib import Path
 from typing import Any
 
@@ -78,16 +80,18 @@ def fk_order(conn: Connection, schema: str, tables: list[str]) -> list[str]:
         "select c.relname, p.relname from pg_constraint k join pg_class c on c.oid = k.conrelid "
         "join pg_class p on p.oid = k.confrelid join pg_namespace n on n.oid = c.relnamespace "
         "where k.contype = 'f' and n.nspname = :s"), {"s": schema}).all()
-    deps = {t: {p for c, p in edges if c == t and p in tables and p != t} for t in tables}
+    ts: TopologicalSorter[str] = TopologicalSorter()
+    for t in tables:
+        ts.add(t, *{p for c, p in edges if c == t and p in tables and p != t})
+    with contextlib.suppress(CycleError):  # get_ready still yields everything outside the cycle
+        ts.prepare()
     out: list[str] = []
-    while deps:
-        ready = sorted(t for t, d in deps.items() if not d - set(out))
-        if not ready:  # a cycle: keep the given order for the rest
-            ready = [t for t in tables if t in deps]
-        for t in ready:
-            out.append(t)
-            deps.pop(t)
-    return out
+    while ts.is_active():  # level by level, each level sorted by name
+        ready = sorted(ts.get_ready())
+        out.extend(ready)
+        ts.done(*ready)
+    seen = set(out)  # a cycle: keep the given order for the rest
+    return out + [t for t in dict.fromkeys(tables) if t not in seen]
 
 
 def take_backup(engine: sa.engine.Engine, url: str, schema: str, tables: list[str], out_dir: Path,

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import sqlalchemy as sa
 
-from . import embedded
+from . import db, embedded
 from .prisma.migrate import deploy
 from .runner import run_procedure
 
@@ -25,7 +25,7 @@ SINCE, UNTIL = "2025-12-01T00:00:00Z", "2025-12-03T00:00:00Z"
 def prepare_database(server: object, reset: bool = False) -> str:
     from . import seed
 
-    admin = sa.create_engine(embedded.url(server), isolation_level="AUTOCOMMIT", poolclass=sa.pool.NullPool)
+    admin = db.create_engine(embedded.url(server), isolation_level="AUTOCOMMIT", poolclass=sa.pool.NullPool)
     with admin.connect() as c:
         if reset:
             c.exec_driver_sql(f'DROP DATABASE IF EXISTS "{DEMO_DB}" WITH (FORCE)')
@@ -34,7 +34,7 @@ def prepare_database(server: object, reset: bool = False) -> str:
             c.exec_driver_sql(f'CREATE DATABASE "{DEMO_DB}"')
     admin.dispose()
     url = embedded.url(server, DEMO_DB)
-    eng = sa.create_engine(url, poolclass=sa.pool.NullPool)
+    eng = db.create_engine(url, poolclass=sa.pool.NullPool)
     if not exists:
         print(f"creating the demo database {DEMO_DB}: Prisma migrations + a seeded voucher incident", flush=True)
         with eng.begin() as c:

@@ -3,7 +3,9 @@
 Tables go through itables in offline mode (its JavaScript is embedded in the notebook, so the executed
 notebook and its nbconvert HTML copy stay sortable and searchable without a network). Numbers are
 right-aligned with thousands separators; negative balances and failed checks are highlighted. Every table
-is bounded: a caption says when rows were left out, and the full set lives in the evidence files.
+is bounded: a caption says when rows were left out, and the full set lives in the evidence files. The plots
+are in :mod:`.plots` (re-exported here: notebooks call ``show.plot_totals``); the output hooks they and the
+tables use (``_display``, ``_inline``, ``_nothing``) stay here.
 
 Frames come straight from the database driver, so every function first normalizes them (:func:`normalize`):
 PostgreSQL's ``sum(bigint)`` is ``numeric`` and arrives as ``decimal.Decimal`` in an object column, a
@@ -23,9 +25,15 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from .plots import (  # noqa: F401 - re-exported: notebooks call show.plot_totals, tests display.MAX_BARS
+    MAX_BARS,
+    fill_buckets,
+    plot_before_after,
+    plot_totals,
+    plot_user_timeline,
+)
+
 DEFAULT_MAX_ROWS = 50
-#: a series with more points than this is drawn as a line with thinned date ticks, not one bar per point
-MAX_BARS = 30
 _NEGATIVE = "background-color:#ffebee;color:#b71c1c;font-weight:bold"
 _FAILED = "background-color:#ffebee;color:#b71c1c;font-weight:bold"
 _PENDING = "background-color:#fff8e1;color:#8d6e00"
@@ -160,21 +168,62 @@ def fmt_value(v: Any) -> str:
     return str(v)
 
 
+def summary_html(title: str, rows: Iterable[tuple[Any, Any]], warnings: Iterable[str] = (), *,
+                 note: str | None = None, accent: str | None = None) -> str:
+    """A box of (label, figure) rows with the warnings below: the plan's summary and the run's summary alike.
+    ``accent``: a coloured left border (the run's status); ``note``: one bold line under the figures."""
+    body = "".join(
+        f"<tr><th style='text-align:left;padding-right:2em'>{html.escape(str(k))}</th>"
+        f"<td style='text-align:right;font-family:monospace'>{html.escape(fmt_value(v))}</td></tr>" for k, v in rows)
+    if note:
+        body += f"<tr><td colspan=2><b>{html.escape(note)}</b></td></tr>"
+    if not body:
+        body = "<tr><td colspan=2>nothing to show</td></tr>"
+    warn = "".join(f"<li>{html.escape(w)}</li>" for w in warnings)
+    border = f"border-left:6px solid {accent}" if accent else "border:1px solid #90a4ae;border-radius:4px"
+    return (f"<div style='{border};padding:0.5em 1em;margin:0.5em 0'><b>{html.escape(title)}</b><table>{body}</table>"
+            + (f"<div style='color:#b71c1c'><b>Warnings</b><ul>{warn}</ul></div>" if warn else "") + "</div>")
+
+
 def summary_box(title: str, summary: Mapping[str, Any], warnings: Iterable[str] = ()) -> None:
     """The headline figures of a step in a box: read in ten seconds, details below it."""
-    rows = "".join(
-        f"<tr><th style='text-align:left;padding-right:2em'>{html.escape(str(k))}</th>"
-        f"<td style='text-align:right;font-family:monospace'>{html.escape(fmt_value(v))}</td></tr>"
-        for k, v in (summary or {}).items() if k != "nothing_to_do")
-    if (summary or {}).get("nothing_to_do"):
-        rows += "<tr><td colspan=2><b>Nothing to do: the change is already applied.</b></td></tr>"
-    if not rows:
-        rows = "<tr><td colspan=2>nothing to show</td></tr>"
-    warn = "".join(f"<li>{html.escape(w)}</li>" for w in warnings)
-    _display(_html(
-        "<div style='border:1px solid #90a4ae;border-radius:4px;padding:0.5em 1em;margin:0.5em 0'>"
-        f"<b>{html.escape(title)}</b><table>{rows}</table>"
-        + (f"<div style='color:#b71c1c'><b>Warnings</b><ul>{warn}</ul></div>" if warn else "") + "</div>"))
+    rows = [(k, v) for k, v in (summary or {}).items() if k != "nothing_to_do"]
+    note = "Nothing to do: the change is already applied." if (summary or {}).get("nothing_to_do") else None
+    _display(_html(summary_html(title, rows, warnings, note=note)))
+
+
+def run_summary_rows(name: str, state: Mapping[str, Any], server: Mapping[str, Any] | None) -> list[tuple[str, Any]]:
+    """The run's ten-second summary: what was found, what would change, what was changed, how it ended."""
+    s = state
+    rows: list[tuple[str, Any]] = [("procedure", name), ("mode", s.get("mode")), ("status", s.get("status"))]
+    if server:
+        rows.append(("database", f"{server['database']} (PostgreSQL {server['server_version']})"))
+    if s.get("plan_id"):
+        rows.append(("plan id", s["plan_id"]))
+    rows += [(k, v) for k, v in (s.get("summary") or {}).items() if k != "nothing_to_do"]
+    if s.get("mode") == "execute" and "committed" in s:
+        rows.append(("changed", "yes, committed" if s["committed"] else "nothing (already applied)"))
+        rows += [(f"done: {k}", v) for k, v in (s.get("counts") or {}).items()]
+    if "verification_passed" in s:
+        pending = len(s.get("verification_pending") or [])
+        if not s["verification_passed"]:
+            failed = [c["name"] for c in s.get("verification") or [] if not c["passed"] and not c.get("pending")]
+            rows.append(("verification", "CHECKS FAILED: " + ", ".join(failed)))
+        else:
+            rows.append(("verification", "all checks passed" if not pending else
+                         f"no check failed; {pending} pending (apply after execute)"))
+    if s.get("error"):
+        rb = s.get("rolled_back") or {}
+        rows.append(("error", s["error"]["message"]))
+        if rb:
+            rows.append(("rolled back", f"{rb.get('rolled_back')} — {rb.get('how')}"))
+    return rows
+
+
+def run_summary_html(name: str, state: Mapping[str, Any], server: Mapping[str, Any] | None) -> str:
+    accent = {"succeeded": "#2e7d32", "running": "#1565c0"}.get(str(state.get("status")), "#c62828")
+    return summary_html(f"Summary — {name}", run_summary_rows(name, state, server), state.get("warnings") or [],
+                        accent=accent)
 
 
 # ------------------------------------------------------------------------------------------ tables
@@ -246,148 +295,14 @@ def show_table(df: pd.DataFrame | None, caption: str, highlight_negative: Iterab
         _display(styler.set_caption(full_caption))
 
 
-# ------------------------------------------------------------------------------------------ plots
-def _figure(title: str) -> Any:
-    import matplotlib
-
-    matplotlib.use("Agg") if not _inline() else None
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(8, 3.2), dpi=90)
-    ax.set_title(title)
-    ax.grid(axis="y", alpha=0.3)
-    return fig, ax
-
-
 def _inline() -> bool:
+    """Whether an IPython kernel runs this (a plot is then displayed, not only drawn off-screen)."""
     try:
         from IPython import get_ipython
 
         return get_ipython() is not None
     except ImportError:  # pragma: no cover
         return False
-
-
-def _show_figure(fig: Any) -> None:
-    import matplotlib.pyplot as plt
-
-    fig.tight_layout()
-    if _inline():
-        _display(fig)
-    plt.close(fig)
-
-
-def _thin_ticks(ax: Any, labels: list[str], max_labels: int = MAX_BARS) -> None:
-    """One tick per bar up to ``max_labels``, then every k-th: labels never pile up."""
-    step = max(1, math.ceil(len(labels) / max_labels))
-    ticks = list(range(0, len(labels), step))
-    ax.set_xticks(ticks)
-    ax.set_xticklabels([labels[i] for i in ticks], rotation=60, fontsize=7)
-
-
-def fill_buckets(hist: pd.DataFrame) -> pd.DataFrame:
-    """The histogram's long frame (state, bucket, from, users) with every bucket between the first and the last
-    present, empty ones as 0 users, so bars are evenly spaced in balance. The missing buckets' lower bounds are
-    interpolated between their neighbours (the database's buckets are of equal width)."""
-    h = normalize(hist)
-    h = h[h["bucket"].notna()]
-    if h.empty:
-        return h
-    h = h.assign(bucket=h["bucket"].astype("int64"),
-                 users=pd.to_numeric(h["users"], errors="coerce").fillna(0).astype("int64"))
-    starts = h.groupby("bucket")["from"].min().astype("float64").dropna()
-    every = np.arange(int(h["bucket"].min()), int(h["bucket"].max()) + 1)
-    if len(starts) >= 2:
-        froms = np.interp(every, starts.index.to_numpy(dtype="float64"), starts.to_numpy())
-    else:
-        froms = np.full(len(every), starts.iloc[0] if len(starts) else np.nan)
-    frm = pd.Series(np.round(froms), index=every)
-    frm.update(starts)
-    states = list(dict.fromkeys(h["state"]))
-    grid = pd.MultiIndex.from_product([states, every], names=["state", "bucket"])
-    counts = h.groupby(["state", "bucket"])["users"].sum().reindex(grid, fill_value=0)
-    out = counts.reset_index()
-    out["from"] = out["bucket"].map(frm)
-    return out[["state", "bucket", "from", "users"]]
-
-
-def plot_before_after(hist: pd.DataFrame | None, before: str, after: str, title: str) -> None:
-    """Side-by-side bars of a binned distribution (long format: state, bucket, from, users); buckets without
-    users are drawn empty, so the axis stays linear in balance."""
-    needed = {"state", "bucket", "from", "users"}
-    if hist is None or hist.empty or not needed <= set(hist.columns):
-        _nothing(title, "no affected users, nothing to plot")
-        return
-    filled = fill_buckets(hist)
-    if filled.empty:
-        _nothing(title, "no affected users, nothing to plot")
-        return
-    wide = filled.pivot_table(index="bucket", columns="state", values="users", aggfunc="sum", fill_value=0)
-    starts = filled.groupby("bucket")["from"].first().reindex(wide.index)
-    fig, ax = _figure(title)
-    xs = np.arange(len(wide))
-    width = 0.42
-    for offset, state, color in ((-width / 2, before, "#90a4ae"), (width / 2, after, "#1565c0")):
-        if state in wide.columns:
-            ax.bar(xs + offset, wide[state].to_numpy(dtype="float64"), width=width, label=state, color=color)
-    _thin_ticks(ax, [fmt_value(v) for v in starts])
-    ax.set_xlabel("balance (bucket start, tokens)")
-    ax.set_ylabel("users")
-    if any(s in wide.columns for s in (before, after)):
-        ax.legend()
-    _show_figure(fig)
-
-
-def plot_totals(df: pd.DataFrame | None, title: str, x: str, y: str, max_bars: int = MAX_BARS) -> None:
-    """Totals by category or by date.
-
-    Categories (vouchers…): a bar each, the ``max_bars`` largest when there are more (said in the title).
-    Dates (days…): in date order; one bar per date up to ``max_bars``, beyond that a line with date ticks chosen
-    by matplotlib, so a year of days stays readable.
-    """
-    if df is None or df.empty or x not in df.columns or y not in df.columns:
-        _nothing(title, "nothing to plot")
-        return
-    data = normalize(df[[x, y]], dates_as_datetime=True)
-    if not pd.api.types.is_numeric_dtype(data[y]) or pd.api.types.is_bool_dtype(data[y]):
-        data[y] = pd.to_numeric(data[y], errors="coerce")
-    data = data[data[y].notna() & data[x].notna()]
-    if data.empty:
-        _nothing(title, "nothing to plot")
-        return
-    values = data[y].astype("float64")
-    fig, ax = _figure(title)
-    if pd.api.types.is_datetime64_any_dtype(data[x]):
-        data = data.assign(**{y: values}).sort_values(x)
-        xs = data[x]
-        if xs.dt.tz is not None:
-            xs = xs.dt.tz_convert("UTC").dt.tz_localize(None)
-        if len(data) > max_bars:
-            ax.plot(xs.to_numpy(), data[y].to_numpy(), color="#1565c0", linewidth=1.2,
-                    marker="o" if len(data) <= 3 * max_bars else None, markersize=2.5)
-            import matplotlib.dates as mdates
-
-            locator = mdates.AutoDateLocator(maxticks=12)
-            ax.xaxis.set_major_locator(locator)
-            ax.xaxis.set_major_formatter(mdates.ConciseDateFormatter(locator))
-            ax.set_title(f"{title} ({len(data):,} {x}s)")
-        else:
-            daily = bool(((xs - xs.dt.normalize()) == pd.Timedelta(0)).all())
-            labels = [v.strftime("%Y-%m-%d" if daily else "%Y-%m-%d %H:%M") for v in xs]
-            ax.bar(np.arange(len(data)), data[y].to_numpy(), color="#1565c0", width=0.8)
-            _thin_ticks(ax, labels, max_bars)
-    else:
-        data = data.assign(**{y: values})
-        total = len(data)
-        if total > max_bars:
-            data = data.nlargest(max_bars, y)
-            ax.set_title(f"{title} (largest {max_bars} of {total:,})")
-        labels = [str(v) for v in data[x]]
-        ax.bar(np.arange(len(data)), data[y].to_numpy(), color="#1565c0", width=0.8)
-        ax.set_xticks(np.arange(len(data)))
-        ax.set_xticklabels(labels, rotation=45, ha="right", fontsize=8)
-    ax.set_ylabel(y)
-    _show_figure(fig)
 
 
 def show_checks(result: Any, caption: str = "Verification checks") -> None:
@@ -420,44 +335,6 @@ def user_section(result: Any) -> None:
     show_table(result.rows, f"Ledger of {result.user_id} around the window (affected rows marked)",
                highlight_negative=["balanceAfter", "balance_after_plan"], max_rows=max(len(result.rows), 1))
     plot_user_timeline(result)
-
-
-def plot_user_timeline(result: Any) -> None:
-    """The running balance (``balanceAfter``) over time, the affected rows marked, the running balance with this
-    plan's reversed rows taken out, and the balance after the plan at the right edge."""
-    title = f"Balance of {result.user_id} over time"
-    rows = normalize(result.rows, dates_as_datetime=True) if result.rows is not None else pd.DataFrame()
-    if rows.empty or "balanceAfter" not in rows.columns or rows["balanceAfter"].isna().all():
-        _nothing(title, "no running balance (balanceAfter) in the rows shown, nothing to plot")
-        return
-    xs = pd.to_datetime(rows["createdAt"])
-    if getattr(xs.dt, "tz", None) is not None:
-        xs = xs.dt.tz_convert("UTC").dt.tz_localize(None)
-    before = pd.to_numeric(rows["balanceAfter"], errors="coerce").astype("float64")
-    planned = pd.to_numeric(rows["balance_after_plan"], errors="coerce").astype("float64")
-    affected = rows["affected"].astype(bool).to_numpy()
-    fig, ax = _figure(title)
-    ax.step(xs.to_numpy(), before.to_numpy(), where="post", color="#90a4ae", linewidth=1.4,
-            label="balanceAfter (ledger)")
-    if affected.any():
-        ax.step(xs.to_numpy(), planned.to_numpy(), where="post", color="#1565c0", linewidth=1.2, linestyle="--",
-                label="without the reversed rows")
-        ax.scatter(xs.to_numpy()[affected], before.to_numpy()[affected], color="#c62828", zorder=3, s=18,
-                   label="affected rows")
-    if result.balance_after is not None:  # at the right edge: where the balance ends once the plan is applied
-        span = xs.max() - xs.min()
-        x_end = xs.max() + (span / 20 if span > pd.Timedelta(0) else pd.Timedelta(hours=1))
-        ax.scatter([x_end], [result.balance_after], marker="D", color="#2e7d32", s=32, zorder=4,
-                   label=f"balance after the plan: {fmt_value(result.balance_after)}")
-    ax.axhline(0, color="#b71c1c", linewidth=0.6, alpha=0.5)
-    import matplotlib.dates as mdates
-
-    locator = mdates.AutoDateLocator(maxticks=8)
-    ax.xaxis.set_major_locator(locator)
-    ax.xaxis.set_major_formatter(mdates.ConciseDateFormatter(locator))
-    ax.set_ylabel("tokens")
-    ax.legend(fontsize=7, loc="best")
-    _show_figure(fig)
 
 
 def user_inspector(run: Any, plan: Any, user_id: str | None = None) -> Any:

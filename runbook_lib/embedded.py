@@ -59,7 +59,9 @@ def ensure_password_role(server: Any, role: str, password: str) -> None:
     """Create ``role`` with ``password`` and make the socket ask that role for its password (scram)."""
     import sqlalchemy as sa
 
-    eng = sa.create_engine(url(server), isolation_level="AUTOCOMMIT")
+    from .db import create_engine
+
+    eng = create_engine(url(server), isolation_level="AUTOCOMMIT", poolclass=sa.pool.NullPool)
     try:
         with eng.connect() as c:
             exists = c.execute(sa.text("select 1 from pg_roles where rolname = :r"), {"r": role}).first()

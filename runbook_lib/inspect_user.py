@@ -30,6 +30,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from . import names as nmod
+from .grants import ReversalLink
 from .names import NameMap
 from .reversal import ReversalPlan
 from .reversal_sql import affected_cte, decision_sql, ledger_names, table_exists
@@ -116,11 +117,7 @@ def inspect(conn: Connection, names: NameMap, rp: ReversalPlan | None, user_id: 
     nmod.require(conn, names, {L: ["id", "userId", "amount", "source", "createdAt"]})
     q = ledger_names(names)
     has = {f: nmod.has_column(conn, names, L, f) for f in ("type", "sourceId", "balanceAfter")}
-    if rp is not None:
-        where_sql, binds, link, policy = rp.where_sql, dict(rp.where_params), rp.link, rp.negative_policy
-    else:
-        where_sql, binds, link, policy = "false", {}, None, "allow"
-    binds.setdefault("rb_rsource", rp.reversal_source if rp else "")
+    where_sql, binds, link, policy = _selection_of(rp)
     users, users_total = _affected_users(conn, q, where_sql, binds, link, policy, max_users)
     if user_id is None:
         if users.empty:
@@ -131,41 +128,75 @@ def inspect(conn: Connection, names: NameMap, rp: ReversalPlan | None, user_id: 
     out = UserInspection(user_id, "affected", "", users=users, users_total=users_total)
     ub = {**binds, "iu_user": user_id}
     where_user = f"({where_sql}) and tt.{q['user_id']} = :iu_user"
-    fig = conn.execute(sa.text(
-        f"with {affected_cte(q, where_user, link)}, {decision_sql(q, policy)} "
-        "select d.n, d.total, d.before, d.raw_after, d.included, d.new_balance, d.shortfall, "
-        "(select min(created_at) from affected) as first_at, (select max(created_at) from affected) as last_at "
-        "from decided d"), ub).mappings().first()
+    fig = _figures(conn, q, where_user, ub, link, policy)
     if fig is None:
         if not _user_exists(conn, names, q, user_id):
             return UserInspection(user_id, "unknown", f"user {user_id!r} does not exist (no user row, ledger row or "
                                   "balance row has this id): check the id", users=users, users_total=users_total)
-        out.status, out.decision = "not_affected", "not affected by this plan"
-        out.balance_before = out.balance_after = _balance(conn, q, user_id)
-        lo, hi = window
-        start = lo - margin if lo is not None else None
-        end = hi + margin if hi is not None else None
+        start, end = _not_affected(conn, q, out, user_id, window, margin)
     else:
-        out.affected_rows, out.tokens_reversed = int(fig["n"]), int(fig["total"])
-        out.balance_before = None if fig["before"] is None else int(fig["before"])
-        out.clamp_shortfall = int(fig["shortfall"] or 0) if fig["included"] else 0
-        out.decision = _decision(fig, rp)
-        out.balance_after = int(fig["new_balance"]) if fig["included"] else out.balance_before
-        start, end = fig["first_at"] - margin, fig["last_at"] + margin
+        start, end = _affected(out, fig, rp, margin)
     out.range_start, out.range_end = start, end
     out.rows, out.rows_in_range = _rows(conn, q, has, where_user, ub, link, start, end, max_rows)
     _mark(out, rp, included=bool(fig and fig["included"]))
+    out.note = _note(out, user_id, start, end, max_rows)
+    return out
+
+
+def _selection_of(rp: ReversalPlan | None) -> tuple[str, dict[str, Any], ReversalLink | None, str]:
+    """The plan's selection (condition, binds, link, negative policy); none when the plan reverses nothing."""
+    if rp is not None:
+        where_sql, binds, link, policy = rp.where_sql, dict(rp.where_params), rp.link, rp.negative_policy
+    else:
+        where_sql, binds, link, policy = "false", {}, None, "allow"
+    binds.setdefault("rb_rsource", rp.reversal_source if rp else "")
+    return where_sql, binds, link, policy
+
+
+def _figures(conn: Connection, q: dict[str, str], where_user: str, ub: dict[str, Any], link: ReversalLink | None,
+             policy: str) -> Any:
+    """The plan's decision for the user and the time span of their affected rows (None: not affected)."""
+    return conn.execute(sa.text(
+        f"with {affected_cte(q, where_user, link)}, {decision_sql(q, policy)} "
+        "select d.n, d.total, d.before, d.raw_after, d.included, d.new_balance, d.shortfall, "
+        "(select min(created_at) from affected) as first_at, (select max(created_at) from affected) as last_at "
+        "from decided d"), ub).mappings().first()
+
+
+def _not_affected(conn: Connection, q: dict[str, str], out: UserInspection, user_id: str,
+                  window: tuple[Any, Any], margin: dt.timedelta) -> tuple[Any, Any]:
+    """A user the plan leaves alone: their balance, unchanged; the range shown is the window with a margin."""
+    out.status, out.decision = "not_affected", "not affected by this plan"
+    out.balance_before = out.balance_after = _balance(conn, q, user_id)
+    lo, hi = window
+    start = lo - margin if lo is not None else None
+    end = hi + margin if hi is not None else None
+    return start, end
+
+
+def _affected(out: UserInspection, fig: Any, rp: ReversalPlan | None, margin: dt.timedelta) -> tuple[Any, Any]:
+    """An affected user's figures from the plan's decision; the range shown spans their affected rows."""
+    out.affected_rows, out.tokens_reversed = int(fig["n"]), int(fig["total"])
+    out.balance_before = None if fig["before"] is None else int(fig["before"])
+    out.clamp_shortfall = int(fig["shortfall"] or 0) if fig["included"] else 0
+    out.decision = _decision(fig, rp)
+    out.balance_after = int(fig["new_balance"]) if fig["included"] else out.balance_before
+    return fig["first_at"] - margin, fig["last_at"] + margin
+
+
+def _note(out: UserInspection, user_id: str, start: Any, end: Any, max_rows: int) -> str:
+    """The section's one-line note: what the plan does to the user, which ledger range is shown."""
     range_text = (f"{_when(start)} to {_when(end)}" if start is not None or end is not None
                   else f"the latest {max_rows} rows")
     if out.status == "not_affected":
-        out.note = (f"user {user_id} is not affected by this plan: their ledger is shown around the window "
-                    f"({range_text}), nothing in it changes")
+        note = (f"user {user_id} is not affected by this plan: their ledger is shown around the window "
+                f"({range_text}), nothing in it changes")
     else:
-        out.note = (f"user {user_id}: {out.affected_rows:,} affected ledger rows ({out.tokens_reversed:,} tokens), "
-                    f"{out.decision}; ledger from {range_text}")
+        note = (f"user {user_id}: {out.affected_rows:,} affected ledger rows ({out.tokens_reversed:,} tokens), "
+                f"{out.decision}; ledger from {range_text}")
     if out.truncated:
-        out.note += f"; showing {len(out.rows):,} of {out.rows_in_range:,} rows (affected rows first)"
-    return out
+        note += f"; showing {len(out.rows):,} of {out.rows_in_range:,} rows (affected rows first)"
+    return note
 
 
 def _when(v: Any) -> str:

@@ -8,6 +8,7 @@ never warnings (papermill itself only warns and checks no types).
 from __future__ import annotations
 
 import datetime as dt
+import json
 import re
 from pathlib import Path
 from typing import Annotated, Any, ClassVar, Literal
@@ -354,3 +355,22 @@ def merge_sources(
         merged[name] = parse_cli_value(raw)
     merged.update({k: v for k, v in (overrides or {}).items() if v is not None})
     return merged
+
+
+def execute_command(procedure: str, params: CommonParams, plan_id: str | None) -> str:
+    """The ``runbook run`` command that executes ``plan_id`` with these parameters (those that differ from the
+    defaults), ready to paste: the execute then leaves a run record in the incident's chain."""
+    import shlex
+
+    skip = {"mode", "approved_plan", "evidence_dir", "confirm_target"}
+    defaults = {k: json.loads(json.dumps(f.get_default(call_default_factory=True), default=str))
+                for k, f in type(params).model_fields.items() if not f.is_required()}
+    cmd = ["runbook", "run", procedure]
+    for key, value in params.public_dict().items():
+        if key in skip or defaults.get(key, object()) == value:
+            continue
+        cmd += ["-p", key, value if isinstance(value, str) else json.dumps(value)]
+    if params.confirm_target:
+        cmd += ["--confirm-target", params.confirm_target]
+    cmd += ["--incident", "INCIDENT", "--execute", "--approve", plan_id or "PLAN_ID"]
+    return shlex.join(cmd)

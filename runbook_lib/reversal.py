@@ -9,8 +9,8 @@ their own and share everything else here:
   :func:`apply_reversal`; :func:`check_reversal` (invariants before COMMIT); :func:`abort_if_negative`;
   :func:`incident_of`.
 
-The SQL they are written with (the ``affected`` / ``decided`` CTEs, temp tables, frames) is in
-:mod:`runbook_lib.reversal_sql`.
+The SQL they are written with (the ``affected`` / ``decided`` CTEs, temp tables, totals, frames, the apply's
+ledger statements) is in :mod:`runbook_lib.reversal_sql`.
 """
 
 # ruff: noqa: S608  - identifiers come from NameMap (quoted); values are bind parameters
@@ -33,13 +33,22 @@ from .names import NameMap
 from .params import INSPECT_USER_DESCRIPTION, DestructiveParams, InspectUser, LedgerSource, TopRows
 from .reversal_sql import (
     LEDGER,
+    NOW_UTC,
     affected_cte,
+    applied_totals,
+    balances_frame,
+    by_day_frame,
     by_voucher_frame,
     decision_sql,
+    delete_reversed_rows,
     histogram_frame,
+    insert_clamp_rows,
+    insert_reversing_rows,
     ledger_names,
     materialize_selection,
-    sql_type,
+    negative_frame,
+    plan_totals,
+    sample_frame,
     voucher_tables_exist,
 )
 
@@ -114,6 +123,68 @@ class ReversalPlan:
     materialized: bool = False
 
 
+@dataclass
+class _LedgerFacts:
+    """What the ledger's schema allows a reversal: its optional columns, the link, the type of written rows."""
+
+    has: dict[str, bool]
+    link: ReversalLink | None
+    type_is_enum: bool
+    #: the type of the rows this run writes (reversing rows, clamp adjustments); None when it writes none
+    resolved_type: str | None
+    voucher_code_sql: str | None
+
+
+def _ledger_facts(conn: Connection, names: NameMap, ledger_mode: str, negative_policy: str,
+                  reversal_type: str) -> _LedgerFacts:
+    """The catalog facts a plan is built on (checks the ledger and balance tables have the needed columns)."""
+    L = LEDGER
+    nmod.require(conn, names, {L: LEDGER_NEEDS, "UserTokenBalance": BALANCE_NEEDS})
+    has = {f: nmod.has_column(conn, names, L, f) for f in ("balanceAfter", "type", "sourceId", "description",
+                                                          "metadata")}
+    # compensate mode needs the link; delete mode uses it, where the ledger has one, to leave alone rows an
+    # earlier compensating run reversed
+    link: ReversalLink | None
+    try:
+        link = grants.reversal_link(conn, names)
+    except SchemaMismatchError:
+        if ledger_mode == "compensate":
+            raise
+        link = None
+    type_is_enum = has["type"] and nmod.column_type(conn, names, L, "type") == "USER-DEFINED"
+    # the type of the rows this run writes (reversing rows, clamp adjustments); part of the plan id
+    writes_rows = ledger_mode == "compensate" or negative_policy == "clamp"
+    resolved_type = grants.resolve_reversal_type(conn, names, reversal_type) if has["type"] and writes_rows else None
+    return _LedgerFacts(has, link, type_is_enum, resolved_type, grants.metadata_code(conn, names))
+
+
+def _selection(conn: Connection, q: dict[str, str], where_sql: str, where_params: dict[str, Any],
+               facts: _LedgerFacts, negative_policy: str, base: str, *, detail: bool) -> tuple[str, str, bool]:
+    """The CTE prefix the plan's totals read the selection through, the SQL of the already-reversed count, and
+    whether the selection was materialized into this transaction's temp tables."""
+    link = facts.link
+    # execute recomputes the plan under the locks (detail=False) in a write transaction: the selection is then
+    # read once into temp tables that the plan's figures and digests, and later the apply, all come from
+    materialize = not detail and bool(conn.execute(sa.text(
+        "select current_setting('transaction_read_only') = 'off'")).scalar())
+    if materialize:
+        already = materialize_selection(conn, q, where_sql, where_params, link=link, source_id=facts.has["sourceId"],
+                                        voucher_code_sql=facts.voucher_code_sql, policy=negative_policy)
+        selected = "with affected as (select id, user_id, amount from rb_affected), decided as (select * from rb_users) "
+        return selected, str(int(already)), True
+    if link:
+        # one scan of the selection feeds both the affected rows and the count of those already reversed; the
+        # reversed ids are joined as a set (hash or index join), never looked up row by row
+        selected = (
+            f"with selected as (select tt.{q['id']} as id, tt.{q['user_id']} as user_id, tt.{q['amount']}::bigint as "
+            f"amount, d.oid is not null as done from {q['ledger']} tt "
+            f"left join ({link.reversed_ids(q['ledger'])}) d on d.oid = tt.{q['id']} where ({where_sql})), "
+            "affected as (select id, user_id, amount from selected where not done), "
+            f"{decision_sql(q, negative_policy)} ")
+        return selected, "(select count(*) from selected where done)", False
+    return base, "0", False
+
+
 def plan_reversal(
     conn: Connection,
     names: NameMap,
@@ -130,113 +201,49 @@ def plan_reversal(
     grant_link: str = "voucher_and_user",
 ) -> ReversalPlan:
     """Compute what reversing the matching ledger rows would do, with aggregated, set-based queries."""
-    L = LEDGER
-    nmod.require(conn, names, {L: LEDGER_NEEDS, "UserTokenBalance": BALANCE_NEEDS})
+    facts = _ledger_facts(conn, names, ledger_mode, negative_policy, reversal_type)
     q = ledger_names(names)
-    has = {f: nmod.has_column(conn, names, L, f) for f in ("balanceAfter", "type", "sourceId", "description",
-                                                          "metadata")}
-    # compensate mode needs the link; delete mode uses it, where the ledger has one, to leave alone rows an
-    # earlier compensating run reversed
-    link: ReversalLink | None
-    try:
-        link = grants.reversal_link(conn, names)
-    except SchemaMismatchError:
-        if ledger_mode == "compensate":
-            raise
-        link = None
+    link, resolved_type = facts.link, facts.resolved_type
     where_params = {**where_params, "rb_rsource": reversal_source}
-    type_is_enum = has["type"] and nmod.column_type(conn, names, L, "type") == "USER-DEFINED"
-    # the type of the rows this run writes (reversing rows, clamp adjustments); part of the plan id
-    writes_rows = ledger_mode == "compensate" or negative_policy == "clamp"
-    resolved_type = grants.resolve_reversal_type(conn, names, reversal_type) if has["type"] and writes_rows else None
-    voucher_code_sql = grants.metadata_code(conn, names)
     base = f"with {affected_cte(q, where_sql, link)}, {decision_sql(q, negative_policy)} "
-    # execute recomputes the plan under the locks (detail=False) in a write transaction: the selection is then
-    # read once into temp tables that the plan's figures and digests, and later the apply, all come from
-    materialize = not detail and bool(conn.execute(sa.text(
-        "select current_setting('transaction_read_only') = 'off'")).scalar())
-    if materialize:
-        already = materialize_selection(conn, q, where_sql, where_params, link=link,
-                                        source_id=has["sourceId"], voucher_code_sql=voucher_code_sql, policy=negative_policy)
-        selected = "with affected as (select id, user_id, amount from rb_affected), decided as (select * from rb_users) "
-        already_sql = str(int(already))
-    elif link:
-        # one scan of the selection feeds both the affected rows and the count of those already reversed; the
-        # reversed ids are joined as a set (hash or index join), never looked up row by row
-        selected = (
-            f"with selected as (select tt.{q['id']} as id, tt.{q['user_id']} as user_id, tt.{q['amount']}::bigint as "
-            f"amount, d.oid is not null as done from {q['ledger']} tt "
-            f"left join ({link.reversed_ids(q['ledger'])}) d on d.oid = tt.{q['id']} where ({where_sql})), "
-            "affected as (select id, user_id, amount from selected where not done), "
-            f"{decision_sql(q, negative_policy)} ")
-        already_sql = "(select count(*) from selected where done)"
-    else:
-        selected, already_sql = base, "0"
-    # one statement: the selection is read once and feeds totals, digests and the already-count
-    totals = conn.execute(sa.text(selected + f"""
-        select count(*) as users, coalesce(sum(n),0) as rows, coalesce(sum(total),0) as tokens,
-          count(*) filter (where raw_after < 0 and before is not null) as users_negative,
-          coalesce(sum(-raw_after) filter (where raw_after < 0 and before is not null),0) as negative_tokens,
-          count(*) filter (where before is null) as users_without_balance,
-          count(*) filter (where included and new_balance < 0) as users_left_negative,
-          count(*) filter (where not included) as users_excluded,
-          coalesce(sum(n) filter (where included),0) as rows_to_reverse,
-          coalesce(sum(total) filter (where included),0) as tokens_to_reverse,
-          coalesce(sum(shortfall) filter (where included),0) as clamp_shortfall,
-          coalesce(sum(before) filter (where included),0) as balance_before_total,
-          coalesce(sum(new_balance) filter (where included),0) as balance_after_total,
-          md5(coalesce(string_agg(user_id || ':' || coalesce(before::text,'-'), ',' order by user_id::text collate "C"),'')) as bal_digest,
-          (select md5(coalesce(string_agg(id || ':' || user_id || ':' || amount, ',' order by id::text collate "C"),''))
-             from affected) as rows_digest,
-          {already_sql} as rows_already_reversed
-        from decided"""), where_params).mappings().one()
+    selected, already_sql, materialize = _selection(conn, q, where_sql, where_params, facts, negative_policy, base,
+                                                    detail=detail)
+    totals = plan_totals(conn, selected, already_sql, where_params)
     summary = {k: (int(v) if not k.endswith("_digest") else v) for k, v in totals.items()
                if not k.endswith("_digest")}
-    rows_digest = totals["rows_digest"]
     already = summary["rows_already_reversed"]
     summary["nothing_to_do"] = summary["rows_to_reverse"] == 0
-    digest = {"rows": rows_digest, "balances": totals["bal_digest"], "mode": ledger_mode,
+    digest = {"rows": totals["rows_digest"], "balances": totals["bal_digest"], "mode": ledger_mode,
               "policy": negative_policy, "type": resolved_type, "source": reversal_source, "where": where_sql,
               "link": link.kind if link else None,
               "params": {k: (sorted(v) if isinstance(v, list) else v) for k, v in where_params.items()}}
     rp = ReversalPlan(
         where_sql=where_sql, where_params=where_params, ledger_mode=ledger_mode, negative_policy=negative_policy,
         reversal_type=resolved_type or reversal_type, reversal_source=reversal_source, summary=summary,
-        digest=digest, has_balance_after=has["balanceAfter"], link=link, has_type=has["type"],
-        has_source_id=has["sourceId"], has_description=has["description"], type_is_enum=type_is_enum,
-        voucher_code_sql=voucher_code_sql, materialized=materialize,
+        digest=digest, has_balance_after=facts.has["balanceAfter"], link=link, has_type=facts.has["type"],
+        has_source_id=facts.has["sourceId"], has_description=facts.has["description"],
+        type_is_enum=facts.type_is_enum, voucher_code_sql=facts.voucher_code_sql, materialized=materialize,
     )
     summary["reversal_type"] = resolved_type or "-"
     summary["reversal_link"] = link.description if link else "none (delete mode)"
     _warnings(rp, summary, negative_policy, already)
-    if not detail:  # recomputed under locks for execute: the figures, not the display frames
-        return rp
-    rp.frames["balances"] = pd.DataFrame(conn.execute(sa.text(base + """
-        select user_id as "userId", n as "rows", total as "reversed", before as "balance_before",
-          case when included then new_balance else before end as "balance_after",
-          case when before is null then 'no balance row: skipped'
-               when not included then 'skipped (would go negative)'
-               when raw_after < 0 and shortfall > 0 then 'clamped, shortfall ' || shortfall
-               when raw_after < 0 then 'NEGATIVE' else '' end as "flag"
-        from decided order by total desc, user_id limit :top"""), {**where_params, "top": top_users}).mappings().all())
-    rp.frames["negative"] = pd.DataFrame(conn.execute(sa.text(base + """
-        select user_id as "userId", n as "rows", total as "reversed", before as "balance_before",
-          raw_after as "balance_if_reversed", shortfall as "clamp_shortfall", included as "reversed_by_policy"
-        from decided where raw_after < 0 or before is null order by raw_after nulls first, user_id
-        limit :top"""), {**where_params, "top": top_users}).mappings().all())
-    rp.frames["sample"] = pd.DataFrame(conn.execute(sa.text(
-        f"with {affected_cte(q, where_sql, link)} select id, user_id as \"userId\", amount, "
-        "created_at as \"createdAt\" from affected order by created_at, id limit :lim"),
-        {**where_params, "lim": sample_rows}).mappings().all())
-    rp.frames["by_day"] = pd.DataFrame(conn.execute(sa.text(
-        f"with {affected_cte(q, where_sql, link)} select date_trunc('day', created_at)::date as day, "
-        "count(*) as rows, sum(amount)::bigint as tokens from affected group by 1 order by 1"),
-        where_params).mappings().all(), columns=["day", "rows", "tokens"])
-    rp.frames["histogram"] = histogram_frame(conn, base, where_params)
-    if has["sourceId"] and voucher_tables_exist(conn, names):
-        rp.frames["by_voucher"] = by_voucher_frame(conn, names, q, where_sql, where_params, link, grant_link,
-                                                   voucher_code_sql)
+    if detail:  # not when recomputed under locks for execute: the figures, not the display frames
+        _review_frames(conn, names, q, rp, base, sample_rows=sample_rows, top_users=top_users, grant_link=grant_link)
     return rp
+
+
+def _review_frames(conn: Connection, names: NameMap, q: dict[str, str], rp: ReversalPlan, base: str, *,
+                   sample_rows: int, top_users: int, grant_link: str) -> None:
+    """The review's bounded, aggregated frames of the plan, into ``rp.frames``."""
+    where_sql, where_params, link = rp.where_sql, rp.where_params, rp.link
+    rp.frames["balances"] = balances_frame(conn, base, where_params, top_users)
+    rp.frames["negative"] = negative_frame(conn, base, where_params, top_users)
+    rp.frames["sample"] = sample_frame(conn, q, where_sql, where_params, link, sample_rows)
+    rp.frames["by_day"] = by_day_frame(conn, q, where_sql, where_params, link)
+    rp.frames["histogram"] = histogram_frame(conn, base, where_params)
+    if rp.has_source_id and voucher_tables_exist(conn, names):
+        rp.frames["by_voucher"] = by_voucher_frame(conn, names, q, where_sql, where_params, link, grant_link,
+                                                   rp.voucher_code_sql)
 
 
 def _warnings(rp: ReversalPlan, summary: dict[str, Any], negative_policy: str, already: int) -> None:
@@ -268,90 +275,33 @@ def lock_reversal(conn: Connection, names: NameMap, where_sql: str, where_params
 def apply_reversal(conn: Connection, names: NameMap, rp: ReversalPlan) -> dict[str, int]:
     """Reverse the planned rows with set-based statements; balances move by per-user totals."""
     q = ledger_names(names)
-    if not (rp.materialized and conn.execute(sa.text("select to_regclass('pg_temp.rb_users')")).scalar()):
-        materialize_selection(conn, q, rp.where_sql, rp.where_params, link=rp.link, source_id=rp.has_source_id,
-                              voucher_code_sql=rp.voucher_code_sql, policy=rp.negative_policy)
-    conn.execute(sa.text("delete from rb_affected a using rb_users u where u.user_id = a.user_id and not u.included"))
+    _ensure_selection(conn, q, rp)
     counts: dict[str, int] = {}
-    now = "(now() at time zone 'utc')"
     meta_type = nmod.column_type(conn, names, "TokenTransaction", "metadata") if rp.voucher_code_sql else None
     binds = {"rsource": rp.reversal_source, "rtype": rp.reversal_type, "incident": rp.incident,
              "plan_id": rp.plan_id}
     if rp.ledger_mode == "compensate":
-        assert rp.link is not None  # plan_reversal refuses compensate mode without a link
-        cols = [q["id"], q["user_id"], q["amount"], q["source"], q["created_at"], rp.link.column]
-        vals = ["'rev_' || a.id", "a.user_id", "-a.amount", ":rsource", now, "a.id"]
-        type_expr = "cast(:rtype as " + sql_type(conn, names, LEDGER, "type") + ")" if rp.type_is_enum else ":rtype"
-        if rp.has_type:
-            cols.append(q["type"])
-            vals.append(type_expr)
-        if rp.link.kind == "column" and rp.has_source_id:
-            cols.append(q["source_id"])  # the link column names the original; sourceId keeps the original's
-            vals.append("a.source_id")
-        if meta_type:
-            # the application's own way to say what a row is: the original, its voucher, this incident and plan
-            cols.append(q["metadata"])
-            vals.append("jsonb_build_object('reversalOf', a.id, 'voucherCode', a.voucher_code, 'incident', "
-                        "cast(:incident as text), 'planId', cast(:plan_id as text), 'reason', "
-                        f"'voucher incident runbook: token reversal')::{meta_type}")
-        if rp.has_description:
-            cols.append(q["description"])
-            vals.append("'Reversal of ' || a.id || ' (voucher incident runbook)'")
-        if rp.has_balance_after:
-            cols.append(q["balance_after"])
-            # the reversal rows share one timestamp, so the ledger orders them by their own id ('rev_' || original id);
-            # ordering by that same expression keeps the two in step in any collation
-            vals.append("u.before - sum(a.amount) over (partition by a.user_id order by 'rev_' || a.id)")
-        counts["ledger_rows_inserted"] = conn.execute(sa.text(
-            f"insert into {q['ledger']} ({', '.join(cols)}) select {', '.join(vals)} from rb_affected a "
-            "join rb_users u on u.user_id = a.user_id"), binds).rowcount
+        counts["ledger_rows_inserted"] = insert_reversing_rows(conn, names, q, rp, meta_type, binds)
         counts["ledger_rows_deleted"] = 0
     else:
-        counts["ledger_rows_deleted"] = conn.execute(sa.text(
-            f"delete from {q['ledger']} tt using rb_affected a where tt.{q['id']} = a.id")).rowcount
-        counts["ledger_rows_inserted"] = 0
-        if rp.has_balance_after:
-            # the deleted grants were counted in every later running balance of their user: take them out
-            # (by difference, so a ledger that does not start at zero keeps its baseline)
-            counts["running_balances_corrected"] = conn.execute(sa.text(
-                f"update {q['ledger']} t set {q['balance_after']} = t.{q['balance_after']} - d.removed from ("
-                f"select t2.{q['id']} as id, sum(a.amount) as removed from {q['ledger']} t2 join rb_affected a "
-                f"on a.user_id = t2.{q['user_id']} and (a.created_at, a.id) < (t2.{q['created_at']}, t2.{q['id']}) "
-                f"where t2.{q['balance_after']} is not null group by 1) d where d.id = t.{q['id']}")).rowcount
+        counts.update(delete_reversed_rows(conn, q, rp))
     if rp.negative_policy == "clamp":
-        cols = [q["id"], q["user_id"], q["amount"], q["source"], q["created_at"]]
-        # one millisecond after the reversals: the adjustment follows them in the ledger's order
-        vals = ["'clamp_' || md5(u.user_id || :rsource || now()::text)", "u.user_id", "u.shortfall", ":rsource",
-                f"{now} + interval '1 millisecond'"]
-        if rp.has_type:
-            cols.append(q["type"])
-            vals.append("cast(:rtype as " + sql_type(conn, names, LEDGER, "type") + ")" if rp.type_is_enum else ":rtype")
-        if rp.has_description:
-            cols.append(q["description"])
-            vals.append("'Clamp to zero after voucher reversal: shortfall ' || u.shortfall")
-        if meta_type:
-            cols.append(q["metadata"])
-            vals.append("jsonb_build_object('clampShortfall', u.shortfall, 'incident', cast(:incident as text), "
-                        "'planId', cast(:plan_id as text), 'reason', 'voucher incident runbook: a reversal "
-                        f"stopped at zero (negative_policy=clamp)')::{meta_type}")
-        if rp.has_balance_after:
-            cols.append(q["balance_after"])
-            vals.append("u.new_balance")
-        counts["clamp_rows_inserted"] = conn.execute(sa.text(
-            f"insert into {q['ledger']} ({', '.join(cols)}) select {', '.join(vals)} from rb_users u "
-            "where u.included and u.shortfall > 0"), binds).rowcount
-    upd = f", {q['b_updated_at']} = {now}" if nmod.has_column(conn, names, "UserTokenBalance", "updatedAt") else ""
+        counts["clamp_rows_inserted"] = insert_clamp_rows(conn, names, q, rp, meta_type, binds)
+    upd = f", {q['b_updated_at']} = {NOW_UTC}" if nmod.has_column(conn, names, "UserTokenBalance", "updatedAt") else ""
     counts["balances_updated"] = conn.execute(sa.text(
         f"update {q['balances']} b set {q['b_balance']} = u.new_balance{upd} from rb_users u "
         f"where b.{q['b_user_id']} = u.user_id and u.included")).rowcount
-    counts["rows_reversed"] = int(conn.execute(sa.text("select count(*) from rb_affected")).scalar_one())
-    counts["tokens_reversed"] = int(conn.execute(sa.text("select coalesce(sum(amount),0) from rb_affected")).scalar_one())
-    counts["users_affected"] = int(conn.execute(sa.text("select count(*) from rb_users where included")).scalar_one())
-    counts["users_left_negative"] = int(conn.execute(sa.text(
-        "select count(*) from rb_users where included and new_balance < 0")).scalar_one())
-    counts["clamp_shortfall"] = int(conn.execute(sa.text(
-        "select coalesce(sum(shortfall),0) from rb_users where included")).scalar_one())
+    counts.update(applied_totals(conn))
     return counts
+
+
+def _ensure_selection(conn: Connection, q: dict[str, str], rp: ReversalPlan) -> None:
+    """The plan's selection in rb_affected / rb_users (materialized now unless the plan did), less the rows of
+    users the policy leaves out."""
+    if not (rp.materialized and conn.execute(sa.text("select to_regclass('pg_temp.rb_users')")).scalar()):
+        materialize_selection(conn, q, rp.where_sql, rp.where_params, link=rp.link, source_id=rp.has_source_id,
+                              voucher_code_sql=rp.voucher_code_sql, policy=rp.negative_policy)
+    conn.execute(sa.text("delete from rb_affected a using rb_users u where u.user_id = a.user_id and not u.included"))
 
 
 def check_reversal(conn: Connection, names: NameMap, rp: ReversalPlan, counts: dict[str, int]) -> None:

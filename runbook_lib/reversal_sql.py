@@ -4,7 +4,11 @@
 * :func:`affected_cte` / :func:`decision_sql`: the ``affected`` rows of a selection and the per-user ``decided``
   figures (the plan, the execute, verify and the user inspector all start from these two);
 * :func:`materialize_selection`: an execute's selection and decisions in the temp tables ``rb_affected`` / ``rb_users``;
-* :func:`histogram_frame` / :func:`by_voucher_frame`: two of the review's aggregated frames;
+* :func:`insert_reversing_rows` / :func:`delete_reversed_rows`, :func:`insert_clamp_rows`: the apply's ledger
+  statements (compensate or delete mode; the clamp adjustments);
+* :func:`plan_totals`: a plan's figures and digests in one statement; :func:`applied_totals`: an apply's;
+* :func:`balances_frame`, :func:`negative_frame`, :func:`sample_frame`, :func:`by_day_frame`,
+  :func:`histogram_frame`, :func:`by_voucher_frame`: the review's bounded, aggregated frames;
 * small catalog helpers the reversing procedures share: :func:`table_exists`, :func:`sql_type`,
   :func:`as_column_time` (naive UTC where Prisma stores it), :func:`refuse_unknown` (unknown codes or ids).
 """
@@ -14,7 +18,7 @@
 from __future__ import annotations
 
 import datetime as dt
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 import sqlalchemy as sa
@@ -26,7 +30,12 @@ from .errors import NotFoundError
 from .grants import ReversalLink
 from .names import NameMap
 
+if TYPE_CHECKING:
+    from .reversal import ReversalPlan
+
 LEDGER, BALANCE = "TokenTransaction", "UserTokenBalance"
+#: the time the rows a reversal writes carry (the ledger stores naive UTC)
+NOW_UTC = "(now() at time zone 'utc')"
 
 
 def ledger_names(names: NameMap) -> dict[str, str]:
@@ -103,6 +112,67 @@ def materialize_selection(conn: Connection, q: dict[str, str], where_sql: str, w
     return int(already)
 
 
+def plan_totals(conn: Connection, selected: str, already_sql: str, where_params: dict[str, Any]) -> Any:
+    """The plan's figures and digests over ``decided`` (``selected``: the CTEs that define it). One statement:
+    the selection is read once and feeds totals, digests and the already-count (``already_sql``)."""
+    return conn.execute(sa.text(selected + f"""
+        select count(*) as users, coalesce(sum(n),0) as rows, coalesce(sum(total),0) as tokens,
+          count(*) filter (where raw_after < 0 and before is not null) as users_negative,
+          coalesce(sum(-raw_after) filter (where raw_after < 0 and before is not null),0) as negative_tokens,
+          count(*) filter (where before is null) as users_without_balance,
+          count(*) filter (where included and new_balance < 0) as users_left_negative,
+          count(*) filter (where not included) as users_excluded,
+          coalesce(sum(n) filter (where included),0) as rows_to_reverse,
+          coalesce(sum(total) filter (where included),0) as tokens_to_reverse,
+          coalesce(sum(shortfall) filter (where included),0) as clamp_shortfall,
+          coalesce(sum(before) filter (where included),0) as balance_before_total,
+          coalesce(sum(new_balance) filter (where included),0) as balance_after_total,
+          md5(coalesce(string_agg(user_id || ':' || coalesce(before::text,'-'), ',' order by user_id::text collate "C"),'')) as bal_digest,
+          (select md5(coalesce(string_agg(id || ':' || user_id || ':' || amount, ',' order by id::text collate "C"),''))
+             from affected) as rows_digest,
+          {already_sql} as rows_already_reversed
+        from decided"""), where_params).mappings().one()
+
+
+def balances_frame(conn: Connection, base: str, where_params: dict[str, Any], top: int) -> pd.DataFrame:
+    """The ``top`` users by reversed total: balance before and after, and why a user is flagged."""
+    return pd.DataFrame(conn.execute(sa.text(base + """
+        select user_id as "userId", n as "rows", total as "reversed", before as "balance_before",
+          case when included then new_balance else before end as "balance_after",
+          case when before is null then 'no balance row: skipped'
+               when not included then 'skipped (would go negative)'
+               when raw_after < 0 and shortfall > 0 then 'clamped, shortfall ' || shortfall
+               when raw_after < 0 then 'NEGATIVE' else '' end as "flag"
+        from decided order by total desc, user_id limit :top"""), {**where_params, "top": top}).mappings().all())
+
+
+def negative_frame(conn: Connection, base: str, where_params: dict[str, Any], top: int) -> pd.DataFrame:
+    """Users a full reversal would take below zero, or who have no balance row (the most negative first)."""
+    return pd.DataFrame(conn.execute(sa.text(base + """
+        select user_id as "userId", n as "rows", total as "reversed", before as "balance_before",
+          raw_after as "balance_if_reversed", shortfall as "clamp_shortfall", included as "reversed_by_policy"
+        from decided where raw_after < 0 or before is null order by raw_after nulls first, user_id
+        limit :top"""), {**where_params, "top": top}).mappings().all())
+
+
+def sample_frame(conn: Connection, q: dict[str, str], where_sql: str, where_params: dict[str, Any],
+                 link: ReversalLink | None, limit: int) -> pd.DataFrame:
+    """The first ``limit`` affected rows, in ledger order."""
+    return pd.DataFrame(conn.execute(sa.text(
+        f"with {affected_cte(q, where_sql, link)} select id, user_id as \"userId\", amount, "
+        "created_at as \"createdAt\" from affected order by created_at, id limit :lim"),
+        {**where_params, "lim": limit}).mappings().all())
+
+
+def by_day_frame(conn: Connection, q: dict[str, str], where_sql: str, where_params: dict[str, Any],
+                 link: ReversalLink | None) -> pd.DataFrame:
+    """Affected rows and tokens per day."""
+    return pd.DataFrame(conn.execute(sa.text(
+        f"with {affected_cte(q, where_sql, link)} select date_trunc('day', created_at)::date as day, "
+        "count(*) as rows, sum(amount)::bigint as tokens from affected group by 1 order by 1"),
+        where_params).mappings().all(), columns=["day", "rows", "tokens"])
+
+
 def histogram_frame(conn: Connection, base: str, where_params: dict[str, Any], bins: int = 30) -> pd.DataFrame:
     """Exact before/after balance distribution of the affected users, binned in the database; every bucket of
     both states is present (an empty one with 0 users), so neighbouring bars are neighbouring ranges."""
@@ -142,6 +212,98 @@ def by_voucher_frame(conn: Connection, names: NameMap, q: dict[str, str], where_
         "group by 1 order by 3 desc, 1 limit 50"), where_params).mappings().all()
     return pd.DataFrame(rows, columns=["voucher", "rows", "tokens", "without_redemption", "code_mismatch"])
 
+
+def applied_totals(conn: Connection) -> dict[str, int]:
+    """An apply's figures, counted in rb_affected / rb_users after it: rows and tokens reversed, users."""
+    counts: dict[str, int] = {}
+    counts["rows_reversed"] = int(conn.execute(sa.text("select count(*) from rb_affected")).scalar_one())
+    counts["tokens_reversed"] = int(conn.execute(sa.text("select coalesce(sum(amount),0) from rb_affected")).scalar_one())
+    counts["users_affected"] = int(conn.execute(sa.text("select count(*) from rb_users where included")).scalar_one())
+    counts["users_left_negative"] = int(conn.execute(sa.text(
+        "select count(*) from rb_users where included and new_balance < 0")).scalar_one())
+    counts["clamp_shortfall"] = int(conn.execute(sa.text(
+        "select coalesce(sum(shortfall),0) from rb_users where included")).scalar_one())
+    return counts
+
+
+def type_value(conn: Connection, names: NameMap, rp: ReversalPlan) -> str:
+    """The written rows' type: the bind ``:rtype``, cast to the enum where the column is one."""
+    return "cast(:rtype as " + sql_type(conn, names, LEDGER, "type") + ")" if rp.type_is_enum else ":rtype"
+
+
+def insert_reversing_rows(conn: Connection, names: NameMap, q: dict[str, str], rp: ReversalPlan,
+                           meta_type: str | None, binds: dict[str, Any]) -> int:
+    """compensate mode: one reversing row per affected row, naming its original. One statement."""
+    assert rp.link is not None  # plan_reversal refuses compensate mode without a link
+    cols = [q["id"], q["user_id"], q["amount"], q["source"], q["created_at"], rp.link.column]
+    vals = ["'rev_' || a.id", "a.user_id", "-a.amount", ":rsource", NOW_UTC, "a.id"]
+    type_expr = type_value(conn, names, rp)
+    if rp.has_type:
+        cols.append(q["type"])
+        vals.append(type_expr)
+    if rp.link.kind == "column" and rp.has_source_id:
+        cols.append(q["source_id"])  # the link column names the original; sourceId keeps the original's
+        vals.append("a.source_id")
+    if meta_type:
+        # the application's own way to say what a row is: the original, its voucher, this incident and plan
+        cols.append(q["metadata"])
+        vals.append("jsonb_build_object('reversalOf', a.id, 'voucherCode', a.voucher_code, 'incident', "
+                    "cast(:incident as text), 'planId', cast(:plan_id as text), 'reason', "
+                    f"'voucher incident runbook: token reversal')::{meta_type}")
+    if rp.has_description:
+        cols.append(q["description"])
+        vals.append("'Reversal of ' || a.id || ' (voucher incident runbook)'")
+    if rp.has_balance_after:
+        cols.append(q["balance_after"])
+        # the reversal rows share one timestamp, so the ledger orders them by their own id ('rev_' || original id);
+        # ordering by that same expression keeps the two in step in any collation
+        vals.append("u.before - sum(a.amount) over (partition by a.user_id order by 'rev_' || a.id)")
+    return int(conn.execute(sa.text(
+        f"insert into {q['ledger']} ({', '.join(cols)}) select {', '.join(vals)} from rb_affected a "
+        "join rb_users u on u.user_id = a.user_id"), binds).rowcount)
+
+
+def delete_reversed_rows(conn: Connection, q: dict[str, str], rp: ReversalPlan) -> dict[str, int]:
+    """delete mode: the affected rows go; later running balances of their users are corrected."""
+    counts: dict[str, int] = {}
+    counts["ledger_rows_deleted"] = conn.execute(sa.text(
+        f"delete from {q['ledger']} tt using rb_affected a where tt.{q['id']} = a.id")).rowcount
+    counts["ledger_rows_inserted"] = 0
+    if rp.has_balance_after:
+        # the deleted grants were counted in every later running balance of their user: take them out
+        # (by difference, so a ledger that does not start at zero keeps its baseline)
+        counts["running_balances_corrected"] = conn.execute(sa.text(
+            f"update {q['ledger']} t set {q['balance_after']} = t.{q['balance_after']} - d.removed from ("
+            f"select t2.{q['id']} as id, sum(a.amount) as removed from {q['ledger']} t2 join rb_affected a "
+            f"on a.user_id = t2.{q['user_id']} and (a.created_at, a.id) < (t2.{q['created_at']}, t2.{q['id']}) "
+            f"where t2.{q['balance_after']} is not null group by 1) d where d.id = t.{q['id']}")).rowcount
+    return counts
+
+
+def insert_clamp_rows(conn: Connection, names: NameMap, q: dict[str, str], rp: ReversalPlan,
+                       meta_type: str | None, binds: dict[str, Any]) -> int:
+    """negative_policy=clamp: one adjustment row per user whose reversal stopped at zero. One statement."""
+    cols = [q["id"], q["user_id"], q["amount"], q["source"], q["created_at"]]
+    # one millisecond after the reversals: the adjustment follows them in the ledger's order
+    vals = ["'clamp_' || md5(u.user_id || :rsource || now()::text)", "u.user_id", "u.shortfall", ":rsource",
+            f"{NOW_UTC} + interval '1 millisecond'"]
+    if rp.has_type:
+        cols.append(q["type"])
+        vals.append(type_value(conn, names, rp))
+    if rp.has_description:
+        cols.append(q["description"])
+        vals.append("'Clamp to zero after voucher reversal: shortfall ' || u.shortfall")
+    if meta_type:
+        cols.append(q["metadata"])
+        vals.append("jsonb_build_object('clampShortfall', u.shortfall, 'incident', cast(:incident as text), "
+                    "'planId', cast(:plan_id as text), 'reason', 'voucher incident runbook: a reversal "
+                    f"stopped at zero (negative_policy=clamp)')::{meta_type}")
+    if rp.has_balance_after:
+        cols.append(q["balance_after"])
+        vals.append("u.new_balance")
+    return int(conn.execute(sa.text(
+        f"insert into {q['ledger']} ({', '.join(cols)}) select {', '.join(vals)} from rb_users u "
+        "where u.included and u.shortfall > 0"), binds).rowcount)
 
 
 def table_exists(conn: Connection, table: str) -> bool:

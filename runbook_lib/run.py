@@ -9,9 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
-import html
-import json
-import os
 import sys
 import time
 import traceback
@@ -21,35 +18,18 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from . import db, faults, procedures, run_state
+from . import db, faults, guards, procedures, run_state
 from . import names as names_mod
 from . import params as params_mod
-from .errors import ApprovalError, BackupRequiredError, PolicyAbort, RunbookError, VerificationFailed
+from .errors import ApprovalError, BackupRequiredError, RunbookError, VerificationFailed
+from .evidence.folders import export_queries
 from .procedures.base import ApplyResult, Check, Plan, VerifyResult
 from .redact import redact_text
-from .run_state import STATE_FILE, RunState, jsonable
-
-PRODUCTION_ENV = "RUNBOOK_TARGET_PRODUCTION"
+from .run_state import STATE_FILE, FinishedRun, RunState, jsonable
 
 
 def _now() -> str:
     return dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
-
-
-class FinishedRun(dict[str, Any]):
-    """The run's recorded state, shown in a notebook as one line (not as the ~150-line dictionary it is)."""
-
-    def __init__(self, state: Mapping[str, Any], *, evidence_dir: Path | None) -> None:
-        super().__init__(state)
-        self.evidence_dir = evidence_dir
-
-    def __repr__(self) -> str:
-        where = str(self.evidence_dir) if self.evidence_dir is not None else "none (runbook run records the evidence)"
-        plan = f", plan id {self['plan_id']}" if self.get("plan_id") else ""
-        return f"run {self.get('status')}: {self.get('procedure')} {self.get('mode')}{plan}; evidence: {where}"
-
-    def _repr_pretty_(self, printer: Any, cycle: bool) -> None:  # IPython's text/plain
-        printer.text(repr(self))
 
 
 class Run:
@@ -117,22 +97,8 @@ class Run:
         return bool(d is not None and d.is_dir() and not (d / evidence.MANIFEST).exists() and evidence.is_live(d))
 
     def runner_command(self, plan_id: str | None) -> str:
-        """The ``runbook run`` command that executes ``plan_id`` with this run's parameters (those that differ
-        from the defaults), ready to paste: the execute then leaves a run record in the incident's chain."""
-        import shlex
-
-        skip = {"mode", "approved_plan", "evidence_dir", "confirm_target"}
-        defaults = {k: json.loads(json.dumps(f.get_default(call_default_factory=True), default=str))
-                    for k, f in self.proc.Params.model_fields.items() if not f.is_required()}
-        cmd = ["runbook", "run", self.name]
-        for key, value in self.params.public_dict().items():
-            if key in skip or defaults.get(key, object()) == value:
-                continue
-            cmd += ["-p", key, value if isinstance(value, str) else json.dumps(value)]
-        if self.params.confirm_target:
-            cmd += ["--confirm-target", self.params.confirm_target]
-        cmd += ["--incident", "INCIDENT", "--execute", "--approve", plan_id or "PLAN_ID"]
-        return shlex.join(cmd)
+        """The ``runbook run`` command that executes ``plan_id`` with this run's parameters, ready to paste."""
+        return params_mod.execute_command(self.name, self.params, plan_id)
 
     # ----------------------------------------------------------------------------------------- state
     def _write_state(self) -> None:
@@ -203,7 +169,7 @@ class Run:
                 info = db.server_info(conn)
                 self.server = info.as_dict()
                 self.state["database"] = self.server
-                self._production_guard(info.database)
+                guards.production_guard(self.params, info.database)
                 self.names = self._resolve(conn)
                 self.progress(f"computing the plan on {info.database} (PostgreSQL {info.server_version})")
                 plan = self._plan(conn, self.names)
@@ -211,7 +177,7 @@ class Run:
                 self.state["summary"] = jsonable(plan.summary)
                 self.state["warnings"] = list(plan.warnings)
                 if plan.exports and self.evidence_dir is not None:
-                    self.state["exports"] = self._export(conn, plan.exports)
+                    self.state["exports"] = export_queries(conn, self.evidence_dir, plan.exports, self.progress)
             if self.evidence_dir is not None:
                 self._write_frames(plan)
             self.plan = plan
@@ -219,44 +185,12 @@ class Run:
         self._refresh_summary()
         return plan
 
-    def _export(self, conn: sa.engine.Connection, exports: dict[str, tuple[str, dict[str, Any]]]) -> dict[str, Any]:
-        """Stream each export query to a Parquet file in chunks (never the whole set in memory)."""
-        from . import evidence
-
-        assert self.evidence_dir is not None
-        out: dict[str, Any] = {}
-        for name, (sql, binds) in exports.items():
-            counter = {"rows": 0}
-
-            def chunks(sql: str = sql, binds: dict[str, Any] = binds, counter: dict[str, int] = counter,
-                       name: str = name) -> Iterator[Any]:
-                import pandas as pd
-
-                res = conn.execution_options(stream_results=True, max_row_buffer=50_000).execute(sa.text(sql), binds)
-                cols = list(res.keys())
-                for part in res.partitions(50_000):
-                    counter["rows"] += len(part)
-                    self.progress(f"exporting {name}: {counter['rows']} rows")
-                    yield pd.DataFrame(part, columns=cols)
-
-            path = evidence.write_frame(self.evidence_dir, name, chunks())
-            out[name] = {"file": Path(path).name, "rows": counter["rows"]}
-        return out
-
     def _write_frames(self, plan: Plan) -> None:
         """The plan's bounded tables (before/after balances, per day, per voucher…) as CSV evidence files."""
         assert self.evidence_dir is not None
         for name, frame in plan.frames.items():
             if frame is not None and not frame.empty and name.replace("_", "").isalnum():
                 frame.to_csv(self.evidence_dir / f"{name}.csv", index=False)
-
-    def _production_guard(self, database: str) -> None:
-        marked = self.params.production or os.environ.get(PRODUCTION_ENV, "").strip().lower() in (
-            "1", "true", "yes", "production")
-        if marked and self.params.mode == "execute" and self.params.confirm_target != database:
-            raise PolicyAbort(
-                f"the target is marked production ({PRODUCTION_ENV} or production=true); execute needs confirm_target "
-                f"(--confirm-target) naming the database {database!r}")
 
     def execute(self, plan: Plan | None = None) -> ApplyResult | None:
         """In execute mode with an approved plan id: lock, recompute, compare, apply, check, COMMIT."""
@@ -267,16 +201,7 @@ class Run:
                   f"approved_plan={pid} (CLI: --execute --approve {pid}).", flush=True)
             return None
         with self._step("execute"):
-            approved = self.params.approved_plan
-            if self.in_notebook and not self._recorded_by_runner():
-                # papermill by hand or JupyterLab: a committed change would have no manifest and no place in the
-                # incident's chain. Nothing has touched the database yet.
-                raise ApprovalError(
-                    "an execute from a notebook must run through the CLI, which records it in the incident's "
-                    f"evidence chain; nothing was changed. Run: {self.runner_command(approved)}")
-            if not approved:
-                raise ApprovalError("mode=execute needs approved_plan: run a review first and pass its plan id "
-                                    "(CLI: --approve PLAN_ID)")
+            approved = self._approved_plan()
             self._require_backup()
             p = self.params
             # a procedure may need a step with no session of ours on the target (rehearsal: CREATE DATABASE …
@@ -284,51 +209,14 @@ class Run:
             cleanup = self.proc.before_transaction(self.engine, p)
             self.progress(f"opening the write transaction (lock_timeout {p.lock_timeout}, "
                           f"statement_timeout {p.statement_timeout})")
-            before_id: str | None = None
-            xid: int | None = None
+            seen: dict[str, Any] = {"xid": None, "plan_id": None}  # what a failure's rollback check needs
             try:
                 with db.write_transaction(self.engine, lock_timeout_ms=p.lock_timeout_ms(),
                                           statement_timeout_ms=p.statement_timeout_ms(),
                                           exclusive_key=f"runbook:{self.name}") as conn:
-                    info = db.server_info(conn)
-                    self.server = info.as_dict()
-                    self.state["database"] = self.server
-                    # the transaction's id: after a failure, the server itself says whether it was rolled back
-                    xid = int(conn.exec_driver_sql("select txid_current()").scalar_one())
-                    self.state["transaction_id"] = xid
-                    if not self.proc.writes:  # verify, backup, rehearsal: the target is only read
-                        conn.exec_driver_sql("SET TRANSACTION READ ONLY")
-                    self._production_guard(info.database)
-                    names = self.names = self._resolve(conn)
-                    faults.hit("before_lock")
-                    self.progress("locking the affected rows")
-                    self.proc.lock(conn, p, names)
-                    faults.hit("after_lock")
-                    self.progress("recomputing the plan under the locks")
-                    plan2 = self._plan(conn, names, detail=False)
-                    before_id = plan2.plan_id
-                    self.state["plan_id_at_execute"] = plan2.plan_id
-                    if plan2.changes_nothing:
-                        result = ApplyResult(changed=False, counts={},
-                                             messages=["nothing to do: the approved change is already applied"])
-                    elif (self.state.get("backup") or {}).get("not_needed"):
-                        raise BackupRequiredError(
-                            f"{self.name} had nothing to do when the backup was checked, but now has: review again "
-                            "(nothing was changed)")
-                    elif plan2.plan_id != approved:
-                        raise ApprovalError(
-                            f"the plan changed since it was approved (approved {approved}, now {plan2.plan_id}): "
-                            "the data moved; nothing was changed — review again and approve the new plan id")
-                    else:
-                        self.progress("applying set-based statements")
-                        result = self.proc.apply(conn, p, names, plan2)
-                        faults.hit("after_apply")
-                        self.progress("checking invariants before COMMIT")
-                        self.proc.check(conn, p, names, plan2, result)
-                        faults.hit("before_commit")
-                    self.plan = plan2
+                    result = self._apply_under_locks(conn, approved, seen)
             except BaseException:
-                self.state["rolled_back"] = self._check_rolled_back(before_id, xid)
+                self.state["rolled_back"] = self._check_rolled_back(seen["plan_id"], seen["xid"])
                 raise
             finally:
                 if cleanup is not None:
@@ -344,6 +232,59 @@ class Run:
         self._refresh_summary()
         return result
 
+    def _approved_plan(self) -> str:
+        """The approved plan id, once the execute may start at all (nothing has touched the database yet)."""
+        approved = self.params.approved_plan
+        if self.in_notebook and not self._recorded_by_runner():
+            # papermill by hand or JupyterLab: a committed change would have no manifest and no place in the
+            # incident's chain
+            raise ApprovalError(
+                "an execute from a notebook must run through the CLI, which records it in the incident's "
+                f"evidence chain; nothing was changed. Run: {self.runner_command(approved)}")
+        if not approved:
+            raise ApprovalError("mode=execute needs approved_plan: run a review first and pass its plan id "
+                                "(CLI: --approve PLAN_ID)")
+        return approved
+
+    def _apply_under_locks(self, conn: sa.engine.Connection, approved: str, seen: dict[str, Any]) -> ApplyResult:
+        """Inside the write transaction: lock, recompute the plan, compare it with the approved one, apply, check.
+        ``seen`` receives the transaction id and the plan id under the locks as soon as they are known."""
+        p = self.params
+        info = db.server_info(conn)
+        self.server = info.as_dict()
+        self.state["database"] = self.server
+        # the transaction's id: after a failure, the server itself says whether it was rolled back
+        seen["xid"] = self.state["transaction_id"] = int(conn.exec_driver_sql("select txid_current()").scalar_one())
+        if not self.proc.writes:  # verify, backup, rehearsal: the target is only read
+            conn.exec_driver_sql("SET TRANSACTION READ ONLY")
+        guards.production_guard(p, info.database)
+        names = self.names = self._resolve(conn)
+        faults.hit("before_lock")
+        self.progress("locking the affected rows")
+        self.proc.lock(conn, p, names)
+        faults.hit("after_lock")
+        self.progress("recomputing the plan under the locks")
+        plan = self._plan(conn, names, detail=False)
+        seen["plan_id"] = self.state["plan_id_at_execute"] = plan.plan_id
+        if plan.changes_nothing:
+            result = ApplyResult(changed=False, counts={}, messages=["nothing to do: the approved change is already "
+                                                                     "applied"])
+        elif (self.state.get("backup") or {}).get("not_needed"):
+            raise BackupRequiredError(f"{self.name} had nothing to do when the backup was checked, but now has: "
+                                      "review again (nothing was changed)")
+        elif plan.plan_id != approved:
+            raise ApprovalError(f"the plan changed since it was approved (approved {approved}, now {plan.plan_id}): "
+                                "the data moved; nothing was changed — review again and approve the new plan id")
+        else:
+            self.progress("applying set-based statements")
+            result = self.proc.apply(conn, p, names, plan)
+            faults.hit("after_apply")
+            self.progress("checking invariants before COMMIT")
+            self.proc.check(conn, p, names, plan, result)
+            faults.hit("before_commit")
+        self.plan = plan
+        return result
+
     def after_commit(self) -> dict[str, Any] | None:
         """The procedure's file work after COMMIT (full rollback: migration folder and schema.prisma), in its own
         step: a file that cannot be written as planned fails the run with the procedure's error (EvidenceError: exit
@@ -355,68 +296,17 @@ class Run:
         return written
 
     def _check_rolled_back(self, before_id: str | None, xid: int | None = None) -> dict[str, Any]:
-        """After a failed execute, prove the database is as before: the server's own record of the transaction
-        (``txid_status``: aborted, not committed), and the plan recomputed now equal to the plan under the locks.
-        Application writes after the failure can change the plan; the transaction status is then what counts."""
-        if before_id is None and xid is None:
-            return {"checked": True, "rolled_back": True, "how": "the failure came before any statement changed data"}
-        status: str | None = None
-        now_id: str | None = None
-        try:
-            with db.read_only(self.engine) as conn:
-                if xid is not None:
-                    status = conn.execute(sa.text("select txid_status(:x)"), {"x": xid}).scalar()
-                if before_id is not None:
-                    now_id = self._plan(conn, self._resolve(conn), detail=False).plan_id
-        except Exception as exc:  # noqa: BLE001 - reported, not raised over the original error
-            return {"checked": False, "rolled_back": None, "how": f"could not re-check: {redact_text(str(exc))[:300]}"}
-        how = []
-        if xid is not None:
-            how.append(f"transaction {xid} is {status or 'unknown'} (txid_status)")
-        if before_id is not None:
-            how.append(f"plan recomputed after the failure: {now_id} (under the locks: {before_id})"
-                       + ("" if now_id == before_id else "; it differs: other sessions wrote since"))
-        if status in ("aborted", "committed"):
-            rolled_back: bool | None = status == "aborted"
-        else:  # no transaction id, or one too old to know: the plan comparison decides
-            rolled_back = now_id == before_id if before_id is not None else None
-        return {"checked": rolled_back is not None, "rolled_back": rolled_back, "how": "; ".join(how)}
+        """After a failed execute: was it rolled back? (:func:`runbook_lib.guards.rolled_back`)"""
+        return guards.rolled_back(self.engine, xid, before_id,
+                                  lambda conn: self._plan(conn, self._resolve(conn), detail=False).plan_id)
 
     def _require_backup(self) -> None:
-        """Destructive executes need a recent backup of their tables in this incident, or a recorded override."""
-        from . import backups
-
-        p = self.params
-        if not self.proc.is_destructive(p):
-            return
-        # a procedure may tell cheaply that the execute has nothing to do (full-rollback run again): no backup needed;
-        # execute re-checks under the locks that the plan is indeed empty
-        with db.read_only(self.engine) as conn:
-            if self.proc.nothing_to_do(conn, p, self._resolve(conn)):
-                self.state["backup"] = {"backup": None, "not_needed": "nothing to do"}
-                self.progress("backup: not needed, nothing to do")
-                return
-        if not isinstance(p, params_mod.DestructiveParams):
-            raise TypeError(f"{self.name} is destructive: its Params must derive from params.DestructiveParams")
-        reason = p.backup_override_reason
-        if self.evidence_dir is None:
-            if not reason:
-                raise BackupRequiredError(
-                    f"{self.name} deletes or overwrites data and this run has no incident folder to find a backup "
-                    "in: run it with `runbook run --incident ID` after `runbook run backup`, or pass "
-                    "backup_override_reason (recorded)")
-            self.state["backup"] = {"backup": None, "override_reason": reason}
-            return
-        with db.read_only(self.engine) as conn:
-            fp = db.server_info(conn).fingerprint
-            names = self._resolve(conn)
-        # the tables of this very execute (restore: the tables chosen from the backup)
-        tables = [names.table_name(m) for m in self.proc.guarded_tables(p)]
-        found = backups.require_recent_backup(
-            self.evidence_dir.parent, tables, fp, dt.timedelta(hours=p.backup_max_age_hours), reason,
-            restoring=self.proc.restoring(p))
-        self.state["backup"] = jsonable(found)
-        self.progress(f"backup: {found.get('backup') or 'none, override: ' + str(found.get('override_reason'))}")
+        found = guards.backup_guard(self.proc, self.params, self.engine, self.evidence_dir, self._resolve)
+        if found is not None:
+            self.state["backup"] = found
+            shown = ("not needed, nothing to do" if found.get("not_needed")
+                     else found.get("backup") or f"none, override: {found.get('override_reason')}")
+            self.progress(f"backup: {shown}")
 
     def verify(self) -> VerifyResult:
         """Post-conditions of this procedure plus the general orphan/invariant checks, read-only."""
@@ -486,40 +376,9 @@ class Run:
     # ----------------------------------------------------------------------------------------- display
     def summary_html(self) -> str:
         """The ten-second summary: what was found, what would change, what was changed."""
-        s = self.state
-        rows = [("procedure", self.name), ("mode", s.get("mode")), ("status", s.get("status"))]
-        if self.server:
-            rows.append(("database", f"{self.server['database']} (PostgreSQL {self.server['server_version']})"))
-        if s.get("plan_id"):
-            rows.append(("plan id", s["plan_id"]))
-        for k, v in (s.get("summary") or {}).items():
-            if k != "nothing_to_do":
-                rows.append((k, v))
-        if s.get("mode") == "execute" and "committed" in s:
-            rows.append(("changed", "yes, committed" if s["committed"] else "nothing (already applied)"))
-            for k, v in (s.get("counts") or {}).items():
-                rows.append((f"done: {k}", v))
-        if "verification_passed" in s:
-            pending = len(s.get("verification_pending") or [])
-            if not s["verification_passed"]:
-                failed = [c["name"] for c in s.get("verification") or [] if not c["passed"] and not c.get("pending")]
-                rows.append(("verification", "CHECKS FAILED: " + ", ".join(failed)))
-            else:
-                rows.append(("verification", "all checks passed" if not pending else
-                             f"no check failed; {pending} pending (apply after execute)"))
-        if s.get("error"):
-            rb = s.get("rolled_back") or {}
-            rows.append(("error", s["error"]["message"]))
-            if rb:
-                rows.append(("rolled back", f"{rb.get('rolled_back')} — {rb.get('how')}"))
-        body = "".join(
-            f"<tr><th style='text-align:left;padding-right:1em'>{html.escape(str(k))}</th>"
-            f"<td style='text-align:right;font-family:monospace'>{html.escape(str(v))}</td></tr>" for k, v in rows)
-        warn = "".join(f"<li>{html.escape(w)}</li>" for w in s.get("warnings") or [])
-        color = {"succeeded": "#2e7d32", "running": "#1565c0"}.get(str(s.get("status")), "#c62828")
-        return (f"<div style='border-left:6px solid {color};padding:0.5em 1em'>"
-                f"<b>Summary — {html.escape(self.name)}</b><table>{body}</table>"
-                + (f"<b>Warnings</b><ul style='color:#b71c1c'>{warn}</ul>" if warn else "") + "</div>")
+        from . import display
+
+        return display.run_summary_html(self.name, self.state, self.server)
 
     def show_summary(self) -> None:
         """Show the summary here and keep it updated as later cells run (a display id)."""

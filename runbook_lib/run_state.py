@@ -9,6 +9,7 @@ typed for the code, plain for the file.
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, TypedDict
 
@@ -100,3 +101,19 @@ def read(run_dir: Path | None) -> RunState:
 def manifest_fields(state: RunState) -> dict[str, Any]:
     """The part of a manifest that comes from the run's state as it is."""
     return {k: state.get(k) for k in MANIFEST_KEYS}
+
+
+class FinishedRun(dict[str, Any]):
+    """The run's recorded state, shown in a notebook as one line (not as the ~150-line dictionary it is)."""
+
+    def __init__(self, state: Mapping[str, Any], *, evidence_dir: Path | None) -> None:
+        super().__init__(state)
+        self.evidence_dir = evidence_dir
+
+    def __repr__(self) -> str:
+        where = str(self.evidence_dir) if self.evidence_dir is not None else "none (runbook run records the evidence)"
+        plan = f", plan id {self['plan_id']}" if self.get("plan_id") else ""
+        return f"run {self.get('status')}: {self.get('procedure')} {self.get('mode')}{plan}; evidence: {where}"
+
+    def _repr_pretty_(self, printer: Any, cycle: bool) -> None:  # IPython's text/plain
+        printer.text(repr(self))

@@ -8,11 +8,13 @@ hashed, chained, indexed) whatever the outcome. The exit status comes from the e
 
 from __future__ import annotations
 
+import contextlib
 import getpass
 import logging
 import os
 import sys
 import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
@@ -154,27 +156,74 @@ def _refused(run_dir: Path, proc: Any, params: params_mod.CommonParams, *, incid
 def _run_in(run_dir: Path, proc: Any, nb_in: Path, params: params_mod.CommonParams, *, incident: str,
             operator: str, progress_bar: bool, log_output: bool, people: dict[str, Any],
             signing: Any) -> RunOutcome:
-    import papermill as pm
-
     from .evidence.manifest import finalize_run
     from .evidence.render import render_html
 
     nb_out = run_dir / proc.NOTEBOOK
-    kernel_log = run_dir / KERNEL_LOG
     injected = {**params.public_dict(), "evidence_dir": str(run_dir)}
+    papermill_error, kernel_died = _execute_notebook(nb_in, nb_out, run_dir, injected, progress_bar=progress_bar,
+                                                     log_output=log_output)
+    state = run_state.read(run_dir)
+    status, exit_code, error_line, error = _outcome(state, papermill_error, kernel_died)
+    manifest = {
+        "procedure": proc.NAME,
+        "mode": params.mode,
+        "status": status,
+        **run_state.manifest_fields(state),
+        "incident": incident,
+        "operator": operator,
+        **people,
+        "signer": signing.signer if signing else None,
+        "parameters": redact_obj(injected),
+        "error": error,
+        "notebook": nb_out.name,
+    }
+    try:
+        if nb_out.is_file():
+            render_html(nb_out, manifest)
+    except Exception as exc:  # noqa: BLE001 - the HTML copy is a convenience; its absence is recorded
+        manifest["html_error"] = redact_text(str(exc))[:300]
+    final = finalize_run(run_dir, manifest, sign=_sign_manifest(signing))
+    return RunOutcome(
+        procedure=proc.NAME, mode=params.mode, status=status, exit_code=exit_code, run_dir=run_dir,
+        plan_id=state.get("plan_id"), summary=state.get("summary") or {}, counts=state.get("counts") or {},
+        error=error_line, manifest=final,
+    )
+
+
+def _outcome(state: run_state.RunState, papermill_error: str | None,
+             kernel_died: bool) -> tuple[str, int, str | None, dict[str, Any] | None]:
+    """The run's status, exit status, error line and the manifest's ``error`` (None when it succeeded), from the
+    run state the notebook wrote and what papermill met; the error line is one line."""
+    status = state.get("status", "failed")
+    err = state.get("error") or {}
+    exit_code = 0
+    if papermill_error or status not in ("succeeded",):
+        exit_code = int(err.get("exit_code") or (KernelDiedError.exit_code if kernel_died else 1))
+        if status in ("running", "succeeded"):
+            status = "failed"
+    error_line = err.get("message") or (redact_text(papermill_error) if papermill_error else None)
+    if exit_code and not error_line:
+        error_line = "the notebook did not finish; see the executed notebook"
+    if error_line:
+        error_line = " ".join(str(error_line).split())  # one line, whatever the exception's text held
+    error = {"message": error_line, "type": err.get("type") or ("KernelDiedError" if kernel_died else None),
+             "step": err.get("step"), "exit_code": exit_code} if exit_code else None
+    return status, exit_code, error_line, error
+
+
+def _execute_notebook(nb_in: Path, nb_out: Path, run_dir: Path, injected: dict[str, Any], *, progress_bar: bool,
+                      log_output: bool) -> tuple[str | None, bool]:
+    """Execute the notebook with papermill into ``nb_out``; the kernel process's own output goes to kernel.log.
+
+    Returns the error papermill met (None: the notebook ran to its end) and whether the kernel died.
+    """
+    import papermill as pm
+
+    kernel_log = run_dir / KERNEL_LOG
     papermill_error: str | None = None
     kernel_died = False
-    # parameters were validated strictly above; papermill's own warnings about them would only be noise, and its
-    # error lines (e.g. "Kernel died while waiting for execute reply.") would break the one-line error contract on
-    # stderr: the failure is reported once, below. With log_output the notebook's output streams to stdout.
-    pm_logger = logging.getLogger("papermill")
-    old_level, old_propagate = pm_logger.level, pm_logger.propagate
-    stream = _OutputStream() if log_output else None
-    pm_logger.setLevel(logging.INFO if log_output else logging.CRITICAL)
-    if stream is not None:
-        pm_logger.addHandler(stream)
-        pm_logger.propagate = False  # printed once, on stdout, not again by the root logger's fallback on stderr
-    with warnings.catch_warnings(), open(kernel_log, "ab") as kernel_fh:
+    with _papermill_logging(log_output), warnings.catch_warnings(), open(kernel_log, "ab") as kernel_fh:
         warnings.simplefilter("ignore")
         try:
             pm.execute_notebook(
@@ -195,52 +244,33 @@ def _run_in(run_dir: Path, proc: Any, nb_in: Path, params: params_mod.CommonPara
                 papermill_error = _kernel_died(run_dir, kernel_log)
                 kernel_died = True
         finally:
-            pm_logger.setLevel(old_level)
-            pm_logger.propagate = old_propagate
-            if stream is not None:
-                pm_logger.removeHandler(stream)
             if kernel_log.is_file() and kernel_log.stat().st_size == 0:
                 kernel_log.unlink()  # kept only when the kernel process said something outside the notebook
-    state = run_state.read(run_dir)
-    status = state.get("status", "failed")
-    err = state.get("error") or {}
-    exit_code = 0
-    if papermill_error or status not in ("succeeded",):
-        exit_code = int(err.get("exit_code") or (KernelDiedError.exit_code if kernel_died else 1))
-        if status in ("running", "succeeded"):
-            status = "failed"
-    error_line = err.get("message") or (redact_text(papermill_error) if papermill_error else None)
-    if exit_code and not error_line:
-        error_line = "the notebook did not finish; see the executed notebook"
-    if error_line:
-        error_line = " ".join(str(error_line).split())  # one line, whatever the exception's text held
-    manifest = {
-        "procedure": proc.NAME,
-        "mode": params.mode,
-        "status": status,
-        **run_state.manifest_fields(state),
-        "incident": incident,
-        "operator": operator,
-        **people,
-        "signer": signing.signer if signing else None,
-        "parameters": redact_obj(injected),
-        "error": {"message": error_line, "type": err.get("type") or ("KernelDiedError" if kernel_died else None), "step": err.get("step"),
-                  "exit_code": exit_code} if exit_code else None,
-        "notebook": nb_out.name,
-    }
+    return papermill_error, kernel_died
+
+
+@contextlib.contextmanager
+def _papermill_logging(log_output: bool) -> Iterator[None]:
+    """papermill's logging during the run, restored after it.
+
+    Parameters were validated strictly before; papermill's own warnings about them would only be noise, and its
+    error lines (e.g. "Kernel died while waiting for execute reply.") would break the one-line error contract on
+    stderr: the failure is reported once, by the runner. With log_output the notebook's output streams to stdout.
+    """
+    pm_logger = logging.getLogger("papermill")
+    old_level, old_propagate = pm_logger.level, pm_logger.propagate
+    stream = _OutputStream() if log_output else None
+    pm_logger.setLevel(logging.INFO if log_output else logging.CRITICAL)
+    if stream is not None:
+        pm_logger.addHandler(stream)
+        pm_logger.propagate = False  # printed once, on stdout, not again by the root logger's fallback on stderr
     try:
-        if nb_out.is_file():
-            render_html(nb_out, manifest)
-    except Exception as exc:  # noqa: BLE001 - the HTML copy is a convenience; its absence is recorded
-        manifest["html_error"] = redact_text(str(exc))[:300]
-    final = finalize_run(run_dir, manifest, sign=_sign_manifest(signing))
-    return RunOutcome(
-        procedure=proc.NAME, mode=params.mode, status=status, exit_code=exit_code, run_dir=run_dir,
-        plan_id=state.get("plan_id"), summary=state.get("summary") or {}, counts=state.get("counts") or {},
-        error=error_line, manifest=final,
-    )
-
-
+        yield
+    finally:
+        pm_logger.setLevel(old_level)
+        pm_logger.propagate = old_propagate
+        if stream is not None:
+            pm_logger.removeHandler(stream)
 def _kernel_manager_class(log: IO[bytes]) -> type:
     """A kernel manager whose kernel process writes its own stdout and stderr to ``log``, not to the CLI's.
 

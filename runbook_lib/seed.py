@@ -135,6 +135,8 @@ class _App:
                     v["id"], {"voucherCode": code})
 
 
+# long: one deterministic script of the incident's story (vouchers, redemptions, grants, spends in time
+# order, sharing one random stream); split, its steps would pass a dozen lists between them
 def seed_incident(engine: sa.engine.Engine, seed: int = 42, users: int = 300) -> IncidentFacts:
     """Seed the incident into a migrated, empty database (``demo/prisma``); deterministic for a given ``seed``."""
     rng = random.Random(seed)

@@ -42,6 +42,8 @@ VOUCHERS: list[tuple[str, str, str, int, int | None, str | None]] = [
 ]
 
 
+# long: one deterministic script of the incident's story on the linked schema, sharing one random stream
+# (see seed.seed_incident)
 def seed_incident(engine: sa.engine.Engine, seed: int = 42, users: int = 300) -> IncidentFacts:
     """Seed the incident into a migrated, empty database; deterministic for a given ``seed``."""
     rng = random.Random(seed)

@@ -95,3 +95,27 @@ def test_architecture_page_lists_every_part_of_the_procedure_contract():
     names = [n for n in [*Procedure.__annotations__, *vars(Procedure)] if not n.startswith("_")]
     missing = sorted({n for n in names if f"`{n}" not in text})
     assert missing == [], f"docs/architecture.md does not describe {missing}"
+
+
+#: values the notebooks' parameters cells set on purpose (an example to run in JupyterLab), not the model's default
+NOTEBOOK_EXAMPLES = {("token-reversal", "since"), ("rehearsal", "rehearse_parameters")}
+
+
+@pytest.mark.parametrize("name", procedures.available())
+def test_notebook_defaults_are_the_models_defaults(name):
+    """One source of defaults: a notebook's parameters cell holds the pydantic model's defaults (what the CLI and
+    ``runbook list --parameters`` show), apart from required parameters and the named examples."""
+    import json
+
+    from runbook_lib.cli import notebook_defaults
+
+    proc = procedures.get(name)
+    in_notebook = notebook_defaults(proc)
+    drift = {}
+    for pname, field in proc.Params.model_fields.items():
+        if field.is_required() or (name, pname) in NOTEBOOK_EXAMPLES or pname not in in_notebook:
+            continue
+        default = json.loads(json.dumps(field.get_default(call_default_factory=True), default=str))
+        if in_notebook[pname] != default:
+            drift[pname] = (in_notebook[pname], default)
+    assert drift == {}, f"notebooks/{proc.NOTEBOOK}: parameters cell differs from the model's defaults: {drift}"

@@ -14,7 +14,7 @@ import fcntl
 import json
 import os
 import re
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -197,3 +197,28 @@ def write_frame(run_dir: Path, name: str, chunks: Iterable[Any]) -> Path:
         if writer is not None:
             writer.close()
     return path
+
+
+def export_queries(conn: Any, run_dir: Path, exports: dict[str, tuple[str, dict[str, Any]]],
+                   progress: Callable[[str], None]) -> dict[str, Any]:
+    """Stream each export query (name -> (sql, binds)) to ``run_dir/<name>.parquet`` in chunks of 50,000 rows,
+    never the whole set in memory; returns name -> {file, rows}."""
+    import pandas as pd
+    import sqlalchemy as sa
+
+    out: dict[str, Any] = {}
+    for name, (sql, binds) in exports.items():
+        counter = {"rows": 0}
+
+        def chunks(sql: str = sql, binds: dict[str, Any] = binds, counter: dict[str, int] = counter,
+                   name: str = name) -> Iterator[Any]:
+            res = conn.execution_options(stream_results=True, max_row_buffer=50_000).execute(sa.text(sql), binds)
+            cols = list(res.keys())
+            for part in res.partitions(50_000):
+                counter["rows"] += len(part)
+                progress(f"exporting {name}: {counter['rows']} rows")
+                yield pd.DataFrame(part, columns=cols)
+
+        path = write_frame(run_dir, name, chunks())
+        out[name] = {"file": Path(path).name, "rows": counter["rows"]}
+    return out

@@ -1,7 +1,7 @@
 """An incident's index and summary: ``index.html`` / ``INDEX.md`` (``write_index``), the chain head to record in
 the ticket (``chain_head``) and the terminal summary of ``runbook evidence show`` (``show_incident``).
 
-The pages themselves are rendered by ``report.py``; this module decides what goes into them and where.
+The pages themselves are rendered by the ``report`` package; this module decides what goes into them and where.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Rendering a run's files: its HTML report page (the page itself is ``report.py``) and its secrets masked.
+"""Rendering a run's files: its HTML report page (the page itself is the ``report`` package) and its secrets masked.
 
 ``render_html`` writes ``<notebook>.html`` next to the executed notebook; ``redact_files`` rewrites every text
 file of a run folder with secrets masked before it is hashed (``manifest.write_manifest``).
@@ -16,7 +16,7 @@ def render_html(notebook: Path, manifest: dict[str, Any] | None = None) -> Path:
     """The run's report page next to its executed notebook (``<notebook>.html``), readable offline.
 
     A header from ``manifest`` (what the runner is about to archive: incident, verdict, who, database, plan id,
-    figures, checks), then the notebook's narrative, tables and plots without its code (``report.py``). The
+    figures, checks), then the notebook's narrative, tables and plots without its code (the ``report`` package). The
     executed notebook itself is left as it is.
     """
     from .. import report

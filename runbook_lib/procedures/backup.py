@@ -22,10 +22,10 @@ from ..errors import InvariantError, ParameterError
 from ..names import NameMap
 from ..params import CommonParams, name_list
 from . import register
-from .base import ApplyResult, Check, Plan, Procedure, VerifyResult, plan_hash
+from .base import VOUCHER_MODELS, ApplyResult, Check, Plan, Procedure, Steps, VerifyResult, plan_hash
 
 NAME = "backup"
-DEFAULT_MODELS = ["Voucher", "VoucherRedemption", "TokenTransaction", "UserTokenBalance"]
+DEFAULT_MODELS = list(VOUCHER_MODELS)
 
 
 class Params(CommonParams):
@@ -47,7 +47,7 @@ def table_names(conn: Connection, params: Any, names: NameMap, models: list[str]
     return [names.table_name(m) for m in models]
 
 
-def plan(conn: Connection, params: Params, names: NameMap) -> Plan:
+def plan(conn: Connection, params: Params, names: NameMap, detail: bool = True) -> Plan:
     tbls = table_names(conn, params, names, params.models)
     major = pgtools.server_major(conn)
     dump = pgtools.find_tool("pg_dump", major)
@@ -112,20 +112,9 @@ class Backup(Procedure):
     TITLE = "pg_dump archive of the voucher and token tables into the incident's evidence, with checksums"
     GUIDE_SECTION = "Rollback Procedure, Step 1: Backup Current State"
     Params = Params
+    steps = Steps(plan=plan, apply=apply, check=check, verify=verify)
     tables = tuple(DEFAULT_MODELS)
     writes = False  # the database is only read; pg_dump takes its own ACCESS SHARE locks in its snapshot
     #: the shared checks would only judge the state it captures, often a damaged one (the backup before a
     #: restore); a failing check must not fail the backup
     shared_checks = False
-
-    def plan(self, conn: Connection, params: Any, names: NameMap, *, detail: bool = True) -> Plan:
-        return plan(conn, params, names)
-
-    def apply(self, conn: Connection, params: Any, names: NameMap, plan: Plan) -> ApplyResult:
-        return apply(conn, params, names, plan)
-
-    def check(self, conn: Connection, params: Any, names: NameMap, plan: Plan, result: ApplyResult) -> None:
-        check(conn, params, names, plan, result)
-
-    def verify(self, conn: Connection, params: Any, names: NameMap, plan: Plan | None) -> VerifyResult:
-        return verify(conn, params, names, plan)

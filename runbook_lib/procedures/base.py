@@ -32,6 +32,9 @@ from sqlalchemy.engine import Connection, Engine
 from ..names import NameMap
 from ..params import CommonParams
 
+#: the Prisma models of the voucher system and its token ledger, as the application names them
+VOUCHER_MODELS: tuple[str, ...] = ("Voucher", "VoucherRedemption", "TokenTransaction", "UserTokenBalance")
+
 
 def plan_hash(*parts: Any) -> str:
     """A plan id: SHA-256 (first 24 hex digits) of the canonical JSON of what would change."""
@@ -125,6 +128,19 @@ class VerifyResult:
                             columns=["name", "status", "passed", "count", "detail"])
 
 
+@dataclass(frozen=True)
+class Steps:
+    """A procedure's five steps as plain functions of ``(conn, params, names, …)``, the way the built-in procedures
+    are written (module functions that tests and notebooks call directly too). ``plan`` takes ``detail`` as a
+    keyword; a step left ``None`` keeps the contract's default."""
+
+    plan: Callable[..., Plan]
+    lock: Callable[[Connection, Any, NameMap], None] | None = None
+    apply: Callable[[Connection, Any, NameMap, Plan], ApplyResult] | None = None
+    check: Callable[[Connection, Any, NameMap, Plan, ApplyResult], None] | None = None
+    verify: Callable[[Connection, Any, NameMap, Plan | None], VerifyResult] | None = None
+
+
 class Procedure:
     """The contract of a procedure: metadata, typed parameters, the five steps and every optional hook, defaulted.
 
@@ -160,29 +176,44 @@ class Procedure:
     #: fault-injection points inside the procedure (``faults.hit``), besides the driver's own; reliability trials
     fault_points: ClassVar[tuple[str, ...]] = ()
 
+    #: the five steps as module functions (how the built-in procedures are written); ``None``: the subclass
+    #: overrides the step methods itself (tests/test_contract.py)
+    steps: ClassVar[Steps | None] = None
+
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
-        if cls.writes and cls.apply is Procedure.apply and "NAME" in cls.__dict__:
+        applies = cls.apply is not Procedure.apply or (cls.steps is not None and cls.steps.apply is not None)
+        if cls.writes and not applies and "NAME" in cls.__dict__:
             raise TypeError(f"procedure {cls.__name__} writes but does not implement apply()")
 
     # -------------------------------------------------------------------------------- the five steps
     def plan(self, conn: Connection, params: Any, names: NameMap, *, detail: bool = True) -> Plan:
         """What would change, computed read-only. ``detail=False`` (under the execute's locks) may skip the display
         frames; the plan id must not depend on ``detail``."""
-        raise NotImplementedError(f"{type(self).__name__}.plan")
+        if self.steps is None:
+            raise NotImplementedError(f"{type(self).__name__}.plan")
+        return self.steps.plan(conn, params, names, detail=detail)
 
     def lock(self, conn: Connection, params: Any, names: NameMap) -> None:
         """Take the row/table locks of an execute, in a fixed order (default: none)."""
+        if self.steps is not None and self.steps.lock is not None:
+            self.steps.lock(conn, params, names)
 
     def apply(self, conn: Connection, params: Any, names: NameMap, plan: Plan) -> ApplyResult:
         """Apply the plan with set-based statements (default, for procedures that do not write: nothing)."""
+        if self.steps is not None and self.steps.apply is not None:
+            return self.steps.apply(conn, params, names, plan)
         return ApplyResult(changed=False, counts={})
 
     def check(self, conn: Connection, params: Any, names: NameMap, plan: Plan, result: ApplyResult) -> None:
         """Invariants before COMMIT; raise :class:`~runbook_lib.errors.InvariantError` to roll back (default: none)."""
+        if self.steps is not None and self.steps.check is not None:
+            self.steps.check(conn, params, names, plan, result)
 
     def verify(self, conn: Connection, params: Any, names: NameMap, plan: Plan | None) -> VerifyResult:
         """Post-conditions, read-only, after the execute or at the end of a review (default: none)."""
+        if self.steps is not None and self.steps.verify is not None:
+            return self.steps.verify(conn, params, names, plan)
         return VerifyResult(checks=[])
 
     # -------------------------------------------------------------------------------- optional hooks

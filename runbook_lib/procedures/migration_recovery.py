@@ -30,7 +30,7 @@ from ..params import CommonParams, recorded_reason
 from ..prisma import history
 from ..prisma import status as st
 from . import register
-from .base import ApplyResult, Check, Plan, Procedure, VerifyResult, plan_hash
+from .base import ApplyResult, Check, Plan, Procedure, Steps, VerifyResult, plan_hash
 
 NAME = "migration-recovery"
 
@@ -116,25 +116,54 @@ def _script(params: Params, name: str) -> bytes | None:
     return p.read_bytes() if p.is_file() else None
 
 
-def plan(conn: Connection, params: Params, names: NameMap) -> Plan:
+def plan(conn: Connection, params: Params, names: NameMap, detail: bool = True) -> Plan:
     _table(conn, names)
     folder = Path(params.migrations_dir) if params.migrations_dir else None
     statuses = st.migration_statuses(conn, names.db_schema, folder)
     target = _target(statuses, params)
     warnings: list[str] = []
     frames: dict[str, pd.DataFrame] = {"migrations": pd.DataFrame([s.as_row() for s in statuses])}
-    effects: list[st.StatementEffect] = []
+    effects = _target_effects(conn, params, names, target, warnings, frames)
+    summary = _status_summary(statuses, target, effects, warnings)
+    summary["action"] = params.action
+    do_nothing = _action_warnings(params, target, effects, warnings)
+    reset: dict[str, Any] = {}
+    if params.propose_reset:
+        reset = _reset_proposal(conn, params)
+        warnings.append(reset["message"])
+    comp = Path(params.compensating_sql).read_bytes() if params.compensating_sql else b""
+    if params.action == "applied" and effects:
+        summary["steps missing"] = len(_missing(effects))
+    digest = {"target": target.as_row() if target else None, "effects": [e.as_row() for e in effects],
+              "action": params.action, "compensating_sql": history.checksum(comp) if comp else None,
+              "override_reason": params.override_reason}
+    summary["nothing_to_do"] = do_nothing
+    return Plan(NAME, plan_hash(NAME, digest), summary, frames, warnings,
+                details={"target": target, "effects": effects, "compensating": comp, "reset": reset})
+
+
+def _target_effects(conn: Connection, params: Params, names: NameMap, target: st.MigrationStatus | None,
+                    warnings: list[str], frames: dict[str, pd.DataFrame]) -> list[st.StatementEffect]:
+    """Which steps of the target's migration.sql are in the database (the ``steps`` frame); none to list when
+    there is no target, it needs no steps checked, or its script is not available (a warning)."""
     # the steps of the failed migration; with action applied also those of a pending or rolled-back one (marking
     # it applied tells `prisma migrate deploy` that every step is in the database)
-    if target is not None and (target.status == "failed" or (params.action == "applied"
-                                                               and target.status in ("pending", "rolled back"))):
-        script = _script(params, target.name)
-        if script is None:
-            warnings.append(f"{target.name} failed, but its migration.sql is not available (give migrations_dir): "
-                            "the steps that took effect cannot be listed")
-        else:
-            effects = st.statement_effects(conn, script.decode("utf-8"), names.db_schema)
-            frames["steps"] = pd.DataFrame([e.as_row() for e in effects])
+    if target is None or not (target.status == "failed" or (params.action == "applied"
+                                                            and target.status in ("pending", "rolled back"))):
+        return []
+    script = _script(params, target.name)
+    if script is None:
+        warnings.append(f"{target.name} failed, but its migration.sql is not available (give migrations_dir): "
+                        "the steps that took effect cannot be listed")
+        return []
+    effects = st.statement_effects(conn, script.decode("utf-8"), names.db_schema)
+    frames["steps"] = pd.DataFrame([e.as_row() for e in effects])
+    return effects
+
+
+def _status_summary(statuses: list[st.MigrationStatus], target: st.MigrationStatus | None,
+                    effects: list[st.StatementEffect], warnings: list[str]) -> dict[str, Any]:
+    """Migrations per status, the target and its steps; warnings for failed and modified migrations."""
     counts = {k: sum(1 for s in statuses if s.status == k) for k in st.NEXT_ACTION}
     summary: dict[str, Any] = {f"migrations {k}": v for k, v in counts.items() if v}
     if target is not None:
@@ -149,55 +178,52 @@ def plan(conn: Connection, params: Params, names: NameMap) -> Plan:
     if counts["modified"]:
         warnings.append("modified migrations: `prisma migrate dev` reports that they were changed after being "
                         "applied and wants to reset the database; restore the files instead")
-    summary["action"] = params.action
-    do_nothing = params.action == "none"
-    if params.action != "none":
-        done_state = "rolled back" if params.action == "rolled_back" else "applied"
-        if target is None:
-            do_nothing = True
-            warnings.append("no failed migration to resolve: nothing to do")
-        elif target.status == done_state or (params.action == "applied" and target.status == "modified"):
-            do_nothing = True  # a second run: Prisma would say P3008 / P3012; the runbook changes nothing
-            warnings.append(f"{target.name} is already {target.status}: nothing to do")
-        elif params.action == "rolled_back" and target.status != "failed":
-            code = "P3011" if target.status == "pending" else "P3012"
-            raise PolicyAbort(f"{target.name} is {target.status}, not failed: `migrate resolve --rolled-back` only "
-                              f"applies to failed migrations (Prisma error {code}); choose the failed migration")
-        elif params.action == "applied" and _script(params, target.name) is None:
-            raise NotFoundError(f"{target.name}/migration.sql is not in {params.migrations_dir}")
-        missing = _missing(effects)
-        if params.action == "applied" and not do_nothing and missing and target is not None:
-            listed = "; ".join(missing[:10]) + (" …" if len(missing) > 10 else "")
-            if params.compensating_sql:
-                warnings.append(f"{len(missing)} steps of {target.name} are not in the database ({listed}): "
-                                "compensating_sql must complete them; checked again before COMMIT")
-            elif params.override_reason:
-                warnings.append(f"{len(missing)} steps of {target.name} are not in the database ({listed}); marked "
-                                f"applied anyway, override recorded: {params.override_reason}")
-            else:
-                warnings.append(f"{len(missing)} steps of {target.name} are not in the database ({listed}): execute "
-                                "refuses to mark it applied without compensating_sql completing them, or "
-                                "override_reason")
-        if params.action == "applied" and not do_nothing and any(e.took_effect is None for e in effects):
-            warnings.append("some steps cannot be checked in the catalog (data changes, unrecognised DDL): check "
-                            "them by hand before marking the migration applied")
-        if params.action == "rolled_back" and effects and any(e.took_effect for e in effects) \
-                and not params.compensating_sql:
-            warnings.append("steps of this migration took effect and no compensating_sql is given: after marking it "
-                            "rolled back, `migrate deploy` will re-run it and fail on the objects that exist")
-    reset: dict[str, Any] = {}
-    if params.propose_reset:
-        reset = _reset_proposal(conn, params)
-        warnings.append(reset["message"])
-    comp = Path(params.compensating_sql).read_bytes() if params.compensating_sql else b""
-    if params.action == "applied" and effects:
-        summary["steps missing"] = len(_missing(effects))
-    digest = {"target": target.as_row() if target else None, "effects": [e.as_row() for e in effects],
-              "action": params.action, "compensating_sql": history.checksum(comp) if comp else None,
-              "override_reason": params.override_reason}
-    summary["nothing_to_do"] = do_nothing
-    return Plan(NAME, plan_hash(NAME, digest), summary, frames, warnings,
-                details={"target": target, "effects": effects, "compensating": comp, "reset": reset})
+    return summary
+
+
+def _action_warnings(params: Params, target: st.MigrationStatus | None, effects: list[st.StatementEffect],
+                     warnings: list[str]) -> bool:
+    """Whether the action has nothing to do, with its warnings; refuses an action Prisma would refuse."""
+    if params.action == "none":
+        return True
+    do_nothing = False
+    done_state = "rolled back" if params.action == "rolled_back" else "applied"
+    if target is None:
+        do_nothing = True
+        warnings.append("no failed migration to resolve: nothing to do")
+    elif target.status == done_state or (params.action == "applied" and target.status == "modified"):
+        do_nothing = True  # a second run: Prisma would say P3008 / P3012; the runbook changes nothing
+        warnings.append(f"{target.name} is already {target.status}: nothing to do")
+    elif params.action == "rolled_back" and target.status != "failed":
+        code = "P3011" if target.status == "pending" else "P3012"
+        raise PolicyAbort(f"{target.name} is {target.status}, not failed: `migrate resolve --rolled-back` only "
+                          f"applies to failed migrations (Prisma error {code}); choose the failed migration")
+    elif params.action == "applied" and _script(params, target.name) is None:
+        raise NotFoundError(f"{target.name}/migration.sql is not in {params.migrations_dir}")
+    missing = _missing(effects)
+    if params.action == "applied" and not do_nothing and missing and target is not None:
+        warnings.append(_missing_steps_warning(params, target.name, missing))
+    if params.action == "applied" and not do_nothing and any(e.took_effect is None for e in effects):
+        warnings.append("some steps cannot be checked in the catalog (data changes, unrecognised DDL): check "
+                        "them by hand before marking the migration applied")
+    if params.action == "rolled_back" and effects and any(e.took_effect for e in effects) \
+            and not params.compensating_sql:
+        warnings.append("steps of this migration took effect and no compensating_sql is given: after marking it "
+                        "rolled back, `migrate deploy` will re-run it and fail on the objects that exist")
+    return do_nothing
+
+
+def _missing_steps_warning(params: Params, name: str, missing: list[str]) -> str:
+    """action=applied with steps not in the database: what completes them, or the recorded override."""
+    listed = "; ".join(missing[:10]) + (" …" if len(missing) > 10 else "")
+    if params.compensating_sql:
+        return (f"{len(missing)} steps of {name} are not in the database ({listed}): "
+                "compensating_sql must complete them; checked again before COMMIT")
+    if params.override_reason:
+        return (f"{len(missing)} steps of {name} are not in the database ({listed}); marked "
+                f"applied anyway, override recorded: {params.override_reason}")
+    return (f"{len(missing)} steps of {name} are not in the database ({listed}): execute "
+            "refuses to mark it applied without compensating_sql completing them, or override_reason")
 
 
 def _missing(effects: list[st.StatementEffect]) -> list[str]:
@@ -301,18 +327,4 @@ class MigrationRecovery(Procedure):
     TITLE = "Prisma migration state; resolve a failed migration (rolled back / applied), with compensating SQL"
     GUIDE_SECTION = "If Migration Failed Mid-Way"
     Params = Params
-
-    def plan(self, conn: Connection, params: Any, names: NameMap, *, detail: bool = True) -> Plan:
-        return plan(conn, params, names)
-
-    def lock(self, conn: Connection, params: Any, names: NameMap) -> None:
-        lock(conn, params, names)
-
-    def apply(self, conn: Connection, params: Any, names: NameMap, plan: Plan) -> ApplyResult:
-        return apply(conn, params, names, plan)
-
-    def check(self, conn: Connection, params: Any, names: NameMap, plan: Plan, result: ApplyResult) -> None:
-        check(conn, params, names, plan, result)
-
-    def verify(self, conn: Connection, params: Any, names: NameMap, plan: Plan | None) -> VerifyResult:
-        return verify(conn, params, names, plan)
+    steps = Steps(plan=plan, lock=lock, apply=apply, check=check, verify=verify)

@@ -20,6 +20,8 @@ Where the guide is wrong, and what this procedure does instead:
   but matched no grant at all refuses, naming the cause (the guide's bug again otherwise: redemptions gone,
   tokens kept).
 * The scope can be narrowed to voucher codes and a redemption time window instead of everything.
+
+The scope and the grant matching are in :mod:`.partial_scope`.
 """
 
 # ruff: noqa: S608  - identifiers come from NameMap (quoted); values are bind parameters
@@ -34,8 +36,7 @@ from pydantic import Field, field_validator, model_validator
 from sqlalchemy.engine import Connection
 
 from .. import grants
-from .. import names as nmod
-from ..errors import InvariantError, ParameterError, PolicyAbort
+from ..errors import InvariantError, PolicyAbort
 from ..grants import GrantLink
 from ..names import NameMap
 from ..params import DestructiveParams, TopRows, name_list, parse_aware_datetime
@@ -50,17 +51,11 @@ from ..reversal import (
     lock_reversal,
     plan_reversal,
 )
-from ..reversal_sql import as_column_time, refuse_unknown, sql_type
 from . import register
-from .base import ApplyResult, Check, Plan, Procedure, VerifyResult, plan_hash
+from .base import VOUCHER_MODELS, ApplyResult, Check, Plan, Procedure, Steps, VerifyResult, plan_hash
+from .partial_scope import ACTIVE, DEPLETED, EXPIRED, Scope, check_statuses, grant_matching
 
 NAME = "partial-rollback"
-
-V, R, L = "Voucher", "VoucherRedemption", "TokenTransaction"
-VOUCHER_NEEDS = ["id", "code", "status", "maxUses", "currentUses"]
-REDEMPTION_NEEDS = ["id", "voucherId", "userId", "redeemedAt"]
-#: the status names the rollback's transitions use, when the voucher status enum has them
-ACTIVE, DEPLETED, EXPIRED = "ACTIVE", "DEPLETED", "EXPIRED"
 
 
 class ScopeParams(DestructiveParams):
@@ -108,212 +103,12 @@ class Params(ReversalOptions, ScopeParams):
 
 
 # ---------------------------------------------------------------------------------------------------------
-# Scope: the redemptions to clear, the vouchers in scope, the ledger grants those redemptions produced
+# plan / lock / apply / check / verify (the scope and the grant matching: runbook_lib.procedures.partial_scope)
 # ---------------------------------------------------------------------------------------------------------
 
 
-def _q(names: NameMap) -> dict[str, str]:
-    return {
-        "V": names.t(V), "R": names.t(R), "L": names.t(L),
-        "v_id": names.c(V, "id"), "v_code": names.c(V, "code"), "v_status": names.c(V, "status"),
-        "v_max": names.c(V, "maxUses"), "v_uses": names.c(V, "currentUses"), "v_exp": names.c(V, "expiresAt"),
-        "v_upd": names.c(V, "updatedAt"),
-        "r_id": names.c(R, "id"), "r_vid": names.c(R, "voucherId"), "r_uid": names.c(R, "userId"),
-        "r_ts": names.c(R, "redeemedAt"),
-        "l_id": names.c(L, "id"), "l_src": names.c(L, "source"), "l_sid": names.c(L, "sourceId"),
-        "l_uid": names.c(L, "userId"), "l_amt": names.c(L, "amount"),
-    }
-
-
-class Scope:
-    """SQL fragments and bind values for one parameter set (built once per plan/lock/verify)."""
-
-    def __init__(self, conn: Connection, params: Params, names: NameMap) -> None:
-        nmod.require(conn, names, {V: VOUCHER_NEEDS, R: REDEMPTION_NEEDS, L: ["id", "userId", "amount", "source",
-                                                                            "sourceId"]})
-        self.q = q = _q(names)
-        self.binds: dict[str, Any] = {"pr_source": params.source, "rb_rsource": params.reversal_source}
-        v_where = ["true"]
-        if params.voucher_codes:
-            known = {r[0] for r in conn.execute(sa.text(
-                f"select {q['v_code']} from {q['V']} where {q['v_code']} = any(:pr_codes)"),
-                {"pr_codes": params.voucher_codes})}
-            refuse_unknown(params.voucher_codes, known, "voucher codes",
-                           "; check the spelling (codes are case-sensitive)")
-            v_where.append(f"v.{q['v_code']} = any(:pr_codes)")
-            self.binds["pr_codes"] = params.voucher_codes
-        r_where = list(v_where)
-        since = parse_aware_datetime(params.redeemed_since, "redeemed_since")
-        until = parse_aware_datetime(params.redeemed_until, "redeemed_until")
-        if since:
-            r_where.append(f"r.{q['r_ts']} >= :pr_since")
-            self.binds["pr_since"] = as_column_time(conn, names, R, "redeemedAt", since)
-        if until:
-            r_where.append(f"r.{q['r_ts']} < :pr_until")
-            self.binds["pr_until"] = as_column_time(conn, names, R, "redeemedAt", until)
-        #: vouchers in scope (alias v)
-        self.vouchers = f"select v.* from {q['V']} v where {' and '.join(v_where)}"
-        #: redemptions to clear (alias r), with their voucher's code
-        self.redemptions = (
-            f"select r.{q['r_id']} as id, r.{q['r_vid']} as voucher_id, r.{q['r_uid']} as user_id, "
-            f"r.{q['r_ts']} as redeemed_at, v.{q['v_code']} as code from {q['R']} r join {q['V']} v "
-            f"on v.{q['v_id']} = r.{q['r_vid']} where {' and '.join(r_where)}")
-        #: tokens each redemption granted, where the schema records it (the application's tokensGranted)
-        self.tokens_granted = (f"r.{names.c(R, 'tokensGranted')}" if nmod.has_column(conn, names, R, "tokensGranted")
-                               else "null::int")
-        self.redemptions = self.redemptions.replace(
-            " as code from", f" as code, {self.tokens_granted} as tokens_granted from", 1)
-        # the ledger grants those redemptions produced, as a condition on the ledger aliased tt (a semi-join)
-        self.grant_link = params.grant_link
-        if params.grant_link == "redemption_id":
-            self.grant_where = (f"tt.{q['l_src']} = :pr_source and tt.{q['l_sid']} in "
-                                f"(select s.id from ({self.redemptions}) s)")
-        else:  # the application: sourceId = the voucher's id, for the redeeming user
-            self.grant_where = (f"tt.{q['l_src']} = :pr_source and (tt.{q['l_sid']}, tt.{q['l_uid']}) in "
-                                f"(select s.voucher_id, s.user_id from ({self.redemptions}) s)")
-        self.has_expiry = nmod.has_column(conn, names, V, "expiresAt")
-        self.has_updated = nmod.has_column(conn, names, V, "updatedAt")
-        #: "now" as the timestamp columns hold it: Prisma's DateTime is UTC in ``timestamp without time zone``;
-        #: a ``timestamptz`` column compares with now() itself (never via the session's TimeZone)
-        self.now_expiry = _now_for(conn, names, V, "expiresAt") if self.has_expiry else "now()"
-        self.now_updated = _now_for(conn, names, V, "updatedAt") if self.has_updated else "now()"
-        self.status_type = sql_type(conn, names, V, "status")
-        #: the voucher statuses the database knows (the enum's values, else those in use)
-        self.statuses = nmod.enum_values(conn, names, "VoucherStatus") or [
-            r[0] for r in conn.execute(sa.text(f"select distinct {q['v_status']}::text from {q['V']}"))]
-        # a transition is made only to and from statuses the enum has (None disables it)
-        self.active = ACTIVE if ACTIVE in self.statuses else None
-        self.depleted = DEPLETED if DEPLETED in self.statuses else None
-        self.expired = EXPIRED if EXPIRED in self.statuses else None
-
-    def voucher_changes_sql(self) -> str:
-        """Per voucher in scope: counter and status before and after (the rollback's reasons only)."""
-        q = self.q
-        expired = (f"(v.{q['v_exp']} is not null and v.{q['v_exp']} <= {self.now_expiry})"
-                   if self.has_expiry else "false")
-        below = "(v.max_uses is null or v.new_uses < v.max_uses)"
-        # the rollback is the reason only when it removed redemptions of a voucher that was at (or over) its
-        # limit and is below it afterwards; a DEPLETED voucher without a limit, below its limit already, or
-        # losing nothing in this scope was depleted by someone else and keeps its status
-        revived = ("(v.removed > 0 and v.max_uses is not null and greatest(v.uses, v.old_uses) >= v.max_uses "
-                   "and v.new_uses < v.max_uses)")
-        # status names are bind values from the enum (:pr_active, :pr_depleted, :pr_expired; null when absent)
-        return f"""
-            select v.id, v.code, v.status, v.uses, v.max_uses, v.removed, v.new_uses, v.expired,
-              case when v.status = any(cast(:pr_reset as text[])) and :pr_active is not null then
-                     case when {below} then :pr_active else coalesce(:pr_depleted, v.status) end
-                   when v.status = :pr_depleted and {revived} and :pr_active is not null then
-                     case when v.expired then coalesce(:pr_expired, v.status) else :pr_active end
-                   else v.status end as new_status
-            from (select v.{q['v_id']} as id, v.{q['v_code']} as code, v.{q['v_status']}::text as status,
-                    v.{q['v_uses']} as uses, v.{q['v_max']} as max_uses, {expired} as expired,
-                    coalesce(tot.n, 0) as old_uses,
-                    coalesce(rm.n, 0) as removed, coalesce(tot.n, 0) - coalesce(rm.n, 0) as new_uses
-                  from ({self.vouchers}) v
-                  left join (select voucher_id, count(*) as n from ({self.redemptions}) s group by 1) rm
-                    on rm.voucher_id = v.{q['v_id']}
-                  left join (select {q['r_vid']} as voucher_id, count(*) as n from {q['R']} group by 1) tot
-                    on tot.voucher_id = v.{q['v_id']}) v"""
-
-    def bind(self, reset: list[str]) -> dict[str, Any]:
-        return {**self.binds, "pr_reset": reset, "pr_active": self.active, "pr_depleted": self.depleted,
-                "pr_expired": self.expired}
-
-
-def _now_for(conn: Connection, names: NameMap, model: str, fld: str) -> str:
-    """SQL for the current time in the column's own kind: naive UTC for ``timestamp``, ``now()`` for ``timestamptz``."""
-    ctype = nmod.column_type(conn, names, model, fld) or ""
-    return "now()" if "with time zone" in ctype else "(now() at time zone 'utc')"
-
-
-def _check_statuses(conn: Connection, names: NameMap, params: Params) -> None:
-    if not params.reset_statuses:
-        return
-    allowed = nmod.enum_values(conn, names, "VoucherStatus") or [
-        r[0] for r in conn.execute(sa.text(f"select distinct {names.c(V, 'status')}::text from {names.t(V)}"))]
-    bad = [s for s in params.reset_statuses if s not in allowed]
-    if bad:
-        raise ParameterError(f"parameter 'reset_statuses': {', '.join(bad)} not a voucher status; allowed: "
-                             f"{', '.join(allowed)}", "reset_statuses")
-
-
-# ---------------------------------------------------------------------------------------------------------
-# plan / lock / apply / check / verify
-# ---------------------------------------------------------------------------------------------------------
-
-
-def grant_matching(conn: Connection, names: NameMap, sc: Scope, binds: dict[str, Any]) -> dict[str, Any]:
-    """How the redemptions in scope and the ledger's grants find each other; never silent about either side.
-
-    One aggregated statement: redemptions in scope without any grant (and how many of those granted tokens),
-    grants of the vouchers in scope without any redemption and not reversed, and grants whose
-    ``metadata.voucherCode`` names another voucher than the one they point to."""
-    q = sc.q
-    link = grants.reversal_link(conn, names) if nmod.has_column(conn, names, L, "sourceId") else None
-    this = grants.redemption_join(names, sc.grant_link, "s", "tt").replace(f"s.{names.c(R, 'voucherId')}",
-                                                                          "s.voucher_id")
-    this = this.replace(f"s.{names.c(R, 'userId')}", "s.user_id").replace(f"s.{names.c(R, 'id')}", "s.id")
-    other = "redemption_id" if sc.grant_link == "voucher_and_user" else "voucher_and_user"
-    that = grants.redemption_join(names, other, "s", "tt").replace(f"s.{names.c(R, 'voucherId')}", "s.voucher_id")
-    that = that.replace(f"s.{names.c(R, 'userId')}", "s.user_id").replace(f"s.{names.c(R, 'id')}", "s.id")
-    code_sql = grants.metadata_code(conn, names, "tt")
-    not_reversed = (f"not exists (select 1 from {q['L']} x where {link.is_reversal_of('x', 'tt.' + q['l_id'])})"
-                    if link else "true")
-    if sc.grant_link == "voucher_and_user":
-        orphan_grants = (
-            f"select count(*) from {q['L']} tt where tt.{q['l_src']} = :pr_source and tt.{q['l_sid']} in "
-            f"(select v.{q['v_id']} from ({sc.vouchers}) v) and not exists (select 1 from {q['R']} r where "
-            f"{grants.redemption_join(names, 'voucher_and_user', 'r', 'tt')}) and {not_reversed}")
-    else:
-        orphan_grants = (
-            f"select count(*) from {q['L']} tt where tt.{q['l_src']} = :pr_source and tt.{q['l_sid']} is not null "
-            f"and not exists (select 1 from {q['R']} r where r.{q['r_id']} = tt.{q['l_sid']}) and {not_reversed}")
-    mismatch = (f"(select count(*) from ({sc.redemptions}) s join {q['L']} tt on tt.{q['l_src']} = :pr_source "
-                f"and {this} where {code_sql} is not null and {code_sql} <> s.code)") if code_sql else "0"
-    row = conn.execute(sa.text(
-        f"select count(*) filter (where not m.matched) as without_grant, "
-        f"count(*) filter (where not m.matched and coalesce(m.tokens_granted, 1) > 0) as granting_without, "
-        f"count(*) filter (where coalesce(m.tokens_granted, 1) > 0) as granting, "
-        f"count(*) filter (where m.other_matched) as other_matched, "
-        f"({orphan_grants}) as orphan_grants, {mismatch} as mismatch "
-        f"from (select s.tokens_granted, exists (select 1 from {q['L']} tt where tt.{q['l_src']} = :pr_source "
-        f"and {this}) as matched, exists (select 1 from {q['L']} tt where tt.{q['l_src']} = :pr_source "
-        f"and {that}) as other_matched from ({sc.redemptions}) s) m"), binds).mappings().one()
-    out: dict[str, Any] = {
-        "redemptions_without_grant": int(row["without_grant"]),
-        "granting_without_grant": int(row["granting_without"]),
-        "grants_without_redemption": int(row["orphan_grants"]),
-        "code_mismatch": int(row["mismatch"]),
-        "warnings": [], "refuse": None,
-    }
-    source = binds["pr_source"]
-    if out["granting_without_grant"]:
-        out["warnings"].append(
-            f"{out['granting_without_grant']} redemptions in scope granted tokens but have no ledger grant "
-            f"(source = '{source}', grant_link={sc.grant_link}): their tokens cannot be reversed")
-    if out["grants_without_redemption"]:
-        out["warnings"].append(f"{out['grants_without_redemption']} ledger grants of these vouchers belong to no "
-                               "redemption and are not reversed (listed by verify's orphan_voucher_grants)")
-    if out["code_mismatch"]:
-        out["warnings"].append(f"{out['code_mismatch']} matched grants carry a metadata.voucherCode of another "
-                               "voucher: check them before executing")
-    granting = int(row["granting"])
-    if granting and out["granting_without_grant"] == granting:
-        hint = (f"{int(row['other_matched'])} of them match with grant_link={other}: pass -p grant_link {other}"
-                if row["other_matched"] else f"check 'source' (grants are looked up with source = '{source}') "
-                "and whether this database records grants in the ledger at all")
-        out["refuse"] = (f"{granting} redemptions in scope granted tokens but no ledger grant matches any of them "
-                         f"by grant_link={sc.grant_link}: deleting them would keep every granted token (the guide's "
-                         f"bug); nothing was changed. {hint}")
-        out["warnings"].insert(0, "EXECUTE WILL REFUSE: " + out["refuse"].replace("; nothing was changed", ""))
-    return out
-
-
-def plan(conn: Connection, params: Params, names: NameMap) -> Plan:
-    sc = Scope(conn, params, names)
-    _check_statuses(conn, names, params)
-    binds = sc.bind(params.reset_statuses)
-    changes = sc.voucher_changes_sql()
+def _scope_figures(conn: Connection, sc: Scope, changes: str, binds: dict[str, Any]) -> tuple[Any, Any]:
+    """The redemptions to clear and the vouchers in scope, aggregated (counts and digests)."""
     red = conn.execute(sa.text(
         f"select count(*) as n, count(distinct user_id) as users, count(distinct voucher_id) as vouchers, "
         f"min(redeemed_at) as first, max(redeemed_at) as last, "
@@ -333,17 +128,13 @@ def plan(conn: Connection, params: Params, names: NameMap) -> Plan:
         f"md5(coalesce(string_agg(id || ':' || uses || '>' || new_uses || ':' || status || '>' || new_status, ',' "
         f"  order by id) filter (where uses <> new_uses or status <> new_status), '')) as digest "
         f"from ({changes}) c"), binds).mappings().one()
-    rp = plan_reversal(
-        conn, names, where_sql=sc.grant_where, where_params=binds, ledger_mode=params.ledger_mode,
-        negative_policy=params.negative_policy, reversal_type=params.reversal_type,
-        reversal_source=params.reversal_source, sample_rows=params.sample_rows, top_users=params.top_users,
-        grant_link=params.grant_link)
-    rs = rp.summary
-    grants_total = conn.execute(sa.text(
-        f"select count(*), coalesce(sum(tt.{sc.q['l_amt']}), 0)::bigint from {sc.q['L']} tt where {sc.grant_where}"),
-        binds).one()
-    matching = grant_matching(conn, names, sc, binds)
-    summary = {
+    return red, vch
+
+
+def _summary(params: Params, red: Any, vch: Any, grants_total: Any, matching: dict[str, Any],
+             rs: dict[str, Any]) -> dict[str, Any]:
+    """The review's summary (figures of the scope, the grant matching and the reversal; the chosen options)."""
+    return {
         "redemptions to clear": int(red["n"]),
         "users with redemptions cleared": int(red["users"]),
         "vouchers in scope": int(vch["in_scope"]),
@@ -366,6 +157,10 @@ def plan(conn: Connection, params: Params, names: NameMap) -> Plan:
         "reset statuses": ", ".join(params.reset_statuses) or "none",
         "nothing_to_do": int(red["n"]) == 0 and int(vch["changing"]) == 0 and rs["rows_to_reverse"] == 0,
     }
+
+
+def _warnings(rp: ReversalPlan, rs: dict[str, Any], matching: dict[str, Any], vch: Any, sc: Scope) -> list[str]:
+    """The reversal's warnings, then what execute stops on or leaves alone (balances, grants, statuses)."""
     warnings = list(rp.warnings)
     if rs["users_without_balance"]:
         warnings.append(f"{rs['users_without_balance']:,} users have grants but no balance row: execute stops "
@@ -386,6 +181,12 @@ def plan(conn: Connection, params: Params, names: NameMap) -> Plan:
         warnings.append(f"{vch['depleted_under_limit']} vouchers stay DEPLETED below their limit (or without one): "
                         "this rollback removes none of their redemptions, or they were below the limit already, so "
                         "it is not the reason to reactivate them; name DEPLETED in reset_statuses to do so")
+    return warnings
+
+
+def _frames(conn: Connection, params: Params, sc: Scope, changes: str, binds: dict[str, Any],
+            rp: ReversalPlan) -> dict[str, pd.DataFrame]:
+    """The review's tables: vouchers before/after, redemptions by voucher and a sample, the reversal's frames."""
     frames: dict[str, pd.DataFrame] = {}
     frames["vouchers"] = pd.DataFrame(conn.execute(sa.text(
         f"select code, status as status_before, new_status as status_after, uses as uses_before, "
@@ -404,6 +205,28 @@ def plan(conn: Connection, params: Params, names: NameMap) -> Plan:
     frames["grants_sample"] = rp.frames.get("sample", pd.DataFrame())
     frames["balances"] = rp.frames.get("balances", pd.DataFrame())
     frames["negative"] = rp.frames.get("negative", pd.DataFrame())
+    return frames
+
+
+def plan(conn: Connection, params: Params, names: NameMap, detail: bool = True) -> Plan:
+    sc = Scope(conn, params, names)
+    check_statuses(conn, names, params)
+    binds = sc.bind(params.reset_statuses)
+    changes = sc.voucher_changes_sql()
+    red, vch = _scope_figures(conn, sc, changes, binds)
+    rp = plan_reversal(
+        conn, names, where_sql=sc.grant_where, where_params=binds, ledger_mode=params.ledger_mode,
+        negative_policy=params.negative_policy, reversal_type=params.reversal_type,
+        reversal_source=params.reversal_source, sample_rows=params.sample_rows, top_users=params.top_users,
+        grant_link=params.grant_link)
+    rs = rp.summary
+    grants_total = conn.execute(sa.text(
+        f"select count(*), coalesce(sum(tt.{sc.q['l_amt']}), 0)::bigint from {sc.q['L']} tt where {sc.grant_where}"),
+        binds).one()
+    matching = grant_matching(conn, names, sc, binds)
+    summary = _summary(params, red, vch, grants_total, matching, rs)
+    warnings = _warnings(rp, rs, matching, vch, sc)
+    frames = _frames(conn, params, sc, changes, binds, rp)
     digest = {"redemptions": red["digest"], "vouchers": vch["digest"], "reversal": rp.digest,
               "reset": sorted(params.reset_statuses), "link": params.grant_link}
     p = Plan(procedure=NAME, plan_id=plan_hash(NAME, digest), summary=summary, frames=frames, warnings=warnings,
@@ -536,20 +359,6 @@ class PartialRollback(Procedure):
     TITLE = "Clear voucher redemptions (all or chosen codes/window), reverse their tokens, fix counters and status"
     GUIDE_SECTION = "Partial Rollback (Keep Structure, Clear Data)"
     Params = Params
-    tables = ("Voucher", "VoucherRedemption", "TokenTransaction", "UserTokenBalance")
+    steps = Steps(plan=plan, lock=lock, apply=apply, check=check, verify=verify)
+    tables = VOUCHER_MODELS
     destructive = True  # redemptions are deleted
-
-    def plan(self, conn: Connection, params: Any, names: NameMap, *, detail: bool = True) -> Plan:
-        return plan(conn, params, names)
-
-    def lock(self, conn: Connection, params: Any, names: NameMap) -> None:
-        lock(conn, params, names)
-
-    def apply(self, conn: Connection, params: Any, names: NameMap, plan: Plan) -> ApplyResult:
-        return apply(conn, params, names, plan)
-
-    def check(self, conn: Connection, params: Any, names: NameMap, plan: Plan, result: ApplyResult) -> None:
-        check(conn, params, names, plan, result)
-
-    def verify(self, conn: Connection, params: Any, names: NameMap, plan: Plan | None) -> VerifyResult:
-        return verify(conn, params, names, plan)

@@ -27,7 +27,7 @@ from ..errors import InvariantError
 from ..names import NameMap
 from ..params import CommonParams
 from . import register
-from .base import ApplyResult, Check, Plan, Procedure, VerifyResult, plan_hash
+from .base import ApplyResult, Check, Plan, Procedure, Steps, VerifyResult, plan_hash
 
 NAME = "rehearsal"
 OVERRIDE = "rehearsal on a scratch copy: the live database is not written"
@@ -71,7 +71,7 @@ def _tables(params: Params, names: NameMap) -> list[str]:
     return [names.table_name(m) for m in procedures.get(params.rehearse).tables]
 
 
-def plan(conn: Connection, params: Params, names: NameMap) -> Plan:
+def plan(conn: Connection, params: Params, names: NameMap, detail: bool = True) -> Plan:
     inner = _inner_params(params)
     info = db.server_info(conn)
     size = conn.execute(sa.text("select pg_database_size(current_database())")).scalar_one()
@@ -249,22 +249,11 @@ class Rehearsal(Procedure):
     TITLE = "Run a procedure on a scratch copy of the target (never the target) and compare the figures"
     GUIDE_SECTION = "Testing Rollback"
     Params = Params
+    steps = Steps(plan=plan, apply=apply, check=check, verify=verify)
     writes = False  # only the scratch copy is written
     #: the live database is only read: the shared checks would judge its (often damaged) state, not the rehearsal;
     #: the copy's own verification is in the result
     shared_checks = False
 
-    def plan(self, conn: Connection, params: Any, names: NameMap, *, detail: bool = True) -> Plan:
-        return plan(conn, params, names)
-
     def before_transaction(self, engine: sa.engine.Engine, params: Any) -> Callable[[], None] | None:
         return before_transaction(engine, params)
-
-    def apply(self, conn: Connection, params: Any, names: NameMap, plan: Plan) -> ApplyResult:
-        return apply(conn, params, names, plan)
-
-    def check(self, conn: Connection, params: Any, names: NameMap, plan: Plan, result: ApplyResult) -> None:
-        check(conn, params, names, plan, result)
-
-    def verify(self, conn: Connection, params: Any, names: NameMap, plan: Plan | None) -> VerifyResult:
-        return verify(conn, params, names, plan)

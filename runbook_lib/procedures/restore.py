@@ -27,7 +27,7 @@ from ..errors import InvariantError, ParameterError, PolicyAbort
 from ..names import NameMap
 from ..params import DestructiveParams, identifiers, name_list
 from . import register
-from .base import ApplyResult, Check, Plan, Procedure, VerifyResult, plan_hash
+from .base import VOUCHER_MODELS, ApplyResult, Check, Plan, Procedure, Steps, VerifyResult, plan_hash
 
 NAME = "restore"
 
@@ -318,23 +318,9 @@ class Restore(Procedure):
     TITLE = "Compare a backup with the live tables; restore them in one transaction (or into another database)"
     GUIDE_SECTION = "If Data Corruption Detected: Restore from backup"
     Params = Params
-    tables = ("Voucher", "VoucherRedemption", "TokenTransaction", "UserTokenBalance")
+    steps = Steps(plan=plan, lock=lock, apply=apply, check=check, verify=verify)
+    tables = VOUCHER_MODELS
     destructive = True
-
-    def plan(self, conn: Connection, params: Any, names: NameMap, *, detail: bool = True) -> Plan:
-        return plan(conn, params, names, detail=detail)
-
-    def lock(self, conn: Connection, params: Any, names: NameMap) -> None:
-        lock(conn, params, names)
-
-    def apply(self, conn: Connection, params: Any, names: NameMap, plan: Plan) -> ApplyResult:
-        return apply(conn, params, names, plan)
-
-    def check(self, conn: Connection, params: Any, names: NameMap, plan: Plan, result: ApplyResult) -> None:
-        check(conn, params, names, plan, result)
-
-    def verify(self, conn: Connection, params: Any, names: NameMap, plan: Plan | None) -> VerifyResult:
-        return verify(conn, params, names, plan)
 
     def is_destructive(self, params: Any) -> bool:
         return bool(params.into_database is None)  # restoring into a new database overwrites nothing

@@ -61,7 +61,7 @@ from ..reversal_sql import (
     table_exists,
 )
 from . import register
-from .base import ApplyResult, Check, Plan, Procedure, VerifyResult, plan_hash
+from .base import ApplyResult, Check, Plan, Procedure, Steps, VerifyResult, plan_hash
 
 NAME = "token-reversal"
 
@@ -307,22 +307,8 @@ class TokenReversal(Procedure):
     TITLE = "Reverse voucher token grants in a time window: balances and ledger, in one transaction"
     GUIDE_SECTION = "Token Transaction Rollback"
     Params = Params
+    steps = Steps(plan=plan, lock=lock, apply=apply, check=check, verify=verify)
     tables = ("TokenTransaction", "UserTokenBalance")
-
-    def plan(self, conn: Connection, params: Any, names: NameMap, *, detail: bool = True) -> Plan:
-        return plan(conn, params, names, detail=detail)
-
-    def lock(self, conn: Connection, params: Any, names: NameMap) -> None:
-        lock(conn, params, names)
-
-    def apply(self, conn: Connection, params: Any, names: NameMap, plan: Plan) -> ApplyResult:
-        return apply(conn, params, names, plan)
-
-    def check(self, conn: Connection, params: Any, names: NameMap, plan: Plan, result: ApplyResult) -> None:
-        check(conn, params, names, plan, result)
-
-    def verify(self, conn: Connection, params: Any, names: NameMap, plan: Plan | None) -> VerifyResult:
-        return verify(conn, params, names, plan)
 
     def is_destructive(self, params: Any) -> bool:
         return bool(params.ledger_mode == "delete")  # compensate mode keeps the ledger

@@ -19,7 +19,7 @@ from ..errors import SchemaMismatchError
 from ..names import NameMap
 from ..params import CommonParams, name_list
 from . import register
-from .base import Plan, Procedure, VerifyResult, plan_hash
+from .base import Plan, Procedure, Steps, VerifyResult, plan_hash
 
 NAME = "verify"
 
@@ -55,7 +55,7 @@ def require_target(conn: Connection, names: NameMap) -> None:
                                   + " — check db_schema, prisma_schema or table_map")
 
 
-def plan(conn: Connection, params: Params, names: NameMap) -> Plan:
+def plan(conn: Connection, params: Params, names: NameMap, detail: bool = True) -> Plan:
     """Run the checks in the review's read-only snapshot; the summary is their counts. Nothing would change
     (review and execute are the same for a procedure that only reads)."""
     require_target(conn, names)
@@ -94,12 +94,7 @@ class Verify(Procedure):
     TITLE = "Orphan and invariant checks (read-only); exit 13 when one fails"
     GUIDE_SECTION = "Testing Rollback: verify no orphaned data remains"
     Params = Params
+    steps = Steps(plan=plan, verify=verify)
     writes = False
     shared_checks = False  # it runs them itself (plan and verify)
     checks_are_the_result = True  # a failed check fails a review too (exit 13)
-
-    def plan(self, conn: Connection, params: Any, names: NameMap, *, detail: bool = True) -> Plan:
-        return plan(conn, params, names)
-
-    def verify(self, conn: Connection, params: Any, names: NameMap, plan: Plan | None) -> VerifyResult:
-        return verify(conn, params, names, plan)
