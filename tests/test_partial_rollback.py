@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pandas as pd
 import pytest
 import sqlalchemy as sa
@@ -213,7 +215,8 @@ def test_invariant_failure_rolls_back(small_db, engine_for, monkeypatch):
         conn.execute(sa.text('update "Voucher" set "currentUses" = "currentUses" + 1 where code = \'WELCOME\''))
         return result
 
-    monkeypatch.setattr(pr, "apply", bad_apply)
+    # the procedure's steps are the functions its class declared (Steps): replace apply there
+    monkeypatch.setattr(pr.PartialRollback, "steps", dataclasses.replace(pr.PartialRollback.steps, apply=bad_apply))
     with pytest.raises(InvariantError, match="counters"):
         Run("partial-rollback", {"all_vouchers": True, "mode": "execute", "backup_override_reason": NO_BACKUP, "approved_plan": plan.plan_id}).execute()
     after = state(eng)
