@@ -9,7 +9,7 @@ database in the very snapshot pg_dump dumped, and checks the archive with ``pg_r
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, NotRequired, TypedDict
 
 import pandas as pd
 import sqlalchemy as sa
@@ -41,13 +41,23 @@ class Params(CommonParams):
 
 
 
+class BackupDetails(TypedDict):
+    """What the backup's plan hands to apply/check: the tables to dump and the server they are on."""
+
+    tables: list[str]  # real table names of ``params.models``
+    info: db.ServerInfo  # the target (fingerprint and database name go into the backup's metadata)
+    #: set by :func:`apply`: ``backups.take_backup``'s metadata (archive size, per-table rows and md5,
+    #: ``pg_restore --list`` result): JSON of mixed values, hence ``Any``
+    meta: NotRequired[dict[str, Any]]
+
+
 def table_names(conn: Connection, params: Any, names: NameMap, models: list[str]) -> list[str]:
     """Real table names of the models (schema.prisma / reflection / maps); a missing one is an error."""
     nmod.require(conn, names, {m: [] for m in models})
     return [names.table_name(m) for m in models]
 
 
-def plan(conn: Connection, params: Params, names: NameMap, detail: bool = True) -> Plan:
+def plan(conn: Connection, params: Params, names: NameMap, detail: bool = True) -> Plan[BackupDetails]:
     tbls = table_names(conn, params, names, params.models)
     major = pgtools.server_major(conn)
     dump = pgtools.find_tool("pg_dump", major)
@@ -62,12 +72,12 @@ def plan(conn: Connection, params: Params, names: NameMap, detail: bool = True) 
                "size on disk (MB)": round(sum(float(r["size (MB)"]) for r in rows), 2),
                "pg_dump": f"{dump.version} ({dump.path})", "server": info.server_version}
     return Plan(NAME, plan_hash(NAME, sorted(tbls), info.fingerprint, names.db_schema), summary,
-                frames={"tables": pd.DataFrame(rows)}, details={"tables": tbls, "info": info})
+                frames={"tables": pd.DataFrame(rows)}, details=BackupDetails(tables=tbls, info=info))
 
 
 
 
-def apply(conn: Connection, params: Params, names: NameMap, plan: Plan) -> ApplyResult:
+def apply(conn: Connection, params: Params, names: NameMap, plan: Plan[BackupDetails]) -> ApplyResult:
     if not params.evidence_dir:
         raise ParameterError("backup writes into the run's evidence folder: run it with `runbook run backup "
                              "--incident ID`, or set evidence_dir", "evidence_dir")
@@ -86,13 +96,13 @@ def apply(conn: Connection, params: Params, names: NameMap, plan: Plan) -> Apply
                                       f"({sum(v['rows'] for v in meta['tables'].values())} rows) in {out / 'backup.dump'}"])
 
 
-def check(conn: Connection, params: Params, names: NameMap, plan: Plan, result: ApplyResult) -> None:
+def check(conn: Connection, params: Params, names: NameMap, plan: Plan[BackupDetails], result: ApplyResult) -> None:
     meta = plan.details.get("meta") or {}
     if sorted(meta.get("tables", {})) != sorted(plan.details["tables"]):
         raise InvariantError("the backup does not cover every table of the plan")
 
 
-def verify(conn: Connection, params: Params, names: NameMap, plan: Plan | None) -> VerifyResult:
+def verify(conn: Connection, params: Params, names: NameMap, plan: Plan[BackupDetails] | None) -> VerifyResult:
     if params.mode != "execute" or not params.evidence_dir:
         return VerifyResult(checks=[Check("review only: no backup taken", True, 0, "run with --execute to take it")])
     folder, meta = backups.load_backup(params.evidence_dir)  # re-reads the archive and checks its SHA-256

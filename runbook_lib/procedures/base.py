@@ -21,10 +21,10 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Generic, TypeVar
 
 import pandas as pd
 from sqlalchemy.engine import Connection, Engine
@@ -42,8 +42,12 @@ def plan_hash(*parts: Any) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:24]
 
 
+#: a procedure's plan details: a ``TypedDict`` of its own (``TokenReversalDetails``…), a plain dict at run time
+D = TypeVar("D", bound=Mapping[str, Any])
+
+
 @dataclass
-class Plan:
+class Plan(Generic[D]):
     """What a procedure would do, computed in a read-only snapshot (or under locks, for execute)."""
 
     procedure: str
@@ -57,8 +61,9 @@ class Plan:
     #: SQL (select statements) whose full results go to the evidence folder as Parquet/CSV files;
     #: name -> (sql, bind params). Streamed in chunks by the driver, never held in the notebook.
     exports: dict[str, tuple[str, dict[str, Any]]] = field(default_factory=dict)
-    #: anything else the procedure's apply/check needs from the plan
-    details: dict[str, Any] = field(default_factory=dict)
+    #: what the procedure's apply/check/verify (and its notebook) need from the plan, typed per procedure by a
+    #: ``TypedDict`` (``Plan[TokenReversalDetails]``); a dict at run time, so notebooks read ``plan.details["…"]``
+    details: D = field(default_factory=dict)  # type: ignore[assignment]
 
     @property
     def changes_nothing(self) -> bool:

@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import hashlib
 from pathlib import Path
-from typing import Any, ClassVar, Literal, Self
+from typing import Any, ClassVar, Literal, Self, TypedDict
 
 import pandas as pd
 import sqlalchemy as sa
@@ -155,6 +155,21 @@ class Params(ReversalOptions, DropParams):
     negative_policy: NegativePolicyNoSkip = Field("allow", description="with ledger_policy reverse: allow (flagged), clamp (to zero) or abort")
 
 
+class FullRollbackDetails(TypedDict):
+    """What full-rollback's plan hands to apply/check/verify, the Prisma side and the notebook."""
+
+    discovery: catalog.Discovery  # the voucher objects and their dependents, in drop order
+    unacknowledged: list[str]  # unexpected dependents not named in drop_dependents (apply stops on them)
+    undroppable: list[str]  # objects with no DROP statement (apply stops on them)
+    reversal: ReversalPlan | None  # ledger_policy=reverse with a ledger and something to drop, else None
+    migration_sql: str  # the migration's text ("" when nothing is left to drop)
+    schema_edit: pedit.SchemaEdit | None  # None without the Prisma side
+    row_counts: dict[str, int]  # rows per voucher table (its quoted identity)
+    schema_validation: pconfig.Validation | None  # Prisma's parser on the edit (detail and a changed schema only)
+    migration_diff: pdiff.DiffCheck | None  # Prisma's migrate diff of the edit (detail, changed schema, migration)
+    migrations_folder: str | None  # None without prisma_schema
+
+
 def _db_names(names: NameMap, params: Params) -> tuple[list[str], list[str]]:
     return [names.table_name(m) for m in params.models], [names.enum_name(e) for e in params.enums]
 
@@ -205,7 +220,7 @@ def _summary(params: Params, disc: catalog.Discovery, unack: list[str], counts: 
     return summary
 
 
-def plan(conn: Connection, params: Params, names: NameMap, detail: bool = True) -> Plan:
+def plan(conn: Connection, params: Params, names: NameMap, detail: bool = True) -> Plan[FullRollbackDetails]:
     tbls, enums = _db_names(names, params)
     disc = catalog.discover(conn, names.db_schema, tbls, enums)
     seed_tables = [u for u in disc.order if u.is_seed and u.type == "table"]
@@ -226,11 +241,12 @@ def plan(conn: Connection, params: Params, names: NameMap, detail: bool = True) 
               "reversal": rp.digest if rp else None, "allowed": sorted(params.drop_dependents),
               "migration": hashlib.sha256(migration_sql.encode()).hexdigest(),
               "schema": hashlib.sha256(schema_edit.new_text.encode()).hexdigest() if schema_edit else None}
+    details = FullRollbackDetails(
+        discovery=disc, unacknowledged=unack, undroppable=undroppable, reversal=rp, migration_sql=migration_sql,
+        schema_edit=schema_edit, row_counts=counts, schema_validation=validation, migration_diff=mdiff,
+        migrations_folder=str(fprisma.migrations_folder(params)) if params.prisma_schema else None)
     p = Plan(procedure=NAME, plan_id=plan_hash(NAME, digest), summary=summary, frames=frames, warnings=warnings,
-             details={"discovery": disc, "unacknowledged": unack, "undroppable": undroppable, "reversal": rp,
-                      "migration_sql": migration_sql, "schema_edit": schema_edit, "row_counts": counts,
-                      "schema_validation": validation, "migration_diff": mdiff,
-                      "migrations_folder": str(fprisma.migrations_folder(params)) if params.prisma_schema else None})
+             details=details)
     if ledger_exists and not disc.empty:
         where, binds = fledger.voucher_grants(names, params)
         export = fledger.grants_export_sql(conn, names, where)
@@ -252,7 +268,7 @@ def lock(conn: Connection, params: Params, names: NameMap) -> None:
         lock_reversal(conn, names, *fledger.voucher_grants(names, params))
 
 
-def apply(conn: Connection, params: Params, names: NameMap, plan: Plan) -> ApplyResult:
+def apply(conn: Connection, params: Params, names: NameMap, plan: Plan[FullRollbackDetails]) -> ApplyResult:
     disc: catalog.Discovery = plan.details["discovery"]
     unack: list[str] = plan.details["unacknowledged"]
     if unack:
@@ -301,7 +317,8 @@ def _remaining(conn: Connection, disc: catalog.Discovery) -> list[str]:
     return [u.label for u in disc.order if u.key in alive]
 
 
-def check(conn: Connection, params: Params, names: NameMap, plan: Plan, result: ApplyResult) -> None:
+def check(conn: Connection, params: Params, names: NameMap, plan: Plan[FullRollbackDetails],
+          result: ApplyResult) -> None:
     """Before COMMIT: none of the objects remain, no seed name exists, the reversal (if any) adds up."""
     disc: catalog.Discovery = plan.details["discovery"]
     problems = []
@@ -322,7 +339,7 @@ def check(conn: Connection, params: Params, names: NameMap, plan: Plan, result: 
         check_reversal(conn, names, rp, result.counts)
 
 
-def verify(conn: Connection, params: Params, names: NameMap, plan: Plan | None) -> VerifyResult:
+def verify(conn: Connection, params: Params, names: NameMap, plan: Plan[FullRollbackDetails] | None) -> VerifyResult:
     tbls, enums = _db_names(names, params)
     seeds, _ = catalog.find_seeds(conn, names.db_schema, tbls, enums)
     checks: list[Check] = []

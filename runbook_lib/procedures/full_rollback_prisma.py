@@ -31,7 +31,7 @@ from ..prisma import history
 from .base import Check, Plan
 
 if TYPE_CHECKING:  # full_rollback imports this module
-    from .full_rollback import Params
+    from .full_rollback import FullRollbackDetails, Params
 
 _COMMENT = {"table": "DropTable", "type": "DropEnum", "view": "DropView", "materialized view": "DropView",
             "function": "DropFunction", "procedure": "DropFunction", "trigger": "DropTrigger",
@@ -95,8 +95,8 @@ def prisma_review(conn: Connection, names: NameMap, params: Params, disc: catalo
     return schema_edit, validation, mdiff
 
 
-def record_migration(conn: Connection, names: NameMap, params: Params, plan: Plan, counts: dict[str, Any],
-                     messages: list[str]) -> None:
+def record_migration(conn: Connection, names: NameMap, params: Params, plan: Plan[FullRollbackDetails],
+                     counts: dict[str, Any], messages: list[str]) -> None:
     """In the execute's transaction: the migration's row in ``_prisma_migrations`` (Prisma's own checksum), where
     the database has that table; its name and checksum go to ``counts``."""
     folder = migrations_folder(params)
@@ -141,7 +141,7 @@ def show_prisma_side(run: Any) -> None:
     """Review output of the Prisma side: the migration to record (where), the schema.prisma diff, and whether
     Prisma's own parser accepts the edited schema."""
     p: Params = run.params
-    plan = run.plan
+    plan: Plan[FullRollbackDetails] = run.plan
     print(plan.details["migration_sql"] or "(nothing to drop)")
     sedit: pedit.SchemaEdit | None = plan.details["schema_edit"]
     if sedit is None:
@@ -168,8 +168,9 @@ def write_prisma_files(run: Any) -> dict[str, Any]:
         print("nothing written: " + ("review mode" if p.mode != "execute" else "no committed change, or prisma_side "
                                      "is off"), flush=True)
         return {"written": False}
-    plan = run.plan
-    sedit: pedit.SchemaEdit = plan.details["schema_edit"]
+    plan: Plan[FullRollbackDetails] = run.plan
+    sedit = plan.details["schema_edit"]
+    assert sedit is not None  # prisma_side with prisma_schema: the plan's prisma_review made the edit
     schema_path = Path(p.prisma_schema)
     out: dict[str, Any] = {"written": True}
     mname = result.counts.get("migration_name")

@@ -17,7 +17,7 @@ Where the guide is wrong, and what this procedure does instead:
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar, Literal, TypedDict
 
 import pandas as pd
 import sqlalchemy as sa
@@ -87,6 +87,15 @@ class Params(CommonParams):
         return self
 
 
+class MigrationRecoveryDetails(TypedDict):
+    """What the plan hands to apply/check/verify: the migration to resolve, its steps, the compensating SQL."""
+
+    target: st.MigrationStatus | None  # None: no failed migration (and none named); the plan then changes nothing
+    effects: list[st.StatementEffect]  # the target's migration.sql steps checked in the catalog (may be empty)
+    compensating: bytes  # the compensating_sql file's content; b"" when none is given
+    reset: dict[str, str]  # the `prisma migrate reset` proposal (database, message); {} unless propose_reset
+
+
 def _table(conn: Connection, names: NameMap) -> str:
     table = history.history_table(conn, names.db_schema)
     if table is None:
@@ -116,7 +125,8 @@ def _script(params: Params, name: str) -> bytes | None:
     return p.read_bytes() if p.is_file() else None
 
 
-def plan(conn: Connection, params: Params, names: NameMap, detail: bool = True) -> Plan:
+def plan(conn: Connection, params: Params, names: NameMap,
+         detail: bool = True) -> Plan[MigrationRecoveryDetails]:
     _table(conn, names)
     folder = Path(params.migrations_dir) if params.migrations_dir else None
     statuses = st.migration_statuses(conn, names.db_schema, folder)
@@ -127,7 +137,7 @@ def plan(conn: Connection, params: Params, names: NameMap, detail: bool = True) 
     summary = _status_summary(statuses, target, effects, warnings)
     summary["action"] = params.action
     do_nothing = _action_warnings(params, target, effects, warnings)
-    reset: dict[str, Any] = {}
+    reset: dict[str, str] = {}
     if params.propose_reset:
         reset = _reset_proposal(conn, params)
         warnings.append(reset["message"])
@@ -139,7 +149,7 @@ def plan(conn: Connection, params: Params, names: NameMap, detail: bool = True) 
               "override_reason": params.override_reason}
     summary["nothing_to_do"] = do_nothing
     return Plan(NAME, plan_hash(NAME, digest), summary, frames, warnings,
-                details={"target": target, "effects": effects, "compensating": comp, "reset": reset})
+                details=MigrationRecoveryDetails(target=target, effects=effects, compensating=comp, reset=reset))
 
 
 def _target_effects(conn: Connection, params: Params, names: NameMap, target: st.MigrationStatus | None,
@@ -231,7 +241,7 @@ def _missing(effects: list[st.StatementEffect]) -> list[str]:
     return [f"step {e.index}: {e.kind} {e.object}" for e in effects if e.took_effect is False]
 
 
-def _reset_proposal(conn: Connection, params: Params) -> dict[str, Any]:
+def _reset_proposal(conn: Connection, params: Params) -> dict[str, str]:
     db = conn.execute(sa.text("select current_database()")).scalar_one()
     if not params.disposable or params.confirm_target != db:
         raise PolicyAbort(
@@ -245,8 +255,9 @@ def lock(conn: Connection, params: Params, names: NameMap) -> None:
     conn.execute(sa.text(f"lock table {_table(conn, names)} in exclusive mode"))
 
 
-def apply(conn: Connection, params: Params, names: NameMap, plan: Plan) -> ApplyResult:
-    target: st.MigrationStatus = plan.details["target"]
+def apply(conn: Connection, params: Params, names: NameMap, plan: Plan[MigrationRecoveryDetails]) -> ApplyResult:
+    target = plan.details["target"]
+    assert target is not None, "the driver applies only a plan that changes something: it has a target"
     counts: dict[str, Any] = {"migration": target.name}
     comp: bytes = plan.details["compensating"]
     missing = _missing(plan.details["effects"])
@@ -281,8 +292,10 @@ def _status_of(conn: Connection, params: Params, names: NameMap, name: str) -> s
     return next((s.status for s in st.migration_statuses(conn, names.db_schema, folder) if s.name == name), "absent")
 
 
-def check(conn: Connection, params: Params, names: NameMap, plan: Plan, result: ApplyResult) -> None:
-    target: st.MigrationStatus = plan.details["target"]
+def check(conn: Connection, params: Params, names: NameMap, plan: Plan[MigrationRecoveryDetails],
+          result: ApplyResult) -> None:
+    target = plan.details["target"]
+    assert target is not None, "the driver applies only a plan that changes something: it has a target"
     want = "rolled back" if params.action == "rolled_back" else "applied"
     now = _status_of(conn, params, names, target.name)
     if now != want:
@@ -298,15 +311,16 @@ def check(conn: Connection, params: Params, names: NameMap, plan: Plan, result: 
                                  missing=still)
 
 
-def verify(conn: Connection, params: Params, names: NameMap, plan: Plan | None) -> VerifyResult:
+def verify(conn: Connection, params: Params, names: NameMap,
+           plan: Plan[MigrationRecoveryDetails] | None) -> VerifyResult:
     folder = Path(params.migrations_dir) if params.migrations_dir else None
     statuses = st.migration_statuses(conn, names.db_schema, folder)
     failed = [s.name for s in statuses if s.status == "failed"]
     checks = [Check("no failed migration blocks `prisma migrate deploy`", not failed, len(failed),
                     ", ".join(failed) or "none")]
-    if plan is not None and plan.details.get("target") is not None and params.mode == "execute" \
-            and params.action != "none":
-        name = plan.details["target"].name
+    target = plan.details.get("target") if plan is not None else None
+    if target is not None and params.mode == "execute" and params.action != "none":
+        name = target.name
         want = "rolled back" if params.action == "rolled_back" else "applied"
         now = _status_of(conn, params, names, name)
         checks.append(Check(f"{name} is {want}", now == want, 0, f"status now: {now}"))

@@ -28,7 +28,7 @@ The scope and the grant matching are in :mod:`.partial_scope`.
 
 from __future__ import annotations
 
-from typing import Any, ClassVar, Self
+from typing import Any, ClassVar, Self, TypedDict
 
 import pandas as pd
 import sqlalchemy as sa
@@ -53,7 +53,7 @@ from ..reversal import (
 )
 from . import register
 from .base import VOUCHER_MODELS, ApplyResult, Check, Plan, Procedure, Steps, VerifyResult, plan_hash
-from .partial_scope import ACTIVE, DEPLETED, EXPIRED, Scope, check_statuses, grant_matching
+from .partial_scope import ACTIVE, DEPLETED, EXPIRED, GrantMatching, Scope, check_statuses, grant_matching
 
 NAME = "partial-rollback"
 
@@ -102,6 +102,16 @@ class Params(ReversalOptions, ScopeParams):
     top_users: TopRows = Field(50, description="rows in the per-voucher and per-user tables (1-1000)")
 
 
+class PartialRollbackDetails(TypedDict):
+    """What partial-rollback's plan hands to apply/check: the reversal, the scope and the grant matching."""
+
+    reversal: ReversalPlan  # the grants' reversal (the shared core's plan)
+    #: ``reversal.summary`` itself: the core's raw figures (counts, flags, names), mixed values hence ``Any``
+    raw_reversal: dict[str, Any]
+    scope: Scope  # the scope's SQL fragments and binds, built once by :func:`plan`
+    matching: GrantMatching  # redemptions against grants: counts, warnings, why an execute refuses
+
+
 # ---------------------------------------------------------------------------------------------------------
 # plan / lock / apply / check / verify (the scope and the grant matching: runbook_lib.procedures.partial_scope)
 # ---------------------------------------------------------------------------------------------------------
@@ -131,7 +141,7 @@ def _scope_figures(conn: Connection, sc: Scope, changes: str, binds: dict[str, A
     return red, vch
 
 
-def _summary(params: Params, red: Any, vch: Any, grants_total: Any, matching: dict[str, Any],
+def _summary(params: Params, red: Any, vch: Any, grants_total: Any, matching: GrantMatching,
              rs: dict[str, Any]) -> dict[str, Any]:
     """The review's summary (figures of the scope, the grant matching and the reversal; the chosen options)."""
     return {
@@ -159,7 +169,8 @@ def _summary(params: Params, red: Any, vch: Any, grants_total: Any, matching: di
     }
 
 
-def _warnings(rp: ReversalPlan, rs: dict[str, Any], matching: dict[str, Any], vch: Any, sc: Scope) -> list[str]:
+def _warnings(rp: ReversalPlan, rs: dict[str, Any], matching: GrantMatching, vch: Any,
+              sc: Scope) -> list[str]:
     """The reversal's warnings, then what execute stops on or leaves alone (balances, grants, statuses)."""
     warnings = list(rp.warnings)
     if rs["users_without_balance"]:
@@ -208,7 +219,8 @@ def _frames(conn: Connection, params: Params, sc: Scope, changes: str, binds: di
     return frames
 
 
-def plan(conn: Connection, params: Params, names: NameMap, detail: bool = True) -> Plan:
+def plan(conn: Connection, params: Params, names: NameMap,
+         detail: bool = True) -> Plan[PartialRollbackDetails]:
     sc = Scope(conn, params, names)
     check_statuses(conn, names, params)
     binds = sc.bind(params.reset_statuses)
@@ -230,7 +242,7 @@ def plan(conn: Connection, params: Params, names: NameMap, detail: bool = True) 
     digest = {"redemptions": red["digest"], "vouchers": vch["digest"], "reversal": rp.digest,
               "reset": sorted(params.reset_statuses), "link": params.grant_link}
     p = Plan(procedure=NAME, plan_id=plan_hash(NAME, digest), summary=summary, frames=frames, warnings=warnings,
-             details={"reversal": rp, "raw_reversal": rs, "scope": sc, "matching": matching})
+             details=PartialRollbackDetails(reversal=rp, raw_reversal=rs, scope=sc, matching=matching))
     p.exports = {
         "redemptions_cleared": (f"select * from ({sc.redemptions}) s order by redeemed_at, id", binds),
         "vouchers_before_after": (f"select * from ({changes}) c order by code", binds),
@@ -251,10 +263,11 @@ def lock(conn: Connection, params: Params, names: NameMap) -> None:
     lock_reversal(conn, names, sc.grant_where, binds)
 
 
-def apply(conn: Connection, params: Params, names: NameMap, plan: Plan) -> ApplyResult:
-    rp: ReversalPlan = plan.details["reversal"]
+def apply(conn: Connection, params: Params, names: NameMap,
+          plan: Plan[PartialRollbackDetails]) -> ApplyResult:
+    rp = plan.details["reversal"]
     rs = plan.details["raw_reversal"]
-    sc: Scope = plan.details["scope"]
+    sc = plan.details["scope"]
     q, binds = sc.q, sc.bind(params.reset_statuses)
     abort_if_negative(rp, params.negative_policy, "Review the list, then choose allow or clamp")
     if rs["users_without_balance"]:
@@ -289,11 +302,12 @@ def apply(conn: Connection, params: Params, names: NameMap, plan: Plan) -> Apply
         f"({counts['vouchers_status_changed']} status changes)"])
 
 
-def check(conn: Connection, params: Params, names: NameMap, plan: Plan, result: ApplyResult) -> None:
+def check(conn: Connection, params: Params, names: NameMap, plan: Plan[PartialRollbackDetails],
+          result: ApplyResult) -> None:
     """Invariants before COMMIT; any failure raises InvariantError and the transaction rolls back."""
     if not result.changed:
         return
-    sc: Scope = plan.details["scope"]
+    sc = plan.details["scope"]
     q = sc.q
     problems: list[str] = []
     wrong_counter = conn.execute(sa.text(
@@ -333,7 +347,8 @@ def check(conn: Connection, params: Params, names: NameMap, plan: Plan, result: 
         check_reversal(conn, names, plan.details["reversal"], result.counts)  # balance change == reversed total
 
 
-def verify(conn: Connection, params: Params, names: NameMap, plan: Plan | None) -> VerifyResult:
+def verify(conn: Connection, params: Params, names: NameMap,
+           plan: Plan[PartialRollbackDetails] | None) -> VerifyResult:
     sc = Scope(conn, params, names)
     q, binds = sc.q, sc.bind(params.reset_statuses)
     left = int(conn.execute(sa.text(f"select count(*) from ({sc.redemptions}) s"), binds).scalar_one())

@@ -15,7 +15,7 @@ Used by :mod:`runbook_lib.procedures.partial_rollback` (its plan, lock, apply, c
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypedDict
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
@@ -35,6 +35,17 @@ VOUCHER_NEEDS = ["id", "code", "status", "maxUses", "currentUses"]
 REDEMPTION_NEEDS = ["id", "voucherId", "userId", "redeemedAt"]
 #: the status names the rollback's transitions use, when the voucher status enum has them
 ACTIVE, DEPLETED, EXPIRED = "ACTIVE", "DEPLETED", "EXPIRED"
+
+
+class GrantMatching(TypedDict):
+    """How the redemptions in scope and the ledger's grants match (:func:`grant_matching`'s answer)."""
+
+    redemptions_without_grant: int  # redemptions in scope no grant matches
+    granting_without_grant: int  # of them, those that granted tokens (tokensGranted > 0, or unknown)
+    grants_without_redemption: int  # grants of the vouchers in scope of no redemption, not reversed
+    code_mismatch: int  # matched grants whose metadata.voucherCode names another voucher
+    warnings: list[str]  # for the review, in this order
+    refuse: str | None  # why an execute refuses (no grant matches any granting redemption); None: it does not
 
 
 def query_names(names: NameMap) -> dict[str, str]:
@@ -209,7 +220,7 @@ def _matching_row(conn: Connection, names: NameMap, sc: Scope, binds: dict[str, 
         f"and {that}) as other_matched from ({sc.redemptions}) s) m"), binds).mappings().one()
 
 
-def grant_matching(conn: Connection, names: NameMap, sc: Scope, binds: dict[str, Any]) -> dict[str, Any]:
+def grant_matching(conn: Connection, names: NameMap, sc: Scope, binds: dict[str, Any]) -> GrantMatching:
     """How the redemptions in scope and the ledger's grants find each other; never silent about either side.
 
     One aggregated statement: redemptions in scope without any grant (and how many of those granted tokens),
@@ -217,13 +228,13 @@ def grant_matching(conn: Connection, names: NameMap, sc: Scope, binds: dict[str,
     ``metadata.voucherCode`` names another voucher than the one they point to."""
     other = "redemption_id" if sc.grant_link == "voucher_and_user" else "voucher_and_user"
     row = _matching_row(conn, names, sc, binds, other)
-    out: dict[str, Any] = {
-        "redemptions_without_grant": int(row["without_grant"]),
-        "granting_without_grant": int(row["granting_without"]),
-        "grants_without_redemption": int(row["orphan_grants"]),
-        "code_mismatch": int(row["mismatch"]),
-        "warnings": [], "refuse": None,
-    }
+    out = GrantMatching(
+        redemptions_without_grant=int(row["without_grant"]),
+        granting_without_grant=int(row["granting_without"]),
+        grants_without_redemption=int(row["orphan_grants"]),
+        code_mismatch=int(row["mismatch"]),
+        warnings=[], refuse=None,
+    )
     source = binds["pr_source"]
     if out["granting_without_grant"]:
         out["warnings"].append(
@@ -240,8 +251,9 @@ def grant_matching(conn: Connection, names: NameMap, sc: Scope, binds: dict[str,
         hint = (f"{int(row['other_matched'])} of them match with grant_link={other}: pass -p grant_link {other}"
                 if row["other_matched"] else f"check 'source' (grants are looked up with source = '{source}') "
                 "and whether this database records grants in the ledger at all")
-        out["refuse"] = (f"{granting} redemptions in scope granted tokens but no ledger grant matches any of them "
-                         f"by grant_link={sc.grant_link}: deleting them would keep every granted token (the guide's "
-                         f"bug); nothing was changed. {hint}")
-        out["warnings"].insert(0, "EXECUTE WILL REFUSE: " + out["refuse"].replace("; nothing was changed", ""))
+        refuse = (f"{granting} redemptions in scope granted tokens but no ledger grant matches any of them "
+                  f"by grant_link={sc.grant_link}: deleting them would keep every granted token (the guide's "
+                  f"bug); nothing was changed. {hint}")
+        out["refuse"] = refuse
+        out["warnings"].insert(0, "EXECUTE WILL REFUSE: " + refuse.replace("; nothing was changed", ""))
     return out

@@ -14,7 +14,7 @@ import tempfile
 import uuid
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, NotRequired, TypedDict
 
 import pandas as pd
 import sqlalchemy as sa
@@ -51,6 +51,18 @@ class Params(CommonParams):
 
 
 
+class RehearsalDetails(TypedDict):
+    """What the rehearsal's plan hands to apply/check/verify: the inner parameters, then the live checksums."""
+
+    #: the rehearsed procedure's parameter values (validated against its ``Params``): values of any parameter, so
+    #: ``Any``
+    inner: dict[str, Any]
+    #: set by :func:`apply`: ``backups.table_checksums`` of the live tables before and after the rehearsal
+    #: (table -> {"rows": int, "md5": str})
+    live_before: NotRequired[dict[str, dict[str, Any]]]
+    live_after: NotRequired[dict[str, dict[str, Any]]]
+
+
 def _inner_params(params: Params) -> dict[str, Any]:
     values = {k: v for k, v in params.rehearse_parameters.items()
               if k not in ("mode", "approved_plan", "evidence_dir", "confirm_target", "production")}
@@ -71,7 +83,7 @@ def _tables(params: Params, names: NameMap) -> list[str]:
     return [names.table_name(m) for m in procedures.get(params.rehearse).tables]
 
 
-def plan(conn: Connection, params: Params, names: NameMap, detail: bool = True) -> Plan:
+def plan(conn: Connection, params: Params, names: NameMap, detail: bool = True) -> Plan[RehearsalDetails]:
     inner = _inner_params(params)
     info = db.server_info(conn)
     size = conn.execute(sa.text("select pg_database_size(current_database())")).scalar_one()
@@ -84,7 +96,7 @@ def plan(conn: Connection, params: Params, names: NameMap, detail: bool = True) 
                "keep the copy": params.keep_copy}
     return Plan(NAME, plan_hash(NAME, params.rehearse, inner, info.fingerprint), summary,
                 frames={"parameters": pd.DataFrame([{"parameter": k, "value": str(v)} for k, v in inner.items()])},
-                details={"inner": inner})
+                details=RehearsalDetails(inner=inner))
 
 
 
@@ -178,7 +190,7 @@ def _sums(url: str, schema: str, tbls: list[str]) -> dict[str, dict[str, Any]]:
         eng.dispose()
 
 
-def apply(conn: Connection, params: Params, names: NameMap, plan: Plan) -> ApplyResult:
+def apply(conn: Connection, params: Params, names: NameMap, plan: Plan[RehearsalDetails]) -> ApplyResult:
     from ..run import Run
 
     tbls = _tables(params, names)
@@ -217,7 +229,8 @@ def apply(conn: Connection, params: Params, names: NameMap, plan: Plan) -> Apply
                               "rehearsed_plan_id": review.plan_id, "verification_passed": verification.passed,
                               "checks_failed": [c.name for c in verification.checks if not c.passed],
                               "live_unchanged": all(r["live unchanged"] for r in rows)}
-    plan.details.update(live_before=live_before, live_after=live_after)
+    plan.details["live_before"] = live_before
+    plan.details["live_after"] = live_after
     return ApplyResult(True, counts, [f"rehearsed {params.rehearse} on {name} ({how}); verification "
                                       f"{'passed' if verification.passed else 'FAILED'}; live database unchanged: "
                                       f"{counts['live_unchanged']}"],
@@ -225,13 +238,14 @@ def apply(conn: Connection, params: Params, names: NameMap, plan: Plan) -> Apply
                                "checks": verification.table()})
 
 
-def check(conn: Connection, params: Params, names: NameMap, plan: Plan, result: ApplyResult) -> None:
+def check(conn: Connection, params: Params, names: NameMap, plan: Plan[RehearsalDetails],
+          result: ApplyResult) -> None:
     if plan.details.get("live_before") != plan.details.get("live_after"):
         raise InvariantError("the live database changed during the rehearsal (the application kept writing?); "
                              "the figures are not comparable — run it again in a quiet moment")
 
 
-def verify(conn: Connection, params: Params, names: NameMap, plan: Plan | None) -> VerifyResult:
+def verify(conn: Connection, params: Params, names: NameMap, plan: Plan[RehearsalDetails] | None) -> VerifyResult:
     if params.mode != "execute" or plan is None or "live_before" not in plan.details:
         return VerifyResult(checks=[Check("review only: nothing rehearsed", True, 0, "")])
     now = backups.table_checksums(conn, names.db_schema, _tables(params, names))

@@ -15,7 +15,7 @@ from __future__ import annotations
 import re
 import uuid
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, TypedDict
 
 import pandas as pd
 import sqlalchemy as sa
@@ -55,8 +55,13 @@ class Params(DestructiveParams):
         return v
 
 
+class RestoreDetails(TypedDict):
+    """What restore's plan hands to apply/check: the backup chosen and the tables it restores."""
 
-
+    folder: Path  # the backup's run folder
+    meta: dict[str, Any]  # the backup's metadata file as loaded (JSON: heterogeneous values, per-table checksums)
+    tables: list[str]  # the tables restored (restore_tables, or every table with data in the backup)
+    schema: str  # the schema the backup was taken from
 
 
 def _backup(params: Params) -> tuple[Path, dict[str, Any]]:
@@ -163,7 +168,7 @@ def _diff_samples(live: Connection, scratch: Connection, schema: str, table: str
     return df
 
 
-def plan(conn: Connection, params: Params, names: NameMap, detail: bool = True) -> Plan:
+def plan(conn: Connection, params: Params, names: NameMap, detail: bool = True) -> Plan[RestoreDetails]:
     folder, meta = _backup(params)
     info = db.server_info(conn)
     warnings: list[str] = []
@@ -211,7 +216,7 @@ def plan(conn: Connection, params: Params, names: NameMap, detail: bool = True) 
                                "restore into": target or f"{info.database} (live)", "nothing_to_do": nothing}
     digest = {"archive": meta["archive_sha256"], "tables": chosen, "live": live, "into": target}
     return Plan(NAME, plan_hash(NAME, digest), summary, frames, warnings,
-                details={"folder": folder, "meta": meta, "tables": chosen, "schema": schema})
+                details=RestoreDetails(folder=folder, meta=meta, tables=chosen, schema=schema))
 
 
 def _sample_differences(conn: Connection, archive: Path, schema: str, tables_: list[str], k: int,
@@ -244,7 +249,7 @@ def lock(conn: Connection, params: Params, names: NameMap) -> None:
                          + " IN ACCESS EXCLUSIVE MODE")
 
 
-def apply(conn: Connection, params: Params, names: NameMap, plan: Plan) -> ApplyResult:
+def apply(conn: Connection, params: Params, names: NameMap, plan: Plan[RestoreDetails]) -> ApplyResult:
     meta, schema, chosen = plan.details["meta"], plan.details["schema"], plan.details["tables"]
     archive = plan.details["folder"] / meta["archive"]
     major, dumped_by = pgtools.server_major(conn), _dumped_by(meta)
@@ -277,7 +282,7 @@ def apply(conn: Connection, params: Params, names: NameMap, plan: Plan) -> Apply
                        [f"restored {len(chosen)} tables from {plan.details['folder'].name} in one transaction"])
 
 
-def check(conn: Connection, params: Params, names: NameMap, plan: Plan, result: ApplyResult) -> None:
+def check(conn: Connection, params: Params, names: NameMap, plan: Plan[RestoreDetails], result: ApplyResult) -> None:
     if params.into_database:
         return
     meta, schema = plan.details["meta"], plan.details["schema"]
@@ -288,7 +293,7 @@ def check(conn: Connection, params: Params, names: NameMap, plan: Plan, result: 
         raise InvariantError(f"after the restore {bad} differ from the backup's checksums; rolled back")
 
 
-def verify(conn: Connection, params: Params, names: NameMap, plan: Plan | None) -> VerifyResult:
+def verify(conn: Connection, params: Params, names: NameMap, plan: Plan[RestoreDetails] | None) -> VerifyResult:
     folder, meta = _backup(params)
     chosen = _chosen(params, meta)
     schema = meta.get("schema", names.db_schema)

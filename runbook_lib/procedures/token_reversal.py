@@ -29,7 +29,7 @@ partial-rollback and full-rollback, is :mod:`runbook_lib.reversal`.
 from __future__ import annotations
 
 import datetime as dt
-from typing import Any, ClassVar, Self
+from typing import Any, ClassVar, NotRequired, Self, TypedDict
 
 import sqlalchemy as sa
 from pydantic import Field, field_validator, model_validator
@@ -108,6 +108,24 @@ class Params(ReversalOptions, SelectionParams):
     procedure: ClassVar[str] = NAME
 
 
+class AfterExpected(TypedDict):
+    """The reversed users' after-figures, read by :func:`check` inside the execute's transaction."""
+
+    user_ids: list[str]  # the reversed users (``rb_users`` where included), ordered by id
+    balances: list[int]  # each one's balance after the plan (before - reversed + clamp shortfall)
+    since: dt.datetime  # the execute transaction's start, naive UTC (the ledger's own clock)
+    #: added by :func:`verify` when it compares: the run's reversal source (its rows are not moving on)
+    reversal_source: NotRequired[str]
+
+
+class TokenReversalDetails(TypedDict):
+    """What token-reversal's plan hands to apply/check/verify and the notebook: the reversal, its figures."""
+
+    reversal: ReversalPlan  # the shared reversal core's plan (selection, per-user decisions, frames)
+    #: ``reversal.summary`` itself: the core's raw figures (counts, flags, names), mixed values hence ``Any``
+    raw: dict[str, Any]
+    #: set by :func:`check` after a changing apply: what :func:`verify` compares the committed balances with
+    after_expected: NotRequired[AfterExpected]
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -157,7 +175,7 @@ def selection(conn: Connection, params: Params, names: NameMap) -> tuple[str, di
     return " and ".join(where), values
 
 
-def _to_plan(rp: ReversalPlan, params: Params) -> Plan:
+def _to_plan(rp: ReversalPlan, params: Params) -> Plan[TokenReversalDetails]:
     s = rp.summary
     summary = {
         "ledger rows to reverse": s["rows_to_reverse"],
@@ -181,11 +199,11 @@ def _to_plan(rp: ReversalPlan, params: Params) -> Plan:
         summary=summary,
         frames=rp.frames,
         warnings=rp.warnings,
-        details={"reversal": rp, "raw": s},
+        details=TokenReversalDetails(reversal=rp, raw=s),
     )
 
 
-def plan(conn: Connection, params: Params, names: NameMap, detail: bool = True) -> Plan:
+def plan(conn: Connection, params: Params, names: NameMap, detail: bool = True) -> Plan[TokenReversalDetails]:
     where_sql, where_params = selection(conn, params, names)
     rp = plan_reversal(
         conn, names, where_sql=where_sql, where_params=where_params, ledger_mode=params.ledger_mode,
@@ -215,8 +233,8 @@ def lock(conn: Connection, params: Params, names: NameMap) -> None:
     lock_reversal(conn, names, where_sql, where_params)
 
 
-def apply(conn: Connection, params: Params, names: NameMap, plan: Plan) -> ApplyResult:
-    rp: ReversalPlan = plan.details["reversal"]
+def apply(conn: Connection, params: Params, names: NameMap, plan: Plan[TokenReversalDetails]) -> ApplyResult:
+    rp = plan.details["reversal"]
     abort_if_negative(rp, params.negative_policy, "Review the list, then choose allow, clamp or skip")
     if rp.summary["nothing_to_do"]:
         return ApplyResult(changed=False, counts={"rows_reversed": 0},
@@ -228,23 +246,24 @@ def apply(conn: Connection, params: Params, names: NameMap, plan: Plan) -> Apply
         f"({counts['tokens_reversed']} tokens, mode {rp.ledger_mode}, policy {rp.negative_policy})"])
 
 
-def check(conn: Connection, params: Params, names: NameMap, plan: Plan, result: ApplyResult) -> None:
+def check(conn: Connection, params: Params, names: NameMap, plan: Plan[TokenReversalDetails],
+          result: ApplyResult) -> None:
     if result.changed:
         check_reversal(conn, names, plan.details["reversal"], result.counts)
         plan.details["after_expected"] = expected_after(conn)
 
 
-def expected_after(conn: Connection) -> dict[str, Any]:
+def expected_after(conn: Connection) -> AfterExpected:
     """The plan's after-figure of every reversed user (before - reversed + shortfall), read inside the execute's
     transaction, with that transaction's start: what ``verify`` compares the committed balances with."""
     rows = conn.execute(sa.text(
         "select user_id::text, new_balance::bigint from rb_users where included order by user_id")).all()
     # in the ledger's own clock (naive UTC, as apply_reversal writes its rows' timestamps)
     started = conn.execute(sa.text("select now() at time zone 'utc'")).scalar_one()
-    return {"user_ids": [r[0] for r in rows], "balances": [int(r[1]) for r in rows], "since": started}
+    return AfterExpected(user_ids=[r[0] for r in rows], balances=[int(r[1]) for r in rows], since=started)
 
 
-def after_figures_check(conn: Connection, names: NameMap, expected: dict[str, Any]) -> Check:
+def after_figures_check(conn: Connection, names: NameMap, expected: AfterExpected) -> Check:
     """Committed balances against the plan's after-figures, one aggregated statement.
 
     A user whose balance differs is a failure, unless the application wrote a ledger row for that user (other
@@ -272,7 +291,8 @@ def after_figures_check(conn: Connection, names: NameMap, expected: dict[str, An
     return Check("balances equal the plan's after-figures", wrong == 0, wrong, detail, after_execute=True)
 
 
-def verify(conn: Connection, params: Params, names: NameMap, plan: Plan | None) -> VerifyResult:
+def verify(conn: Connection, params: Params, names: NameMap,
+           plan: Plan[TokenReversalDetails] | None) -> VerifyResult:
     """After execute: nothing in the selection is left unreversed; balances equal the plan's after-figures."""
 
     where_sql, where_params = selection(conn, params, names)

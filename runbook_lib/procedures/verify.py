@@ -8,7 +8,7 @@ end of every execute of every other procedure, their results in that run's evide
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from typing import Any, ClassVar, TypedDict
 
 import sqlalchemy as sa
 from pydantic import Field, field_validator
@@ -44,6 +44,12 @@ class Params(CommonParams):
 ALWAYS_THERE = ("TokenTransaction", "UserTokenBalance")
 
 
+class VerifyDetails(TypedDict):
+    """What verify's plan keeps for its verify step: the checks already run in the review's snapshot."""
+
+    result: VerifyResult  # ``checks.run_all``'s result, returned as is by :func:`verify`
+
+
 def require_target(conn: Connection, names: NameMap) -> None:
     """Refuse to report "all checks passed" when the checks would all be skipped for want of their tables."""
     if conn.execute(sa.text("select to_regnamespace(:s)"), {"s": names.db_schema}).scalar() is None:
@@ -55,7 +61,7 @@ def require_target(conn: Connection, names: NameMap) -> None:
                                   + " — check db_schema, prisma_schema or table_map")
 
 
-def plan(conn: Connection, params: Params, names: NameMap, detail: bool = True) -> Plan:
+def plan(conn: Connection, params: Params, names: NameMap, detail: bool = True) -> Plan[VerifyDetails]:
     """Run the checks in the review's read-only snapshot; the summary is their counts. Nothing would change
     (review and execute are the same for a procedure that only reads)."""
     require_target(conn, names)
@@ -67,7 +73,7 @@ def plan(conn: Connection, params: Params, names: NameMap, detail: bool = True) 
                                "offending rows": sum(int(c.count) for c in failed), "nothing_to_do": True}
     warnings = [f"{c.name}: {c.detail}" for c in failed]
     return Plan(procedure=NAME, plan_id=plan_hash(NAME, [c.as_dict() for c in result.checks]), summary=summary,
-                frames={"checks": result.table()}, warnings=warnings, details={"result": result})
+                frames={"checks": result.table()}, warnings=warnings, details=VerifyDetails(result=result))
 
 
 
@@ -76,7 +82,7 @@ def plan(conn: Connection, params: Params, names: NameMap, detail: bool = True) 
 
 
 
-def verify(conn: Connection, params: Params, names: NameMap, plan: Plan | None) -> VerifyResult:
+def verify(conn: Connection, params: Params, names: NameMap, plan: Plan[VerifyDetails] | None) -> VerifyResult:
     """The checks of the review's snapshot when there is one (no second pass over the data), else run them."""
     if plan is not None and isinstance(plan.details.get("result"), VerifyResult):
         return plan.details["result"]
