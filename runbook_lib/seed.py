@@ -341,7 +341,7 @@ def finish_ledger(conn: sa.engine.Connection) -> None:
 
 
 def apply_mapped_names(conn: sa.engine.Connection) -> None:
-    """Rename the linked fixture's tables and columns to ``demo/prisma_mapped`` (see ``seed_linked``)."""
+    """Rename the linked fixture's tables and columns to ``tests/fixtures/prisma_mapped`` (see ``seed_linked``)."""
     from .seed_linked import apply_mapped_names as rename
 
     rename(conn)

@@ -189,7 +189,7 @@ MAPPED_COLUMNS = {
 
 
 def apply_mapped_names(conn: sa.engine.Connection) -> None:
-    """Rename the demo tables and columns to those of ``demo/prisma_mapped/schema.prisma`` (@@map/@map)."""
+    """Rename the demo tables and columns to those of ``tests/fixtures/prisma_mapped/schema.prisma`` (@@map/@map)."""
     for model, table in MAPPED_TABLES.items():
         conn.exec_driver_sql(f'ALTER TABLE "{model}" RENAME TO "{table}"')
     for table, cols in MAPPED_COLUMNS.items():

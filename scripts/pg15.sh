@@ -2,7 +2,7 @@
 # A throwaway PostgreSQL 15 server for the test suite (the embedded server is PostgreSQL 18).
 #
 #   scripts/pg15.sh make test    # runs the command with TEST_DATABASE_URL pointing at the 15 server, then stops it
-#   scripts/pg15.sh              # starts it, prints `export TEST_DATABASE_URL=…`, runs until Ctrl-C / SIGTERM
+#   scripts/pg15.sh              # starts it, prints `export PGPASSFILE=… TEST_DATABASE_URL=…`, runs until Ctrl-C / SIGTERM
 #
 # Installs postgresql-15 with apt-get when /usr/lib/postgresql/15/bin/postgres is missing (root, Debian/Ubuntu),
 # initdb's a temporary data folder (as the `postgres` user when run as root: initdb refuses root), listens on
@@ -51,12 +51,15 @@ rm -f "$DATA/.pw"
   -o "-p $PORT -c listen_addresses=127.0.0.1 -k $DATA -c fsync=off -c max_connections=200" >/dev/null \
   || { cat "$DATA/server.log" >&2; exit 1; }
 
-export TEST_DATABASE_URL="postgresql://runbook:$PASSWORD@127.0.0.1:$PORT/postgres"
+# the password never enters a URL (nor a log line): libpq reads it from a .pgpass file of this server's own
+(umask 077; printf '127.0.0.1:%s:*:runbook:%s\n' "$PORT" "$PASSWORD" >"$DATA/.pgpass")
+export PGPASSFILE="$DATA/.pgpass"
+export TEST_DATABASE_URL="postgresql://runbook@127.0.0.1:$PORT/postgres"
 echo "pg15.sh: PostgreSQL $("$BIN/postgres" --version | awk '{print $3}') on 127.0.0.1:$PORT (data $DATA)" >&2
 if [ $# -gt 0 ]; then
   "$@"
 else
-  echo "export TEST_DATABASE_URL=$TEST_DATABASE_URL"
+  echo "export PGPASSFILE=$PGPASSFILE TEST_DATABASE_URL=$TEST_DATABASE_URL"
   sleep infinity &
   SLEEPER=$!
   wait "$SLEEPER"

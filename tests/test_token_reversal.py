@@ -222,7 +222,7 @@ def test_mapped_names_from_schema_prisma(linked_incident_db, engine_for, target_
         seed.apply_mapped_names(c)
     with pytest.raises(SchemaMismatchError):
         Run("token-reversal", WINDOW).review()
-    params = {**WINDOW, "prisma_schema": "demo/prisma_mapped/schema.prisma"}
+    params = {**WINDOW, "prisma_schema": "tests/fixtures/prisma_mapped/schema.prisma"}
     plan = Run("token-reversal", params).review()
     assert plan.summary["ledger rows to reverse"] > 0
     result = Run("token-reversal", {**params, "mode": "execute", "approved_plan": plan.plan_id}).execute()

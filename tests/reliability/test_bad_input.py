@@ -68,7 +68,7 @@ CASES: list[tuple[str, list[str], dict[str, str | None], int, str]] = [
     ("schema path missing", [*TR, *W, "-p", "prisma_schema", "nope/schema.prisma"], {}, 2, "does not exist"),
     ("schema path not a schema", [*TR, *W, "-p", "prisma_schema", str(ROOT / "README.md")], {}, 2,
      "defines no models"),
-    ("schema of another layout", [*TR, *W, "-p", "prisma_schema", str(ROOT / "demo/prisma_mapped/schema.prisma")],
+    ("schema of another layout", [*TR, *W, "-p", "prisma_schema", str(ROOT / "tests/fixtures/prisma_mapped/schema.prisma")],
      {}, 4, "token_ledger"),
     ("parameter file missing", [*TR, *W, "-f", "no/such.yaml"], {}, 2, "no/such.yaml"),
     ("DATABASE_URL unset", [*TR, *W], {"DATABASE_URL": None}, 3, "DATABASE_URL is not set"),
