@@ -38,16 +38,12 @@ def _truthy(value: str | None) -> bool:
     return (value or "").strip().lower() in _TRUE
 
 
-def production_marked(params: Any) -> bool:
-    """The target is marked production by its parameters or the environment (as the driver's production guard
-    decides it; the database itself is only known inside the notebook, so the runner goes by these markings)."""
-    from .guards import production_marked as marked
-
-    return marked(params)
-
-
 def four_eyes(params: Any, requested: bool | None = None) -> tuple[bool, str | None]:
-    """(required, why): asked for with ``--four-eyes`` / ``RUNBOOK_FOUR_EYES=1``, always on a production target."""
+    """(required, why): asked for with ``--four-eyes`` / ``RUNBOOK_FOUR_EYES=1``, always on a production target
+    (marked by its parameters or the environment, as the driver's production guard decides it: the database itself
+    is only known inside the notebook)."""
+    from .guards import production_marked  # lazy: guards pulls pandas, the runner's process needs none
+
     if production_marked(params):
         return True, "the target is marked production"
     if requested:

@@ -8,7 +8,6 @@ the CLI reads to print the plan id, choose the exit status and write the manifes
 from __future__ import annotations
 
 import contextlib
-import datetime as dt
 import sys
 import time
 import traceback
@@ -22,14 +21,10 @@ from . import db, faults, guards, procedures, run_state
 from . import names as names_mod
 from . import params as params_mod
 from .errors import ApprovalError, BackupRequiredError, RunbookError, VerificationFailed
-from .evidence.folders import export_queries
+from .evidence.folders import export_queries, now
 from .procedures.base import ApplyResult, Check, Plan, VerifyResult
 from .redact import redact_text
 from .run_state import STATE_FILE, FinishedRun, RunState, jsonable
-
-
-def _now() -> str:
-    return dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
 
 
 class Run:
@@ -44,7 +39,7 @@ class Run:
         values = {**(params or {}), **more}
         self.evidence_dir = Path(values["evidence_dir"]) if values.get("evidence_dir") else None
         self.state: RunState = {"procedure": self.name, "mode": values.get("mode", "review"),
-                                      "status": "running", "started_at": _now(), "steps": {}}
+                                      "status": "running", "started_at": now(), "steps": {}}
         self._summary_handle: Any = None
         with self._step("parameters"):
             self.params = params_mod.validate(self.proc.Params, values)
@@ -110,13 +105,13 @@ class Run:
 
     @contextlib.contextmanager
     def _step(self, step: str) -> Iterator[None]:
-        self.state["steps"][step] = {"started_at": _now(), "status": "running"}
+        self.state["steps"][step] = {"started_at": now(), "status": "running"}
         self._write_state()
         try:
             yield
         except BaseException as exc:
             err = exc if isinstance(exc, RunbookError) else None
-            self.state["steps"][step].update({"status": "failed", "finished_at": _now()})
+            self.state["steps"][step].update({"status": "failed", "finished_at": now()})
             self.state["status"] = err.status if err else "failed"
             message = err.one_line() if err else f"{type(exc).__name__}: {exc}"
             if step == "verify" and self.state.get("committed"):  # the database change stands: say so first
@@ -132,7 +127,7 @@ class Run:
             self._refresh_summary()
             raise
         else:
-            self.state["steps"][step].update({"status": "done", "finished_at": _now()})
+            self.state["steps"][step].update({"status": "done", "finished_at": now()})
             self._write_state()
 
     def progress(self, message: str) -> None:
@@ -365,7 +360,7 @@ class Run:
         """
         if self.state.get("status") == "running":
             self.state["status"] = "succeeded"
-        self.state["finished_at"] = _now()
+        self.state["finished_at"] = now()
         self._write_state()
         self._refresh_summary()
         err = self.state.get("error") or {}
