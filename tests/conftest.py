@@ -62,6 +62,15 @@ def pg_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     env_url = os.environ.get("TEST_DATABASE_URL")
     if env_url:
         u = sa.engine.make_url(normalize_url(env_url)).set(database="postgres")
+        if u.password is None:
+            # the URL carries no password (scripts/pg15.sh keeps it in a .pgpass file): take the one libpq found
+            # (PGPASSWORD, PGPASSFILE, ~/.pgpass) once, now, since tests set those variables for roles of their own
+            eng = sa.create_engine(u, poolclass=sa.pool.NullPool)
+            with eng.connect() as c:
+                found = c.connection.dbapi_connection.info.password  # type: ignore[union-attr]
+            eng.dispose()
+            if found:
+                u = u.set(password=found)
         yield Server(u.render_as_string(hide_password=False))
         return
     server = embedded.start(os.environ.get("RUNBOOK_TEST_PGDATA") or ROOT / ".runbook" / "pgdata-test")
