@@ -4,12 +4,18 @@
 It is the ``verify`` procedure and also runs at the end of every execute of every procedure, so it never
 fails on a database where the voucher system was removed: checks whose tables are gone pass with a
 detail saying why, and the "nothing left after a full rollback" check takes over.
+
+After an execute the two per-user checks that read the whole ledger (balances against the ledger, running
+balances) can be scoped to the users the execute wrote (``run_all(..., users=UserScope.written_by(xid))``):
+a user whose balance and ledger rows the execute did not write is as it was before. A scoped check says so in
+its name and detail; the other checks stay whole, and ``verify`` always checks everything.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from typing import Any
 
 import pandas as pd
 import sqlalchemy as sa
@@ -29,7 +35,73 @@ class CheckSpec:
     name: str
     title: str
     needs: tuple[str, ...]  # models that must exist, else the check is skipped as passed
-    run: Callable[[Connection, NameMap, int], Check]
+    run: Callable[..., Check]  # (conn, names, sample_rows[, scope]) -> Check
+
+
+#: the checks ``run_all(..., users=…)`` scopes: per user, from that user's balance and ledger rows alone
+SCOPED_CHECKS = ("balance_vs_ledger", "running_balance")
+
+
+@dataclass(frozen=True)
+class UserScope:
+    """Some users (an execute's), for :data:`SCOPED_CHECKS` to look at instead of the whole ledger.
+
+    Either ``ids``, or ``transaction_id`` (``txid_current()`` of the execute): the users whose ledger rows or balance
+    that transaction inserted or updated (their ``xmin``), found when the checks run. ``label`` names them in every
+    scoped check's name and detail."""
+
+    label: str
+    ids: tuple[str, ...] | None = None
+    transaction_id: int | None = None
+
+    @classmethod
+    def of_ids(cls, ids: Iterable[Any], label: str = "the affected users") -> UserScope:
+        return cls(label=label, ids=tuple(sorted({str(i) for i in ids})))
+
+    @classmethod
+    def written_by(cls, transaction_id: int, label: str = "the users this execute wrote") -> UserScope:
+        return cls(label=label, transaction_id=int(transaction_id))
+
+    def resolve(self, conn: Connection, names: NameMap) -> list[str]:
+        """The users' ids (as text, sorted)."""
+        if self.ids is not None or self.transaction_id is None:
+            return list(self.ids or ())
+        xid = str(self.transaction_id % 2**32)  # txid_current() carries the epoch; a row's xmin does not
+        parts = [f"select x.{names.c(m, 'userId')}::text as u from {names.t(m)} x "
+                 "where x.xmin = cast(cast(:xid as text) as xid)" for m in (L, B) if _exists(conn, names, m)]
+        if not parts:
+            return []
+        sql = f"select distinct u from ({' union all '.join(parts)}) w where u is not null order by 1"
+        return [str(r[0]) for r in conn.execute(sa.text(sql), {"xid": xid})]
+
+
+@dataclass(frozen=True)
+class _Scope:
+    """A resolved :class:`UserScope`: the users' ids as one array bind, compared as the ledger's userId type."""
+
+    label: str
+    users: int
+    id_type: str
+    params: dict[str, Any]
+
+    def only(self, column: str) -> str:
+        # a constant array: PostgreSQL hashes it and estimates the selection from its length
+        return f"{column} = any(cast(cast(:rb_scope_ids as text[]) as {self.id_type}[]))"
+
+    def title(self, title: str) -> str:
+        return f"{title} ({self.label} only)"
+
+    def detail(self, detail: str) -> str:
+        return (f"{detail} — scoped to {self.label} ({self.users:,} users: their balances and ledger rows), not "
+                "the whole ledger; the verify procedure checks every user")
+
+
+def _scope(conn: Connection, names: NameMap, users: UserScope) -> _Scope:
+    ids = users.resolve(conn, names)
+    typ = conn.execute(sa.text(
+        "select format_type(a.atttypid, a.atttypmod) from pg_attribute a where a.attrelid = to_regclass(:t) "
+        "and a.attname = :c and not a.attisdropped"), {"t": names.t(L), "c": names.column(L, "userId")}).scalar()
+    return _Scope(users.label, len(ids), str(typ or "text"), {"rb_scope_ids": ids})
 
 
 def _exists(conn: Connection, names: NameMap, model: str) -> bool:
@@ -37,12 +109,14 @@ def _exists(conn: Connection, names: NameMap, model: str) -> bool:
 
 
 def _count_and_sample(conn: Connection, title: str, offending_sql: str, sample_rows: int,
-                      detail: str = "") -> Check:
+                      detail: str = "", params: dict[str, Any] | None = None) -> Check:
     """``offending_sql`` selects the offending rows; counted in the database, sampled with a limit."""
-    n = int(conn.execute(sa.text(f"select count(*) from ({offending_sql}) o")).scalar_one())
+    binds = params or {}
+    n = int(conn.execute(sa.text(f"select count(*) from ({offending_sql}) o"), binds).scalar_one())
     sample = None
     if n:
-        sample = pd.read_sql(sa.text(f"select * from ({offending_sql}) o limit :n"), conn, params={"n": sample_rows})
+        sample = pd.read_sql(sa.text(f"select * from ({offending_sql}) o limit :n"), conn,
+                             params={**binds, "n": sample_rows})
     return Check(title, n == 0, n, detail or ("none" if n == 0 else f"{n} offending rows"), sample)
 
 
@@ -120,58 +194,68 @@ def _depleted_status(conn: Connection, n: NameMap, k: int) -> Check:
         f"or (v.{st}::text = 'ACTIVE' and v.{mx} is not null and v.{uses} >= v.{mx})"), k)
 
 
-def _opening_sql(conn: Connection, n: NameMap) -> str:
+def _opening_sql(conn: Connection, n: NameMap, scope: _Scope | None = None) -> str:
     """Per user, the balance the ledger starts from: 0 for a complete ledger. With a running-balance column the
     first row tells (``balanceAfter - amount`` of the user's first row: earlier history archived or balances that
     predate the ledger); without one nothing says otherwise, so every ledger is taken as complete."""
     if not nmod.has_column(conn, n, L, "balanceAfter"):
         return "select null::text as uid, 0::bigint as opening where false"
     uid, ts, i = n.c(L, "userId"), n.c(L, "createdAt"), n.c(L, "id")
+    where = f" where {scope.only(uid)}" if scope else ""
     return (f"select distinct on ({uid}) {uid} as uid, coalesce({n.c(L, 'balanceAfter')} - {n.c(L, 'amount')}, 0)"
-            f"::bigint as opening from {n.t(L)} order by {uid}, {ts}, {i}")
+            f"::bigint as opening from {n.t(L)}{where} order by {uid}, {ts}, {i}")
 
 
-def _balance_vs_ledger(conn: Connection, n: NameMap, k: int) -> Check:
+def _balance_vs_ledger(conn: Connection, n: NameMap, k: int, scope: _Scope | None = None) -> Check:
     title = "every balance equals its ledger sum"
+    b_uid, l_uid = n.c(B, "userId"), n.c(L, "userId")
     per_user = (
-        f"select b.{n.c(B, 'userId')} as user_id, b.{n.c(B, 'balance')}::bigint as balance, "
+        f"select b.{b_uid} as user_id, b.{n.c(B, 'balance')}::bigint as balance, "
         f"coalesce(o.opening, 0) as opening, coalesce(l.total, 0) as ledger_sum, "
         f"b.{n.c(B, 'balance')}::bigint - coalesce(o.opening, 0) - coalesce(l.total, 0) as drift from {n.t(B)} b "
-        f"left join (select {n.c(L, 'userId')} as uid, sum({n.c(L, 'amount')})::bigint as total from {n.t(L)} "
-        f"group by 1) l on l.uid = b.{n.c(B, 'userId')} left join ({_opening_sql(conn, n)}) o "
-        f"on o.uid = b.{n.c(B, 'userId')}")
+        f"left join (select {l_uid} as uid, sum({n.c(L, 'amount')})::bigint as total from {n.t(L)} "
+        f"{'where ' + scope.only(l_uid) + ' ' if scope else ''}group by 1) l on l.uid = b.{b_uid} "
+        f"left join ({_opening_sql(conn, n, scope)}) o on o.uid = b.{b_uid}"
+        + (f" where {scope.only('b.' + b_uid)}" if scope else ""))
+    binds = scope.params if scope else {}
     # one pass over the ledger: the count, the total drift and the users with an opening balance together
     count, total, opened = conn.execute(sa.text(
         f"select count(*) filter (where drift <> 0), coalesce(sum(drift) filter (where drift <> 0), 0), "
-        f"count(*) filter (where opening <> 0) from ({per_user}) p")).one()
+        f"count(*) filter (where opening <> 0) from ({per_user}) p"), binds).one()
     count, total, opened = int(count), int(total), int(opened)
     sample = None
     if count:
         sample = pd.read_sql(sa.text(f"select * from ({per_user}) p where drift <> 0 order by abs(drift) desc, "
-                                     "user_id limit :k"), conn, params={"k": k})
+                                     "user_id limit :k"), conn, params={**binds, "k": k})
     detail = (f"{count} users drift from their ledger by {total:+,} tokens in total" if count
               else "no drift: every balance equals the sum of its ledger")
     if opened:
         detail += (f"; {opened} users' ledgers start from an opening balance (their first row's balanceAfter "
                    "- amount: earlier history not in the ledger), counted in")
+    if scope:
+        return Check(scope.title(title), count == 0, count, scope.detail(detail), sample)
     return Check(title, count == 0, count, detail, sample)
 
 
-def _running_balance(conn: Connection, n: NameMap, k: int) -> Check:
+def _running_balance(conn: Connection, n: NameMap, k: int, scope: _Scope | None = None) -> Check:
     title = "balanceAfter is the running balance along each user's ledger"
     if not nmod.has_column(conn, n, L, "balanceAfter"):
-        return Check(title, True, 0, "the ledger has no running-balance column")
+        return Check(scope.title(title) if scope else title, True, 0, "the ledger has no running-balance column")
     ba = n.c(L, "balanceAfter")
     amt = f"t.{n.c(L, 'amount')}"
     # from the user's opening balance (the first row's balanceAfter - amount, as in _opening_sql; 0 for a
     # complete ledger), in the same window pass: each row is its predecessor plus its amount
-    return _count_and_sample(conn, title, (
+    check = _count_and_sample(conn, scope.title(title) if scope else title, (
         f"select * from (select t.{n.c(L, 'id')} as ledger_id, t.{n.c(L, 'userId')} as user_id, "
         f"t.{n.c(L, 'createdAt')} as created_at, {amt} as amount, t.{ba} as balance_after, "
         f"first_value(coalesce(t.{ba} - {amt}, 0)) over w + sum({amt}) over w as running from {n.t(L)} t "
+        f"{'where ' + scope.only('t.' + n.c(L, 'userId')) + ' ' if scope else ''}"
         f"window w as (partition by t.{n.c(L, 'userId')} order by t.{n.c(L, 'createdAt')}, t.{n.c(L, 'id')})) w "
         "where balance_after is not null and balance_after <> running"),
-        k)
+        k, params=scope.params if scope else None)
+    if scope:
+        check.detail = scope.detail(check.detail)
+    return check
 
 
 def _nothing_left(conn: Connection, n: NameMap, k: int, expect_full_rollback: bool = False) -> Check:
@@ -225,13 +309,16 @@ def validate_names(only: list[str] | None) -> list[str]:
 
 
 def run_all(conn: Connection, names: NameMap, only: list[str] | None = None, sample_rows: int = 20,
-            expect_full_rollback: bool = False) -> VerifyResult:
+            expect_full_rollback: bool = False, users: UserScope | None = None) -> VerifyResult:
     """Run the named checks (all by default) read-only; each returns pass/fail, a count and a bounded sample.
 
-    ``expect_full_rollback``: the "nothing left" check applies even while the voucher tables exist (and fails)."""
+    ``expect_full_rollback``: the "nothing left" check applies even while the voucher tables exist (and fails).
+    ``users``: :data:`SCOPED_CHECKS` look at these users only (named so in the check's name and detail); the other
+    checks, and every check without ``users``, look at every row."""
     chosen = set(validate_names(only))
     results: list[Check] = []
     frames: dict[str, pd.DataFrame] = {}
+    scope: _Scope | None = None
     for spec in CHECKS:
         if spec.name not in chosen:
             continue
@@ -242,6 +329,9 @@ def run_all(conn: Connection, names: NameMap, only: list[str] | None = None, sam
         with conn.begin_nested():  # a check that errors must not poison the transaction of the others
             if spec.run is _nothing_left:
                 check = _nothing_left(conn, names, sample_rows, expect_full_rollback)
+            elif users is not None and spec.name in SCOPED_CHECKS:
+                scope = scope or _scope(conn, names, users)
+                check = spec.run(conn, names, sample_rows, scope)
             else:
                 check = spec.run(conn, names, sample_rows)
         results.append(check)

@@ -47,6 +47,9 @@ class NameMap:
     #: the models, fields and enums this run looked up (what the evidence records; a schema of 168 models
     #: would otherwise put every name of the application into every manifest)
     used: set[str] = field(default_factory=set, compare=False, repr=False)
+    #: the columns (name -> data_type) of each table looked up through this map, read once per table: a map lives
+    #: for one step of one run (an online execute's batches share it, and would look the same columns up again)
+    catalog: dict[str, dict[str, str]] = field(default_factory=dict, compare=False, repr=False)
 
     def table_name(self, model: str) -> str:
         self.used.add(model)
@@ -152,14 +155,21 @@ def resolve(conn: Connection, prisma_schema: str | None = None, db_schema: str =
     return nm
 
 
+def table_columns(conn: Connection, names: NameMap, table: str) -> dict[str, str]:
+    """A table's columns and their ``data_type`` (empty: no such table), read once per map (``names.catalog``)."""
+    if table not in names.catalog:
+        names.catalog[table] = {str(r[0]): str(r[1]) for r in conn.execute(
+            sa.text("select column_name, data_type from information_schema.columns where table_schema = :s "
+                    "and table_name = :t"), {"s": names.db_schema, "t": table})}
+    return names.catalog[table]
+
+
 def require(conn: Connection, names: NameMap, needs: dict[str, list[str]]) -> None:
     """Raise SchemaMismatchError naming every missing table and column among ``needs``."""
     missing: list[str] = []
     for model, fields in needs.items():
         table = names.table_name(model)
-        cols = {r[0] for r in conn.execute(
-            sa.text("select column_name from information_schema.columns where table_schema = :s and table_name = :t"),
-            {"s": names.db_schema, "t": table})}
+        cols = table_columns(conn, names, table)
         if not cols:
             missing.append(f'table "{names.db_schema}"."{table}" (model {model})')
             continue
@@ -176,19 +186,11 @@ def require(conn: Connection, names: NameMap, needs: dict[str, list[str]]) -> No
 
 
 def has_column(conn: Connection, names: NameMap, model: str, fld: str) -> bool:
-    return conn.execute(
-        sa.text("select 1 from information_schema.columns where table_schema = :s and table_name = :t "
-                "and column_name = :c"),
-        {"s": names.db_schema, "t": names.table_name(model), "c": names.column(model, fld)},
-    ).first() is not None
+    return names.column(model, fld) in table_columns(conn, names, names.table_name(model))
 
 
 def column_type(conn: Connection, names: NameMap, model: str, fld: str) -> str | None:
-    return conn.execute(
-        sa.text("select data_type from information_schema.columns where table_schema = :s and table_name = :t "
-                "and column_name = :c"),
-        {"s": names.db_schema, "t": names.table_name(model), "c": names.column(model, fld)},
-    ).scalar()
+    return table_columns(conn, names, names.table_name(model)).get(names.column(model, fld))
 
 
 def enum_values(conn: Connection, names: NameMap, enum: str) -> list[str]:

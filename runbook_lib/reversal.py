@@ -49,6 +49,8 @@ from .reversal_sql import (
     negative_frame,
     plan_totals,
     sample_frame,
+    selected_columns,
+    selection_key,
     voucher_tables_exist,
 )
 
@@ -259,17 +261,25 @@ def _warnings(rp: ReversalPlan, summary: dict[str, Any], negative_policy: str, a
 
 
 def lock_reversal(conn: Connection, names: NameMap, where_sql: str, where_params: dict[str, Any]) -> int:
-    """Lock the affected ledger rows and their users' balance rows, in id order (no deadlocks)."""
+    """Lock the affected ledger rows and their users' balance rows, in id order (no deadlocks).
+
+    One scan of the selection: the locked ledger rows are kept in the temp table ``rb_locked`` (dropped at
+    COMMIT), from which the plan recomputed under these locks takes its selection instead of scanning the ledger
+    again (:func:`runbook_lib.reversal_sql.materialize_selection`): the plan is exactly the rows locked here.
+    """
     q = ledger_names(names)
-    # one statement, one scan of the selection: the CTE locks the ledger rows in id order (a CTE with FOR UPDATE
-    # is never inlined); the aggregate over it must read it to its end, so every selected row is locked before
-    # the balance rows of their users are locked, in user order. Counted in the database: no row goes to Python.
+    source_id = nmod.has_column(conn, names, LEDGER, "sourceId")
+    conn.execute(sa.text("drop table if exists rb_locked"))
+    conn.execute(sa.text(
+        f"create temp table rb_locked on commit drop as select "
+        f"{selected_columns(q, source_id, grants.metadata_code(conn, names))} from {q['ledger']} tt "
+        f"where ({where_sql}) order by tt.{q['id']}::text collate \"C\" for update of tt"), where_params)
+    conn.info["rb_locked"] = selection_key(where_sql, where_params)
+    # then the balance rows of their users, in user order; counted in the database: no row goes to Python
     return int(conn.execute(sa.text(
-        f"with locked as (select tt.{q['user_id']} as user_id from {q['ledger']} tt where ({where_sql}) "
-        f"order by tt.{q['id']}::text collate \"C\" for update of tt), "
-        "users as (select coalesce(array_agg(distinct user_id), '{}') as ids from locked) "
-        f"select count(*) from (select 1 from {q['balances']} b where b.{q['b_user_id']} in (select unnest(ids) from users) "
-        f"order by b.{q['b_user_id']}::text collate \"C\" for update) s"), where_params).scalar_one())
+        f"select count(*) from (select 1 from {q['balances']} b where b.{q['b_user_id']} in "
+        f"(select distinct user_id from rb_locked) order by b.{q['b_user_id']}::text collate \"C\" for update) s")
+    ).scalar_one())
 
 
 def apply_reversal(conn: Connection, names: NameMap, rp: ReversalPlan) -> dict[str, int]:

@@ -84,17 +84,42 @@ def decision_sql(q: dict[str, str], policy: str) -> str:
     )
 
 
+def selected_columns(q: dict[str, str], source_id: bool, voucher_code_sql: str | None) -> str:
+    """The columns an execute keeps of each selected ledger row ``tt`` (``rb_locked``, ``rb_affected``)."""
+    extra = f", tt.{q['source_id']} as source_id" if source_id else ", null::text as source_id"
+    extra += f", {voucher_code_sql} as voucher_code" if voucher_code_sql else ", null::text as voucher_code"
+    return (f"tt.{q['id']} as id, tt.{q['user_id']} as user_id, tt.{q['amount']}::bigint as amount, "
+            f"tt.{q['created_at']} as created_at{extra}")
+
+
+def selection_key(where_sql: str, where_params: dict[str, Any]) -> str:
+    """What identifies a selection: its SQL and the values it binds (other binds of a statement do not count)."""
+    import json
+
+    used = {k: v for k, v in where_params.items() if f":{k}" in where_sql}
+    return json.dumps([where_sql, used], sort_keys=True, default=str)
+
+
+def locked_selection(conn: Connection, where_sql: str, where_params: dict[str, Any]) -> bool:
+    """Did this transaction's lock step keep exactly this selection in ``rb_locked`` (see ``lock_reversal``)?"""
+    return bool(conn.info.get("rb_locked") == selection_key(where_sql, where_params) and conn.execute(
+        sa.text("select to_regclass('pg_temp.rb_locked') is not null")).scalar())
+
+
 def materialize_selection(conn: Connection, q: dict[str, str], where_sql: str, where_params: dict[str, Any], *,
                           link: ReversalLink | None, source_id: bool, voucher_code_sql: str | None, policy: str) -> int:
     """The selection into ``rb_affected`` (rows not reversed yet) and the per-user decisions into ``rb_users``,
-    temp tables dropped at COMMIT; returns how many selected rows were already reversed. One scan of the ledger."""
+    temp tables dropped at COMMIT; returns how many selected rows were already reversed. At most one scan of the
+    ledger: none when the lock step already kept the locked rows of this very selection (``rb_locked``)."""
     conn.execute(sa.text("drop table if exists rb_affected, rb_users"))
-    extra = f", tt.{q['source_id']} as source_id" if source_id else ", null::text as source_id"
-    extra += f", {voucher_code_sql} as voucher_code" if voucher_code_sql else ", null::text as voucher_code"
-    conn.execute(sa.text(
-        f"create temp table rb_affected on commit drop as select tt.{q['id']} as id, tt.{q['user_id']} as user_id, "
-        f"tt.{q['amount']}::bigint as amount, tt.{q['created_at']} as created_at{extra} "
-        f"from {q['ledger']} tt where ({where_sql})"), where_params)
+    if locked_selection(conn, where_sql, where_params):
+        conn.execute(sa.text("alter table rb_locked rename to rb_affected"))
+        conn.info.pop("rb_locked", None)
+    else:
+        conn.execute(sa.text(
+            f"create temp table rb_affected on commit drop as select "
+            f"{selected_columns(q, source_id, voucher_code_sql)} from {q['ledger']} tt where ({where_sql})"),
+            where_params)
     already = 0
     if link:
         # rows reversed already leave the selection in one join: with statistics on the selection the planner

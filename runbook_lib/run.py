@@ -171,6 +171,8 @@ class Run:
                 self.state["plan_id"] = plan.plan_id
                 self.state["summary"] = jsonable(plan.summary)
                 self.state["warnings"] = list(plan.warnings)
+                if plan.batches is not None:  # online mode: what an execute of this plan id will commit, batch by batch
+                    self.state["batches"] = [b.as_dict() for b in plan.batches]
                 if plan.exports and self.evidence_dir is not None:
                     self.state["exports"] = export_queries(conn, self.evidence_dir, plan.exports, self.progress)
             if self.evidence_dir is not None:
@@ -206,12 +208,18 @@ class Run:
                           f"statement_timeout {p.statement_timeout})")
             seen: dict[str, Any] = {"xid": None, "plan_id": None}  # what a failure's rollback check needs
             try:
-                with db.write_transaction(self.engine, lock_timeout_ms=p.lock_timeout_ms(),
-                                          statement_timeout_ms=p.statement_timeout_ms(),
-                                          exclusive_key=f"runbook:{self.name}") as conn:
-                    result = self._apply_under_locks(conn, approved, seen)
+                if self.proc.batched(p):  # online mode: batches, each its own transaction (runbook_lib.online)
+                    from .online import execute_batches
+
+                    result = execute_batches(self, approved)
+                else:
+                    with db.write_transaction(self.engine, lock_timeout_ms=p.lock_timeout_ms(),
+                                              statement_timeout_ms=p.statement_timeout_ms(),
+                                              exclusive_key=f"runbook:{self.name}") as conn:
+                        result = self._apply_under_locks(conn, approved, seen)
             except BaseException:
-                self.state["rolled_back"] = self._check_rolled_back(seen["plan_id"], seen["xid"])
+                if "rolled_back" not in self.state:  # online mode records its failed batch's own finding
+                    self.state["rolled_back"] = self._check_rolled_back(seen["plan_id"], seen["xid"])
                 raise
             finally:
                 if cleanup is not None:
@@ -219,7 +227,7 @@ class Run:
                         cleanup()
             faults.hit("after_commit")
             self.result = result
-            self.state["committed"] = result.changed
+            self.state["committed"] = result.changed or bool(self.state.get("committed"))
             self.state["counts"] = jsonable(result.counts)
             self.state["messages"] = result.messages
             for m in result.messages:
@@ -313,7 +321,10 @@ class Run:
                 if self.params.mode == "execute" and self.proc.wants_shared_checks(self.params):
                     from . import checks
 
-                    general = checks.run_all(conn, names, sample_rows=self.params.sample_rows)
+                    # after a committed change the per-user checks look at the users the execute wrote; the
+                    # verify procedure checks the whole ledger
+                    general = checks.run_all(conn, names, sample_rows=self.params.sample_rows,
+                                             users=self._written_users())
                     result = VerifyResult(checks=[*result.checks, *general.checks],
                                           frames={**result.frames, **general.frames})
             if self.params.mode != "execute":
@@ -334,6 +345,18 @@ class Run:
             self._verification_failed(failed)
         self._refresh_summary()
         return result
+
+    def _written_users(self) -> Any:
+        """The users this execute wrote (``checks.UserScope``), or None: it changed nothing, check every user."""
+        from .checks import UserScope
+
+        if not self.state.get("committed"):
+            return None
+        ids = self.proc.written_users(self.params, self.plan) if self.plan is not None else None
+        if ids is not None:
+            return UserScope.of_ids(ids, "the users this execute reversed")
+        xid = self.state.get("transaction_id")
+        return UserScope.written_by(xid) if xid is not None else None
 
     def _verification_failed(self, failed: list[Check]) -> None:
         """After an execute a failed check makes the run failed (exit 13, VerificationFailed), recorded now so the

@@ -50,6 +50,9 @@ class RunState(TypedDict, total=False):
     backup: dict[str, Any]  # the backup guard's finding (or override, or "not needed")
     transaction_id: int
     committed: bool
+    #: online mode: the review's batches (number, user id range, users, rows, digest); an execute's add status,
+    #: timing, transaction id and counts per batch
+    batches: list[dict[str, Any]]
     counts: dict[str, Any]  # what apply did
     messages: list[str]
     rolled_back: dict[str, Any]  # after a failed execute: {checked, rolled_back, how}
@@ -63,7 +66,7 @@ class RunState(TypedDict, total=False):
 #: the state's keys a run's manifest carries unchanged (the runner adds who, where, status and the error line)
 MANIFEST_KEYS = ("plan_id", "plan_id_at_execute", "summary", "counts", "warnings", "committed", "rolled_back",
                  "verification", "verification_passed", "exports", "database", "names", "backup", "after_commit",
-                 "started_at", "finished_at")
+                 "batches", "started_at", "finished_at")
 
 
 def jsonable(v: Any) -> Any:

@@ -183,7 +183,9 @@ def test_the_kernel_process_never_writes_to_the_cli_stderr(incident_db, target_e
     target_env(incident_db)
     monkeypatch.setenv("RUNBOOK_NOTEBOOKS", str(nbdir))
     out = run_procedure("token-reversal", WINDOW, incident="K2", evidence_root=tmp_path / "ev", progress_bar=False)
-    assert out.exit_code == 0 and not (out.run_dir / "kernel.log").exists()
+    log = out.run_dir / "kernel.log"
+    assert out.exit_code == 0, out.error
+    assert not log.exists(), f"the kernel wrote to stderr: {log.read_text()[:3000]!r}"
 
 
 def test_log_output_streams_the_notebook_to_stdout(incident_db, tmp_path):

@@ -30,8 +30,11 @@ def test_the_reversal_options_are_declared_once(mod):
     fields = mod.Params.model_fields
     for name, shared in ReversalOptions.model_fields.items():
         assert fields[name].default == shared.default, (mod.NAME, name)
-    # the procedure's own parameters come first, the reversal options after them
-    own = [n for n in fields if n not in P.DestructiveParams.model_fields and n not in ReversalOptions.model_fields]
+    # the procedure's own parameters come first, the reversal options after them (then online mode's, if any)
+    from runbook_lib.online import OnlineOptions
+
+    shared = {**ReversalOptions.model_fields, **OnlineOptions.model_fields}
+    own = [n for n in fields if n not in P.DestructiveParams.model_fields and n not in shared]
     order = [n for n in fields if n not in P.DestructiveParams.model_fields]
     assert order[:len(own)] == own
 

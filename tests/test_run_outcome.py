@@ -35,12 +35,16 @@ def manifest(tmp_path: Path, incident: str, n: int) -> dict:
 
 def plant_balance_defect(url: str, tokens: int = 7) -> None:
     """A balance the ledger does not explain (the shared check balance_vs_ledger finds it), on whatever tables the
-    schema maps the models to."""
+    schema maps the models to; on a user the window's reversal writes (an execute's checks look at its users)."""
     eng = sa.create_engine(url, poolclass=sa.pool.NullPool)
     with eng.begin() as c:
         n = reflect(c)
         b, uid, bal = n.t("UserTokenBalance"), n.c("UserTokenBalance", "userId"), n.c("UserTokenBalance", "balance")
-        first = c.execute(sa.text(f"select {uid} from {b} order by {uid} limit 1")).scalar_one()
+        L = "TokenTransaction"
+        first = c.execute(sa.text(
+            f"select {n.c(L, 'userId')} from {n.t(L)} where {n.c(L, 'source')} = 'voucher_redemption' and "
+            f"{n.c(L, 'createdAt')} >= '2025-12-01' and {n.c(L, 'createdAt')} < '2025-12-03' "
+            f"and {n.c(L, 'userId')} in (select {uid} from {b}) order by 1 limit 1")).scalar_one()
         c.execute(sa.text(f"update {b} set {bal} = {bal} + :t where {uid} = :u"), {"t": tokens, "u": first})
     eng.dispose()
 
@@ -68,7 +72,7 @@ def test_failed_verification_after_execute_is_a_failed_run(incident_db, tmp_path
     assert m["error"]["type"] == "VerificationFailed" and m["error"]["exit_code"] == 13
     assert m["error"]["step"] == "verify" and "the change was committed" in m["error"]["message"]
     failed = [c["name"] for c in m["verification"] if not c["passed"]]
-    assert "every balance equals its ledger sum" in failed and all(name in err for name in failed)
+    assert any(f.startswith("every balance equals its ledger sum") for f in failed) and all(name in err for name in failed)
     assert m["counts"]["rows_reversed"] > 0
 
     # the notebook's summary box says it too (the display is updated in place as the run goes)

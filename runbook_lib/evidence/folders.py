@@ -217,7 +217,9 @@ def export_queries(conn: Any, run_dir: Path, exports: dict[str, tuple[str, dict[
             for part in res.partitions(50_000):
                 counter["rows"] += len(part)
                 progress(f"exporting {name}: {counter['rows']} rows")
-                yield pd.DataFrame(part, columns=cols)
+                # plain tuples: the same frame, but pandas probes a Row for ``dtype`` (a slow miss in SQLAlchemy,
+                # ~0.6 s per 100,000 rows) before it turns each into a tuple anyway
+                yield pd.DataFrame([tuple(r) for r in part], columns=cols)
 
         path = write_frame(run_dir, name, chunks())
         out[name] = {"file": Path(path).name, "rows": counter["rows"]}

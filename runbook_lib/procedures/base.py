@@ -46,6 +46,28 @@ def plan_hash(*parts: Any) -> str:
 D = TypeVar("D", bound=Mapping[str, Any])
 
 
+@dataclass(frozen=True)
+class Batch:
+    """One batch of an online (batched) execute: a contiguous range of user ids, in the user id column's own order,
+    with the digest of its rows and balances at review. The review's plan id covers every batch's digest."""
+
+    number: int  # 1-based, in user id order
+    first: str  # first and last user id of the range (inclusive)
+    last: str
+    users: int
+    rows: int
+    digest: str
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"number": self.number, "first": self.first, "last": self.last, "users": self.users,
+                "rows": self.rows, "digest": self.digest}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> Batch:
+        return cls(int(d["number"]), str(d["first"]), str(d["last"]), int(d["users"]), int(d["rows"]),
+                   str(d["digest"]))
+
+
 @dataclass
 class Plan(Generic[D]):
     """What a procedure would do, computed in a read-only snapshot (or under locks, for execute)."""
@@ -64,6 +86,8 @@ class Plan(Generic[D]):
     #: what the procedure's apply/check/verify (and its notebook) need from the plan, typed per procedure by a
     #: ``TypedDict`` (``Plan[TokenReversalDetails]``); a dict at run time, so notebooks read ``plan.details["…"]``
     details: D = field(default_factory=dict)  # type: ignore[assignment]
+    #: online mode (:meth:`Procedure.batched`): the batches the execute commits one by one, each with its digest
+    batches: list[Batch] | None = None
 
     @property
     def changes_nothing(self) -> bool:
@@ -252,6 +276,38 @@ class Procedure:
         """Parameter values as they apply when a rehearsal runs this procedure on a scratch copy of the target
         ``conn`` is connected to (restore: the live database's backup accepted on the copy). Default: unchanged."""
         return values
+
+    def written_users(self, params: Any, plan: Plan) -> list[str] | None:
+        """The users whose balances and ledger rows this execute wrote, when its plan knows them (token reversal: the
+        reversed users, across every batch of an online run); the shared per-user checks after the execute look at
+        these. ``None`` (default): the driver finds them from the execute's transaction id (the rows it wrote)."""
+        return None
+
+    # -------------------------------------------------------------------------------- online mode (batches)
+    def batched(self, params: Any) -> bool:
+        """Does this execute run in batches, each its own short transaction (:mod:`runbook_lib.online`)? The plan
+        then carries ``batches`` and the hooks below are used instead of :meth:`lock` / :meth:`plan`. Default: no."""
+        return False
+
+    def batch_digests(self, conn: Connection, params: Any, names: NameMap,
+                      batches: list[Batch]) -> dict[int | None, str]:
+        """Read-only, one statement: the current digest of every batch range that still has work (a batch whose
+        rows are all reversed is absent: finished), and under the key ``None`` a digest of the work outside every
+        range (absent when there is none). Raise a :class:`~runbook_lib.errors.PolicyAbort` that applies to the
+        whole selection here, before any batch commits."""
+        raise NotImplementedError(f"{type(self).__name__}.batch_digests")
+
+    def lock_batch(self, conn: Connection, params: Any, names: NameMap, batch: Batch) -> None:
+        """Take the locks of one batch, in a fixed order (default: none)."""
+
+    def plan_batch(self, conn: Connection, params: Any, names: NameMap, batch: Batch) -> Plan:
+        """One batch's plan under its locks: ``plan_id`` is its digest (compared with ``batch.digest``); the
+        procedure's :meth:`apply` and :meth:`check` then run on it."""
+        raise NotImplementedError(f"{type(self).__name__}.plan_batch")
+
+    def absorb_batch(self, whole: Plan, part: Plan, result: ApplyResult) -> None:
+        """A batch committed: fold what its check recorded in ``part`` into the whole plan (what :meth:`verify`
+        compares after the run). Default: nothing."""
 
     def after_commit(self, run: Any) -> dict[str, Any] | None:
         """File work after COMMIT (full rollback: the migration folder and schema.prisma), called by

@@ -40,6 +40,7 @@ from .. import names as nmod
 from ..errors import SchemaMismatchError
 from ..grants import GrantLink, ReversalLink
 from ..names import NameMap
+from ..online import OnlineOptions, advice
 from ..params import DestructiveParams, name_list, parse_aware_datetime
 from ..reversal import (
     LEDGER_NEEDS,
@@ -61,7 +62,7 @@ from ..reversal_sql import (
     table_exists,
 )
 from . import register
-from .base import ApplyResult, Check, Plan, Procedure, Steps, VerifyResult, plan_hash
+from .base import ApplyResult, Batch, Check, Plan, Procedure, Steps, VerifyResult, plan_hash
 
 NAME = "token-reversal"
 
@@ -102,10 +103,18 @@ class SelectionParams(DestructiveParams):
         return dt.datetime.fromisoformat(self.until) if self.until else None
 
 
-class Params(ReversalOptions, SelectionParams):
-    """Its own parameters first, then the reversal options (all as :class:`ReversalOptions` declares them)."""
+class Params(OnlineOptions, ReversalOptions, SelectionParams):
+    """Its own parameters first, then the reversal options (all as :class:`ReversalOptions` declares them), then
+    online mode's (:class:`~runbook_lib.online.OnlineOptions`)."""
 
     procedure: ClassVar[str] = NAME
+
+    @model_validator(mode="after")
+    def _online_compensates(self) -> Self:
+        if self.execution == "online" and self.ledger_mode != "compensate":
+            raise ValueError("execution=online needs ledger_mode=compensate: a finished batch is recognised by its "
+                             "reversing rows (delete mode leaves none); run delete mode as one transaction")
+        return self
 
 
 class AfterExpected(TypedDict):
@@ -191,6 +200,7 @@ def _to_plan(rp: ReversalPlan, params: Params) -> Plan[TokenReversalDetails]:
         "reversing rows' type": s["reversal_type"],
         "reversal linked by": s["reversal_link"],
         "grants matched to redemptions by": params.grant_link,
+        "execution": advice(s["users"] - s["users_excluded"], params, None),
         "nothing_to_do": s["nothing_to_do"],
     }
     return Plan(
@@ -212,6 +222,10 @@ def plan(conn: Connection, params: Params, names: NameMap, detail: bool = True) 
         detail=detail, grant_link=params.grant_link,
     )
     p = _to_plan(rp, params)
+    if params.execution == "online":
+        from .token_reversal_batches import cut_into_batches
+
+        cut_into_batches(conn, params, names, rp, p)
     if params.voucher_codes and rp.summary["rows"] == 0 and rp.summary["rows_already_reversed"] == 0:
         p.warnings.append(
             f"voucher_codes {', '.join(params.voucher_codes)} select no ledger row in the window: grants are matched "
@@ -332,3 +346,32 @@ class TokenReversal(Procedure):
 
     def is_destructive(self, params: Any) -> bool:
         return bool(params.ledger_mode == "delete")  # compensate mode keeps the ledger
+
+    def written_users(self, params: Any, plan: Plan) -> list[str] | None:
+        after = plan.details.get("after_expected")
+        return list(after["user_ids"]) if after is not None else None
+
+    def batched(self, params: Any) -> bool:
+        return bool(params.execution == "online")
+
+    # online mode: the functions of procedures/token_reversal_batches.py (which imports this module)
+    def batch_digests(self, conn: Connection, params: Any, names: NameMap,
+                      batches: list[Batch]) -> dict[int | None, str]:
+        from .token_reversal_batches import batch_digests
+
+        return batch_digests(conn, params, names, batches)
+
+    def lock_batch(self, conn: Connection, params: Any, names: NameMap, batch: Batch) -> None:
+        from .token_reversal_batches import lock_batch
+
+        lock_batch(conn, params, names, batch)
+
+    def plan_batch(self, conn: Connection, params: Any, names: NameMap, batch: Batch) -> Plan:
+        from .token_reversal_batches import plan_batch
+
+        return plan_batch(conn, params, names, batch)
+
+    def absorb_batch(self, whole: Plan, part: Plan, result: ApplyResult) -> None:
+        from .token_reversal_batches import absorb_batch
+
+        absorb_batch(whole, part)

@@ -47,11 +47,11 @@ from .figures import (
     who_text,
 )
 from .incident_page import incident_html, incident_markdown, run_row
-from .run_page import HIDDEN_TAGS, header_html, offline, render_run_report, report_notebook
+from .run_page import HIDDEN_TAGS, header_html, offline, render_run_report, report_notebook, warm_up
 
 __all__ = [
     "COUNT_LABELS", "HIDDEN_TAGS", "MISSING", "NET_FIGURES", "change_text", "checks", "count_figures",
     "database_text", "figures_text", "fmt", "header_html", "header_rows", "incident_html", "incident_markdown",
     "key_figures", "label", "net_change", "numbers_in_text", "offline", "render_run_report", "report_notebook",
-    "run_row", "state_order", "summary_figures", "verdict", "verification_text", "when", "who_text",
+    "run_row", "state_order", "summary_figures", "verdict", "verification_text", "warm_up", "when", "who_text",
 ]

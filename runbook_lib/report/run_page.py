@@ -5,8 +5,10 @@ then the notebook without its code, its parameters cells, its log lines or raw v
 from __future__ import annotations
 
 import copy
+import functools
 import logging
 import re
+import threading
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -189,22 +191,19 @@ def offline(page: str) -> str:
     return _REMOTE_CSS.sub("", page)
 
 
-def render_run_report(notebook: Path, manifest: Mapping[str, Any]) -> str:
-    """The run's report page (HTML, offline) from its executed notebook and its manifest."""
+@functools.lru_cache(maxsize=1)
+def _exporter() -> Any:
+    """The report's nbconvert exporter, built once per process: its templates are compiled on first use."""
     import jinja2
-    import nbformat
     from nbconvert import HTMLExporter
 
-    nb = report_notebook(nbformat.read(str(notebook), as_version=4))
-    m = dict(manifest)
-    m.setdefault("incident", notebook.parent.parent.name)
-    m.setdefault("run", notebook.parent.name)
-    nb.metadata["title"] = f"{m.get('incident') or ''} · {m.get('procedure') or notebook.stem} · " \
-                           f"{m.get('mode') or ''} · {m.get('status') or ''}".strip(" ·")
-    exporter = HTMLExporter(template_name="lab", template_file="runbook_report.html.j2",
-                            extra_loaders=[jinja2.DictLoader({"runbook_report.html.j2": _TEMPLATE})],
-                            exclude_input=True, exclude_input_prompt=True, exclude_output_prompt=True)
-    resources = {"report_header": header_html(m, state_order(notebook.parent), notebook.name), "report_css": _CSS}
+    return HTMLExporter(template_name="lab", template_file="runbook_report.html.j2",
+                        extra_loaders=[jinja2.DictLoader({"runbook_report.html.j2": _TEMPLATE})],
+                        exclude_input=True, exclude_input_prompt=True, exclude_output_prompt=True)
+
+
+def _export(nb: Any, resources: dict[str, Any]) -> str:
+    exporter = _exporter()
     log = exporter.log  # nbconvert warns about plots without alt text: noise on the CLI's stderr, not a problem
     level = log.level
     log.setLevel(logging.ERROR)
@@ -212,4 +211,56 @@ def render_run_report(notebook: Path, manifest: Mapping[str, Any]) -> str:
         body, _ = exporter.from_notebook_node(nb, resources=resources)
     finally:
         log.setLevel(level)
+    return str(body)
+
+
+def render_run_report(notebook: Path, manifest: Mapping[str, Any]) -> str:
+    """The run's report page (HTML, offline) from its executed notebook and its manifest."""
+    import nbformat
+
+    nb = report_notebook(nbformat.read(str(notebook), as_version=4))
+    m = dict(manifest)
+    m.setdefault("incident", notebook.parent.parent.name)
+    m.setdefault("run", notebook.parent.name)
+    nb.metadata["title"] = f"{m.get('incident') or ''} · {m.get('procedure') or notebook.stem} · " \
+                           f"{m.get('mode') or ''} · {m.get('status') or ''}".strip(" ·")
+    resources = {"report_header": header_html(m, state_order(notebook.parent), notebook.name), "report_css": _CSS}
+    with _EXPORTING:
+        body = _export(nb, resources)
     return offline(body)
+
+
+#: one render at a time per process (the exporter is shared; :func:`warm_up` may be rendering in a thread)
+_EXPORTING = threading.Lock()
+
+
+def warm_up() -> None:
+    """Render a small notebook of every kind of output a report shows, and throw the page away.
+
+    A report's first render in a process pays once for nbconvert's import, its template compilation and the first
+    use of its HTML parser, Markdown renderer and CSS selectors (~0.5 s); the runner calls this in a thread while
+    the kernel runs the notebook, so the real page is rendered warm. Never raises (the real render reports).
+    """
+    try:
+        import nbformat
+
+        v4 = nbformat.v4
+        outputs = [
+            v4.new_output("display_data", data={"text/plain": "t", "text/html": "<div><table class='t'><tr><td>1 "
+                                                "&amp; &nbsp;2</td></tr></table><script type='module'>0</script>"
+                                                "<style>.t{color:red}</style></div>"}),
+            v4.new_output("display_data", data={"text/plain": "<Figure>", "image/png": "iVBORw0KGgo="}),
+            v4.new_output("stream", name="stderr", text="warning\n"),
+            v4.new_output("execute_result", data={"text/plain": "r", "text/html": "<p>r</p>"}, execution_count=1),
+            v4.new_output("error", ename="E", evalue="v", traceback=["\x1b[0;31mE\x1b[0m: v"]),
+        ]
+        nb = v4.new_notebook(cells=[
+            v4.new_markdown_cell("# Title\n\nSome *text*, `code` and [a link](x.html).\n\n- one\n- two\n\n"
+                                 "| a | b |\n| --- | --- |\n| 1 | 2 |\n"),
+            v4.new_code_cell("x", outputs=outputs)])
+        nb.metadata["language_info"] = {"name": "python", "pygments_lexer": "ipython3"}
+        m = {"procedure": "warm-up", "mode": "review", "status": "succeeded"}
+        with _EXPORTING:
+            offline(_export(nb, {"report_header": header_html(m), "report_css": _CSS}))
+    except Exception:  # noqa: BLE001,S110 - a warm-up only
+        pass
