@@ -7,7 +7,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo lab test test-pg15 reliability lint typecheck benchmark clean validator
+.PHONY: demo lab test test-pg15 reliability lint typecheck benchmark bench-latency clean validator
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -53,6 +53,11 @@ typecheck: $(STAMP)
 
 benchmark: $(STAMP)
 	$(BIN)/python benchmarks/bench_token_reversal.py
+
+# application transactions (redeem, spend, regenerate) timed while a token reversal executes, per execution mode;
+# writes benchmarks/results/app_latency.md (BENCH_ARGS, e.g. --users 20000 --ledger-rows 100000)
+bench-latency: $(STAMP)
+	$(BIN)/python benchmarks/bench_app_latency.py $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) .runbook incidents .pytest_cache .mypy_cache .ruff_cache

@@ -8,7 +8,8 @@ CREATE DATABASE), generates the data once with runbook_lib.seed.seed_bulk in the
 CREATE DATABASE … TEMPLATE, then times on identical copies:
 
 * runbook review and execute through the CLI path (papermill notebook + evidence), as an operator runs it;
-* runbook review and execute through the library (Run.review / Run.execute), the database work alone;
+* runbook review and execute through the library (Run.review / Run.execute), the database work alone, and the
+  execute in online mode (``execution=online``: batches of users, one transaction each, pauses between them);
 * the equivalent raw SQL: one transaction, compensating rows + one aggregated balance update.
 
 Reports machine, data size, times, ratios, peak memory (this process and its children: the papermill
@@ -21,7 +22,6 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import os
-import platform
 import resource
 import shutil
 import statistics
@@ -31,51 +31,9 @@ import time
 from pathlib import Path
 
 import sqlalchemy as sa
+from common import RAW_SQL, ROOT, SINCE, UNTIL, Cluster, generate, machine
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-
-from runbook_lib import embedded, seed  # noqa: E402
-from runbook_lib.prisma.migrate import deploy  # noqa: E402
-
-SINCE, UNTIL = "2025-12-01T00:00:00Z", "2025-12-03T00:00:00Z"
-
-# the same work by hand on the application's shape: compensating rows linked by source + sourceId (the
-# application's own sourceId index answers "already reversed?"), metadata naming the original, balanceAfter
-# filled, one aggregated balance update
-RAW_SQL = """
-CREATE TEMP TABLE aff ON COMMIT DROP AS
-  SELECT tt.id, tt."userId", tt.amount::bigint AS amount, tt."createdAt", tt.metadata ->> 'voucherCode' AS code
-  FROM token_transactions tt
-  WHERE tt.source = 'voucher_redemption' AND tt."createdAt" >= '2025-12-01' AND tt."createdAt" < '2025-12-03'
-    AND NOT EXISTS (SELECT 1 FROM token_transactions r WHERE r."sourceId" = tt.id AND r.source = 'voucher_reversal');
-INSERT INTO token_transactions (id, "userId", amount, type, source, "sourceId", "balanceAfter", metadata, "createdAt")
-  SELECT 'rev_' || a.id, a."userId", -a.amount, 'EARN_ADMIN_ADJUSTMENT', 'voucher_reversal', a.id,
-         b.balance - sum(a.amount) OVER (PARTITION BY a."userId" ORDER BY a.id),
-         jsonb_build_object('reversalOf', a.id, 'voucherCode', a.code), now() AT TIME ZONE 'utc'
-  FROM aff a JOIN user_token_balances b ON b."userId" = a."userId";
-UPDATE user_token_balances b SET balance = b.balance - s.total, "updatedAt" = now() AT TIME ZONE 'utc'
-  FROM (SELECT "userId", sum(amount) AS total FROM aff GROUP BY "userId") s
-  WHERE b."userId" = s."userId";
-"""
-
-
-def machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    mem = ""
-    try:
-        kb = int(Path("/proc/meminfo").read_text().split()[1])
-        mem = f", {kb / 1024 / 1024:.0f} GiB RAM"
-    except (OSError, ValueError, IndexError):
-        pass
-    return f"{cpu}, {os.cpu_count()} cores{mem}, {platform.system()} {platform.release()}, Python {platform.python_version()}"
+__all__ = ["RAW_SQL", "SINCE", "UNTIL", "machine", "main"]  # RAW_SQL and the window live in common.py
 
 
 def peak_mb() -> tuple[float, float]:
@@ -96,55 +54,25 @@ def main() -> int:
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "token_reversal.md"))
     args = ap.parse_args()
 
-    admin_url = os.environ.get("BENCH_DATABASE_URL")
-    if not admin_url:
-        server = embedded.start(ROOT / ".runbook" / "pgdata-bench")
-        admin_url = embedded.url(server)
-    admin = sa.create_engine(admin_url, isolation_level="AUTOCOMMIT", poolclass=sa.pool.NullPool)
-
-    def url_of(db: str) -> str:
-        return sa.engine.make_url(admin_url).set(database=db).render_as_string(hide_password=False)
-
-    def recreate(db: str, template: str | None = None) -> str:
-        with admin.connect() as c:
-            c.exec_driver_sql(f'DROP DATABASE IF EXISTS "{db}" WITH (FORCE)')
-            c.exec_driver_sql(f'CREATE DATABASE "{db}"' + (f' TEMPLATE "{template}"' if template else ""))
-        return url_of(db)
+    cluster = Cluster()
 
     print(f"machine: {machine()}", flush=True)
-    t0 = time.perf_counter()
-    base_url = recreate("bench_base")
-    eng = sa.create_engine(base_url, poolclass=sa.pool.NullPool)
-    with eng.begin() as c:
-        deploy(c, ROOT / "demo" / "prisma" / "migrations")
-    info = seed.seed_bulk(eng, users=args.users, ledger_rows=args.ledger_rows)
-    with eng.connect() as c:
-        n_ledger = c.exec_driver_sql("select count(*) from token_transactions").scalar()
-        n_users = c.exec_driver_sql("select count(*) from users").scalar()
-        n_aff = c.exec_driver_sql(
-            "select count(*) from token_transactions where source='voucher_redemption' "
-            "and \"createdAt\" >= '2025-12-01' and \"createdAt\" < '2025-12-03'").scalar()
-    eng.dispose()
-    with admin.connect() as c:
-        c.exec_driver_sql("CHECKPOINT")
-    gen_s = time.perf_counter() - t0
+    data = generate(cluster, "bench_base", args.users, args.ledger_rows)
+    n_ledger, n_users, n_aff, gen_s, info = data.ledger_rows, data.users, data.affected_rows, data.seconds, data.info
     print(f"data: {n_ledger} ledger rows, {n_users} users, {n_aff} affected rows (generated in {gen_s:.1f}s) {info}",
           flush=True)
 
     results: dict[str, float] = {}
+    online = {"execution": "online"}  # the procedure's defaults: batches of 2,000 users, 100ms between batches
     samples: dict[str, list[float]] = {"raw SQL execute": [], "runbook review (library)": [],
-                                       "runbook execute (library)": []}
+                                       "runbook execute (library)": [],
+                                       "runbook execute online (library, batches of 2,000 users, 100ms pauses)": []}
     from runbook_lib.run import Run
 
     params = {"since": SINCE, "until": UNTIL}
 
     def fresh_copy(name: str) -> str:
-        url = recreate(name, "bench_base")
-        e = sa.create_engine(url, poolclass=sa.pool.NullPool)
-        with e.connect() as c:
-            c.exec_driver_sql("ANALYZE")
-        e.dispose()
-        return url
+        return cluster.fresh_copy(name, "bench_base")
 
     res = None
     for i in range(args.repeat):  # alternate raw and runbook on fresh copies; the median is reported
@@ -164,6 +92,14 @@ def main() -> int:
         res = Run("token-reversal", {**params, "mode": "execute", "approved_plan": plan.plan_id}).execute()
         samples["runbook execute (library)"].append(time.perf_counter() - t)
         assert res is not None and res.changed
+
+        os.environ["DATABASE_URL"] = fresh_copy("bench_online")
+        oplan = Run("token-reversal", {**params, **online}).review()
+        t = time.perf_counter()
+        ores = Run("token-reversal", {**params, **online, "mode": "execute", "approved_plan": oplan.plan_id}).execute()
+        samples["runbook execute online (library, batches of 2,000 users, 100ms pauses)"].append(
+            time.perf_counter() - t)
+        assert ores is not None and ores.counts["rows_reversed"] == res.counts["rows_reversed"]
         print(f"repeat {i + 1}/{args.repeat}: " + ", ".join(f"{k} {v[-1]:.2f}s" for k, v in samples.items()),
               flush=True)
     assert res is not None
@@ -173,11 +109,7 @@ def main() -> int:
     # CLI path (papermill + evidence), on its own copy
     from runbook_lib.runner import run_procedure
 
-    cli_url = recreate("bench_cli", "bench_base")
-    cli_eng = sa.create_engine(cli_url, poolclass=sa.pool.NullPool)
-    with cli_eng.connect() as c:
-        c.exec_driver_sql("ANALYZE")
-    cli_eng.dispose()
+    cli_url = cluster.fresh_copy("bench_cli", "bench_base")
     os.environ["DATABASE_URL"] = cli_url
     ev = Path(tempfile.mkdtemp(prefix="bench-evidence-"))
     t = time.perf_counter()
@@ -225,9 +157,7 @@ def main() -> int:
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(report)
     shutil.rmtree(ev, ignore_errors=True)
-    with admin.connect() as c:
-        for db in ("bench_raw", "bench_lib", "bench_cli", "bench_base"):
-            c.exec_driver_sql(f'DROP DATABASE IF EXISTS "{db}" WITH (FORCE)')
+    cluster.drop("bench_raw", "bench_lib", "bench_online", "bench_cli", "bench_base")
     return 0
 
 

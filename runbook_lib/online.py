@@ -101,9 +101,10 @@ def advice(users: int, options: OnlineOptions, batches: int | None) -> str:
         return (f"online: {batches or 0:,} batches of at most {options.batch_users:,} users, each its own "
                 f"transaction, {options.batch_pause} pause between batches")
     if users > ADVISE_ONLINE_USERS:
-        return (f"single transaction — {users:,} users would be locked until COMMIT; for an incident this size "
-                "consider execution=online (batches of batch_users users, short locks)")
-    return "single transaction (fits: few users are locked, briefly)"
+        return (f"single transaction — {users:,} users locked until COMMIT, and the plan pins each one's balance (an "
+                "application write for one of them before the execute makes it refuse); for an incident this size "
+                "on a live application use execution=online (batches, short locks)")
+    return "single transaction (fits: few users, locked briefly; the plan pins their balances)"
 
 
 # ------------------------------------------------------------------------------------------------- the execute

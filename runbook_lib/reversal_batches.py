@@ -1,8 +1,12 @@
 """Batches of a reversal for online mode: contiguous ranges of user ids, each with the digest of its rows and balances.
 
-A batch's digest is made of the same two digests a plan's figures carry (:func:`runbook_lib.reversal_sql.plan_totals`:
-``rows_digest`` over the affected rows ordered by id, ``bal_digest`` over the users' balances before), restricted
-to the batch's users. The review computes every batch's digest in one aggregated statement
+A batch's digest is made of the rows digest a plan's figures carry (:func:`runbook_lib.reversal_sql.plan_totals`:
+``rows_digest`` over the affected rows ordered by id) and a digest of each user's decision (:data:`DECISION`: reversed
+or left out by the policy, taken below zero or not), restricted to the batch's users. Unlike a single transaction's
+plan id it does not pin the balances themselves: during an online run the application keeps writing for the users
+of later batches, and each batch moves its users' balances by their totals under its own locks (its invariants
+compare with the balances read there). A write that changes a decision (a user who would now go below zero, or be
+skipped) changes the digest, and the batch is refused. The review computes every batch's digest in one aggregated statement
 (:func:`layout`); an execute recomputes one batch under its locks with the ordinary plan of the restricted
 selection (:func:`restrict`) and compares :func:`digest_of` its two digests with the approved one; before the
 first batch, :func:`current` recomputes all of them at once (finished batches have no rows left: absent).
@@ -22,14 +26,14 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 #: per batch: users, rows, the two digests, and how many users a full reversal would take below zero
-_PER_BATCH = """
+_PER_BATCH_TEMPLATE = """
   rows_by as (select g.batch, count(*) as n,
                 md5(coalesce(string_agg(a.id || ':' || a.user_id || ':' || a.amount, ',' order by a.id::text collate "C"), ''))
                   as rd
               from affected a join grouped g on g.user_id = a.user_id group by g.batch),
   users_by as (select batch, min(user_id) as first, max(user_id) as last, count(*) as users,
-                 md5(coalesce(string_agg(user_id || ':' || coalesce(before::text, '-'), ','
-                                         order by user_id::text collate "C"), '')) as bd,
+                 md5(coalesce(string_agg({DECISION}, ',' order by user_id::text collate "C"), ''))
+                   as bd,
                  coalesce(sum(n) filter (where included), 0) as open_rows,
                  count(*) filter (where raw_after < 0 and before is not null) as negative,
                  coalesce(sum(-raw_after) filter (where raw_after < 0 and before is not null), 0) as negative_tokens
@@ -40,11 +44,28 @@ from users_by u left join rows_by r on r.batch is not distinct from u.batch
 order by u.batch nulls last"""
 
 
-def digest_of(rows_digest: str, bal_digest: str, options: str) -> str:
-    """A batch's digest from its rows' and balances' digests (the same two a plan's figures carry) and the run's
-    ``options`` (a fingerprint of the whole selection and the reversal options: an execute with other options than
-    the review's matches no batch)."""
-    return hashlib.sha256(f"{rows_digest}/{bal_digest}/{options}".encode()).hexdigest()[:24]
+#: what a batch's approval fixes of each user: the policy's decision (reversed or left out) and whether the reversal
+#: takes the balance below zero — not the balance itself, which the application keeps moving during an online run
+DECISION = "user_id || ':' || included::int || ':' || (raw_after < 0 and before is not null)::int"
+
+
+def digest_of(rows_digest: str, decisions_digest: str, options: str) -> str:
+    """A batch's digest from its rows' digest (the same one a plan's figures carry: ids, users, amounts), its users'
+    decisions (:data:`DECISION`) and the run's ``options`` (a fingerprint of the whole selection and the reversal
+    options: an execute with other options than the review's matches no batch)."""
+    return hashlib.sha256(f"{rows_digest}/{decisions_digest}/{options}".encode()).hexdigest()[:24]
+
+
+def decisions_digest(conn: Connection, base: str | None = None, where_params: dict[str, Any] | None = None) -> str:
+    """The decisions digest of the users materialized in this transaction's ``rb_users`` (under a batch's locks), or
+    of ``decided`` as ``base`` (the CTEs that define it) computes it."""
+    source = f"{base} select * from decided" if base else "select * from rb_users"
+    return str(conn.execute(sa.text(
+        f"select md5(coalesce(string_agg({DECISION}, ',' order by user_id::text collate \"C\"), '')) "
+        f"from ({source}) d"), where_params or {}).scalar_one())
+
+
+_PER_BATCH = _PER_BATCH_TEMPLATE.replace("{DECISION}", DECISION)
 
 
 def restrict(where_sql: str, where_params: dict[str, Any], user_id_column: str, first: str,

@@ -173,7 +173,9 @@ class Run:
                 self.state["warnings"] = list(plan.warnings)
                 if plan.batches is not None:  # online mode: what an execute of this plan id will commit, batch by batch
                     self.state["batches"] = [b.as_dict() for b in plan.batches]
-                if plan.exports and self.evidence_dir is not None:
+                # the full affected set is exported by the review whose plan an execute approves (its manifest's
+                # review_run): an execute does not write it a second time
+                if plan.exports and self.evidence_dir is not None and self.params.mode != "execute":
                     self.state["exports"] = export_queries(conn, self.evidence_dir, plan.exports, self.progress)
             if self.evidence_dir is not None:
                 self._write_frames(plan)

@@ -126,14 +126,36 @@ def test_a_resume_without_the_review_evidence_asks_for_a_new_review(incident_db,
     assert run.verify().passed
 
 
-def test_a_changed_batch_refuses_before_any_batch_commits(incident_db, engine_for, target_env, tmp_path):
+def test_the_application_keeps_writing_between_review_and_batches(incident_db, engine_for, target_env, tmp_path):
+    """Online mode approves rows and decisions, not exact balances: a spend of an affected user after the review
+    goes through, and that user's balance ends at (balance at its batch) - reversed total."""
     target_env(incident_db)
     eng = engine_for(incident_db)
     plan = review(ONLINE, tmp_path / "INC" / "review")
     assert plan.batches is not None
-    moved = plan.batches[2]
-    with eng.begin() as c:  # the application spends a token of a user in the third batch
-        c.execute(sa.text('update user_token_balances set balance = balance - 1 where "userId" = :u'), {"u": moved.first})
+    expected = expected_after(eng)
+    spender = plan.batches[2].first
+    with eng.begin() as c:  # the application: a spend of 1 token (balance and a ledger row outside the window)
+        after = c.execute(sa.text('update user_token_balances set balance = balance - 1 where "userId" = :u '
+                                  "returning balance"), {"u": spender}).scalar_one()
+        c.execute(sa.text(
+            'insert into token_transactions (id, "userId", amount, type, source, "balanceAfter", "createdAt") '
+            "values ('app_spend', :u, -1, 'SPEND_APP_MESSAGE', null, :b, now() at time zone 'utc')"),
+            {"u": spender, "b": after})
+    expected[spender] -= 1
+    run = execute(ONLINE, plan.plan_id, tmp_path / "INC" / "execute")
+    pd.testing.assert_series_equal(balances(eng), expected, check_names=False)
+    assert run.verify().passed
+
+
+def test_a_changed_decision_refuses_before_any_batch_commits(incident_db, engine_for, target_env, tmp_path):
+    target_env(incident_db)
+    eng = engine_for(incident_db)
+    plan = review(ONLINE, tmp_path / "INC" / "review")
+    assert plan.batches is not None
+    moved = plan.batches[2].first
+    with eng.begin() as c:  # the user spent nearly everything: the reversal would now take them below zero
+        c.execute(sa.text('update user_token_balances set balance = -1 where "userId" = :u'), {"u": moved})
     n, bal = ledger_count(eng), balances(eng)
     with pytest.raises(ApprovalError, match=r"batches 3\)"):
         execute(ONLINE, plan.plan_id, tmp_path / "INC" / "execute")

@@ -28,12 +28,14 @@ def cut_into_batches(conn: Connection, params: Params, names: NameMap, rp: Rever
     options = _options(params, *selection(conn, params, names))
     p.batches = [Batch(b["number"], b["first"], b["last"], b["users"], b["rows"], b["digest"])
                  for b in reversal_batches.layout(conn, base, rp.where_params, params.batch_users, options)]
-    p.plan_id = plan_hash(NAME, rp.digest, {"batch_users": params.batch_users, "batches": [b.digest for b in p.batches]})
+    # the balances are approved through each batch's decisions (reversal_batches.DECISION), not pinned exactly
+    fixed = {k: v for k, v in rp.digest.items() if k != "balances"}
+    p.plan_id = plan_hash(NAME, fixed, {"batch_users": params.batch_users, "batches": [b.digest for b in p.batches]})
     p.summary["execution"] = advice(p.summary["users affected"], params, len(p.batches))
 
 
 def _options(params: Params, where_sql: str, where_params: dict[str, Any]) -> str:
-    """What a batch digest covers besides its rows and balances: the whole selection and the reversal options."""
+    """What a batch digest covers besides its rows and decisions: the whole selection and the reversal options."""
     return plan_hash(where_sql, {k: sorted(v) if isinstance(v, list) else v for k, v in where_params.items()},
                      params.ledger_mode, params.negative_policy, params.reversal_type, params.reversal_source)
 
@@ -76,7 +78,11 @@ def plan_batch(conn: Connection, params: Params, names: NameMap, batch: Batch) -
         negative_policy=params.negative_policy, reversal_type=params.reversal_type,
         reversal_source=params.reversal_source, detail=False, grant_link=params.grant_link)
     p = _to_plan(rp, params)
-    p.plan_id = reversal_batches.digest_of(rp.digest["rows"], rp.digest["balances"], options)
+    q = ledger_names(names)
+    base = None if rp.materialized else (  # read-only (a failed batch's re-check): no temp tables
+        f"with {affected_cte(q, rp.where_sql, rp.link)}, {decision_sql(q, params.negative_policy)}")
+    p.plan_id = reversal_batches.digest_of(
+        rp.digest["rows"], reversal_batches.decisions_digest(conn, base, rp.where_params), options)
     return p
 
 
