@@ -416,7 +416,7 @@ class Settings:
     lead_s: float = 1.0  # load before the reversal starts
     tail_s: float = 1.0  # load after it ends
     idle_s: float = 3.0  # the reference run without a reversal
-    batch_users: int = 2000  # the procedure's default
+    batch_users: int = 5000  # the procedure's default
     batch_pause: str = "100ms"
     affected_from: str = "both"  # lock | start | both
     sample_users: int = 5000  # users each group draws from

@@ -63,10 +63,10 @@ def main() -> int:
           flush=True)
 
     results: dict[str, float] = {}
-    online = {"execution": "online"}  # the procedure's defaults: batches of 2,000 users, 100ms between batches
+    online = {"execution": "online"}  # the procedure's defaults: batches of 5,000 users, 100ms between batches
     samples: dict[str, list[float]] = {"raw SQL execute": [], "runbook review (library)": [],
                                        "runbook execute (library)": [],
-                                       "runbook execute online (library, batches of 2,000 users, 100ms pauses)": []}
+                                       "runbook execute online (library, batches of 5,000 users, 100ms pauses)": []}
     from runbook_lib.run import Run
 
     params = {"since": SINCE, "until": UNTIL}
@@ -93,13 +93,17 @@ def main() -> int:
         samples["runbook execute (library)"].append(time.perf_counter() - t)
         assert res is not None and res.changed
 
+        # as an operator runs it: the review in the incident's evidence, where the execute finds its batches
         os.environ["DATABASE_URL"] = fresh_copy("bench_online")
-        oplan = Run("token-reversal", {**params, **online}).review()
+        incident = Path(tempfile.mkdtemp(prefix="bench-online-")) / "INC"
+        oplan = Run("token-reversal", {**params, **online, "evidence_dir": str(incident / "review")}).review()
         t = time.perf_counter()
-        ores = Run("token-reversal", {**params, **online, "mode": "execute", "approved_plan": oplan.plan_id}).execute()
-        samples["runbook execute online (library, batches of 2,000 users, 100ms pauses)"].append(
+        ores = Run("token-reversal", {**params, **online, "mode": "execute", "approved_plan": oplan.plan_id,
+                                      "evidence_dir": str(incident / "execute")}).execute()
+        samples["runbook execute online (library, batches of 5,000 users, 100ms pauses)"].append(
             time.perf_counter() - t)
         assert ores is not None and ores.counts["rows_reversed"] == res.counts["rows_reversed"]
+        shutil.rmtree(incident.parent, ignore_errors=True)
         print(f"repeat {i + 1}/{args.repeat}: " + ", ".join(f"{k} {v[-1]:.2f}s" for k, v in samples.items()),
               flush=True)
     assert res is not None

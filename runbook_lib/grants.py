@@ -76,6 +76,15 @@ class ReversalLink:
         return cond if self.kind == "column" else f"{cond} and {r}.{self.source} = :rb_rsource"
 
 
+    def reversals_among(self, r: str, ids_sql: str) -> str:
+        """Condition: ledger row ``r`` reverses one of the rows whose ids ``ids_sql`` selects (a temp table's), as an
+        array comparison that the link column's index answers with one probe per id, whatever the ledger's size (a
+        join lets the planner hash the whole ledger when it misjudges how many reversing rows there are: a scan of
+        every ledger row for each batch of an online run). Bind ``:rb_rsource``."""
+        cond = f"{r}.{self.column} = any(array({ids_sql}))"
+        return cond if self.kind == "column" else f"{cond} and {r}.{self.source} = :rb_rsource"
+
+
 def reversal_link(conn: Connection, names: NameMap) -> ReversalLink:
     """The dedicated link column when the schema has one (or one is mapped), else ``source`` + ``sourceId``."""
     if nmod.has_column(conn, names, L, "reversalOfId"):

@@ -52,7 +52,7 @@ class OnlineOptions(BaseModel):
     """The parameters of online mode, for a procedure whose execute can run in batches."""
 
     execution: Literal["single", "online"] = Field("single", description="single (one transaction, all affected users locked until COMMIT) or online (batches of batch_users users, each its own transaction)")
-    batch_users: int = Field(2000, description="online mode: users per batch (1-100000); a batch's locks are held only while it runs")
+    batch_users: int = Field(5000, description="online mode: users per batch (1-100000); a batch's locks are held only while it runs")
     batch_pause: str = Field("100ms", description="online mode: pause between batches, e.g. 100ms (0 for none), so the application's waiting requests go first")
 
     @field_validator("batch_users")

@@ -332,8 +332,8 @@ def check_reversal(conn: Connection, names: NameMap, rp: ReversalPlan, counts: d
         # each affected row has exactly one reversing row of the opposite amount: one aggregated join
         unreversed = conn.execute(sa.text(
             f"select count(*) from rb_affected a left join (select r.{rp.link.column} as oid, count(*) as n, "
-            f"sum(r.{q['amount']})::bigint as total from {q['ledger']} r join rb_affected a2 "
-            f"on {rp.link.is_reversal_of('r', 'a2.id')} group by 1) x on x.oid = a.id "
+            f"sum(r.{q['amount']})::bigint as total from {q['ledger']} r "
+            f"where {rp.link.reversals_among('r', 'select id from rb_affected')} group by 1) x on x.oid = a.id "
             "where coalesce(x.n, 0) <> 1 or x.total <> -a.amount"), {"rb_rsource": rp.reversal_source}).scalar_one()
     else:
         unreversed = conn.execute(sa.text(

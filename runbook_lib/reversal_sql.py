@@ -122,12 +122,12 @@ def materialize_selection(conn: Connection, q: dict[str, str], where_sql: str, w
             where_params)
     already = 0
     if link:
-        # rows reversed already leave the selection in one join: with statistics on the selection the planner
-        # probes the application's sourceId index per selected row, or hashes, whichever is cheaper (never a
-        # correlated lookup per row that has no index to use)
+        # rows reversed already leave the selection: their reversing rows found through the link column's index,
+        # one probe per selected id (reversal_link.reversals_among), never a scan of the whole ledger
         conn.execute(sa.text("analyze rb_affected"))
         already = conn.execute(sa.text(
-            f"delete from rb_affected a using {q['ledger']} r where {link.is_reversal_of('r', 'a.id')}"),
+            f"delete from rb_affected a using (select r.{link.column} as oid from {q['ledger']} r "
+            f"where {link.reversals_among('r', 'select id from rb_affected')}) x where x.oid = a.id"),
             where_params).rowcount
     conn.execute(sa.text(
         f"create temp table rb_users on commit drop as with affected as (select * from rb_affected), "
