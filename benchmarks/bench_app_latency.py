@@ -621,8 +621,9 @@ def render(report: dict[str, Any]) -> str:
         "'ms' columns: the transaction's own time (BEGIN to COMMIT); 'due' columns: from the time it was due on the "
         "worker's schedule (a request arriving while an earlier one is blocked waits too). '> 1 s': transactions "
         "slower than one second. 'affected users written from': the load's start (after the review), or only once "
-        "the runbook holds their row locks (single: all at once; online: batch by batch), since an earlier write for "
-        "an affected user changes the approved plan (see the script's docstring). Lock waits: pg_stat_activity "
+        "the runbook holds their row locks (single: all at once; online: batch by batch) — a single transaction's "
+        "plan pins the affected balances, so an earlier write makes it refuse; online mode approves rows and "
+        "decisions, not exact balances (see the script's docstring). Lock waits: pg_stat_activity "
         f"sampled every {SAMPLE_EVERY_S * 1e3:.0f} ms during the reversal (app-sim sessions waiting on a lock).",
     ]
     for n in report["notes"]:
