@@ -109,10 +109,12 @@ def _exists(conn: Connection, names: NameMap, model: str) -> bool:
 
 
 def _count_and_sample(conn: Connection, title: str, offending_sql: str, sample_rows: int,
-                      detail: str = "", params: dict[str, Any] | None = None) -> Check:
-    """``offending_sql`` selects the offending rows; counted in the database, sampled with a limit."""
+                      detail: str = "", params: dict[str, Any] | None = None, count: int | None = None) -> Check:
+    """``offending_sql`` selects the offending rows; counted in the database (unless ``count`` was counted
+    already), sampled with a limit."""
     binds = params or {}
-    n = int(conn.execute(sa.text(f"select count(*) from ({offending_sql}) o"), binds).scalar_one())
+    n = int(conn.execute(sa.text(f"select count(*) from ({offending_sql}) o"), binds).scalar_one()) \
+        if count is None else count
     sample = None
     if n:
         sample = pd.read_sql(sa.text(f"select * from ({offending_sql}) o limit :n"), conn,
@@ -206,25 +208,72 @@ def _opening_sql(conn: Connection, n: NameMap, scope: _Scope | None = None) -> s
             f"::bigint as opening from {n.t(L)}{where} order by {uid}, {ts}, {i}")
 
 
+#: ``conn.info`` key of :func:`_ledger_figures`' counts while :func:`run_all` runs
+_FIGURES = "rb_ledger_figures"
+
+
+@dataclass(frozen=True)
+class _LedgerFigures:
+    """The two per-user checks' counts, from one pass over the ledger (:func:`_ledger_figures`)."""
+
+    drift_users: int
+    drift_total: int
+    opened: int
+    running_bad: int
+
+
+def _ledger_figures(conn: Connection, n: NameMap, scope: _Scope | None = None) -> _LedgerFigures:
+    """Balances against their ledger sums and the running balances, counted in one statement that reads the
+    ledger (or the scope's rows) once, sorted per user by (createdAt, id): each user's sum, opening balance (as
+    :func:`_opening_sql`) and running-balance mismatches. While :func:`run_all` runs, kept for its other check."""
+    cache: dict[tuple[int, int | None], _LedgerFigures] | None = conn.info.get(_FIGURES)
+    key = (id(n), id(scope) if scope else None)  # both live as long as run_all's loop
+    if cache is not None and key in cache:
+        return cache[key]
+    uid, amt = n.c(L, "userId"), f"t.{n.c(L, 'amount')}::bigint"
+    where = f"where {scope.only('t.' + uid)} " if scope else ""
+    if nmod.has_column(conn, n, L, "balanceAfter"):
+        ba, opening = f"t.{n.c(L, 'balanceAfter')}", f"first_value(coalesce(t.{n.c(L, 'balanceAfter')} - {amt}, 0)) over w"
+        rows = (f"select t.{uid} as uid, {amt} as amount, {opening} as opening, ({ba} is not null and {ba} <> "
+                f"{opening} + sum({amt}) over w) as bad from {n.t(L)} t {where}"
+                f"window w as (partition by t.{uid} order by t.{n.c(L, 'createdAt')}, t.{n.c(L, 'id')})")
+    else:  # no running balances: every ledger starts from 0 and there is nothing to sort
+        rows = f"select t.{uid} as uid, {amt} as amount, 0::bigint as opening, false as bad from {n.t(L)} t {where}"
+    per_user = (f"select uid, sum(amount)::bigint as total, min(opening)::bigint as opening, count(*) filter "
+                f"(where bad) as bad from ({rows}) r group by uid")
+    drift = "select 0::bigint as drift, 0::bigint as opening where false"
+    if _exists(conn, n, B):
+        b_uid = n.c(B, "userId")
+        drift = (f"select b.{n.c(B, 'balance')}::bigint - coalesce(p.opening, 0) - coalesce(p.total, 0) as drift, "
+                 f"coalesce(p.opening, 0) as opening from {n.t(B)} b left join per_user p on p.uid = b.{b_uid}"
+                 + (f" where {scope.only('b.' + b_uid)}" if scope else ""))
+    got = conn.execute(sa.text(
+        f"with per_user as materialized ({per_user}), d as ({drift}) select "
+        "(select count(*) filter (where drift <> 0) from d), (select coalesce(sum(drift) filter (where drift <> 0), 0) "
+        "from d), (select count(*) filter (where opening <> 0) from d), (select coalesce(sum(bad), 0) from per_user)"),
+        scope.params if scope else {}).one()
+    figures = _LedgerFigures(*(int(x) for x in got))
+    if cache is not None:
+        cache[key] = figures
+    return figures
+
+
 def _balance_vs_ledger(conn: Connection, n: NameMap, k: int, scope: _Scope | None = None) -> Check:
     title = "every balance equals its ledger sum"
     b_uid, l_uid = n.c(B, "userId"), n.c(L, "userId")
-    per_user = (
-        f"select b.{b_uid} as user_id, b.{n.c(B, 'balance')}::bigint as balance, "
-        f"coalesce(o.opening, 0) as opening, coalesce(l.total, 0) as ledger_sum, "
-        f"b.{n.c(B, 'balance')}::bigint - coalesce(o.opening, 0) - coalesce(l.total, 0) as drift from {n.t(B)} b "
-        f"left join (select {l_uid} as uid, sum({n.c(L, 'amount')})::bigint as total from {n.t(L)} "
-        f"{'where ' + scope.only(l_uid) + ' ' if scope else ''}group by 1) l on l.uid = b.{b_uid} "
-        f"left join ({_opening_sql(conn, n, scope)}) o on o.uid = b.{b_uid}"
-        + (f" where {scope.only('b.' + b_uid)}" if scope else ""))
     binds = scope.params if scope else {}
-    # one pass over the ledger: the count, the total drift and the users with an opening balance together
-    count, total, opened = conn.execute(sa.text(
-        f"select count(*) filter (where drift <> 0), coalesce(sum(drift) filter (where drift <> 0), 0), "
-        f"count(*) filter (where opening <> 0) from ({per_user}) p"), binds).one()
-    count, total, opened = int(count), int(total), int(opened)
+    f = _ledger_figures(conn, n, scope)
+    count, total, opened = f.drift_users, f.drift_total, f.opened
     sample = None
     if count:
+        per_user = (
+            f"select b.{b_uid} as user_id, b.{n.c(B, 'balance')}::bigint as balance, "
+            f"coalesce(o.opening, 0) as opening, coalesce(l.total, 0) as ledger_sum, "
+            f"b.{n.c(B, 'balance')}::bigint - coalesce(o.opening, 0) - coalesce(l.total, 0) as drift from {n.t(B)} b "
+            f"left join (select {l_uid} as uid, sum({n.c(L, 'amount')})::bigint as total from {n.t(L)} "
+            f"{'where ' + scope.only(l_uid) + ' ' if scope else ''}group by 1) l on l.uid = b.{b_uid} "
+            f"left join ({_opening_sql(conn, n, scope)}) o on o.uid = b.{b_uid}"
+            + (f" where {scope.only('b.' + b_uid)}" if scope else ""))
         sample = pd.read_sql(sa.text(f"select * from ({per_user}) p where drift <> 0 order by abs(drift) desc, "
                                      "user_id limit :k"), conn, params={**binds, "k": k})
     detail = (f"{count} users drift from their ledger by {total:+,} tokens in total" if count
@@ -244,7 +293,8 @@ def _running_balance(conn: Connection, n: NameMap, k: int, scope: _Scope | None 
     ba = n.c(L, "balanceAfter")
     amt = f"t.{n.c(L, 'amount')}"
     # from the user's opening balance (the first row's balanceAfter - amount, as in _opening_sql; 0 for a
-    # complete ledger), in the same window pass: each row is its predecessor plus its amount
+    # complete ledger), in the same window pass: each row is its predecessor plus its amount; counted in
+    # _ledger_figures' pass, this statement only samples the offending rows
     check = _count_and_sample(conn, scope.title(title) if scope else title, (
         f"select * from (select t.{n.c(L, 'id')} as ledger_id, t.{n.c(L, 'userId')} as user_id, "
         f"t.{n.c(L, 'createdAt')} as created_at, {amt} as amount, t.{ba} as balance_after, "
@@ -252,7 +302,7 @@ def _running_balance(conn: Connection, n: NameMap, k: int, scope: _Scope | None 
         f"{'where ' + scope.only('t.' + n.c(L, 'userId')) + ' ' if scope else ''}"
         f"window w as (partition by t.{n.c(L, 'userId')} order by t.{n.c(L, 'createdAt')}, t.{n.c(L, 'id')})) w "
         "where balance_after is not null and balance_after <> running"),
-        k, params=scope.params if scope else None)
+        k, params=scope.params if scope else None, count=_ledger_figures(conn, n, scope).running_bad)
     if scope:
         check.detail = scope.detail(check.detail)
     return check
@@ -318,6 +368,16 @@ def run_all(conn: Connection, names: NameMap, only: list[str] | None = None, sam
     chosen = set(validate_names(only))
     results: list[Check] = []
     frames: dict[str, pd.DataFrame] = {}
+    conn.info[_FIGURES] = {}  # _ledger_figures' counts, shared by the two per-user checks of this run only
+    try:
+        _run_specs(conn, names, chosen, sample_rows, expect_full_rollback, users, results, frames)
+    finally:
+        conn.info.pop(_FIGURES, None)
+    return VerifyResult(checks=results, frames=frames)
+
+
+def _run_specs(conn: Connection, names: NameMap, chosen: set[str], sample_rows: int, expect_full_rollback: bool,
+               users: UserScope | None, results: list[Check], frames: dict[str, pd.DataFrame]) -> None:
     scope: _Scope | None = None
     for spec in CHECKS:
         if spec.name not in chosen:
@@ -337,4 +397,3 @@ def run_all(conn: Connection, names: NameMap, only: list[str] | None = None, sam
         results.append(check)
         if check.sample is not None and not check.sample.empty:
             frames[spec.name] = check.sample
-    return VerifyResult(checks=results, frames=frames)

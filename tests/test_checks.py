@@ -146,3 +146,33 @@ def test_a_ledger_with_archived_history_is_checked_from_its_opening_balance(link
         c.exec_driver_sql('update "UserTokenBalance" set balance = balance - 5 where "userId" = \'user_0003\'')
     check = run_checks(linked_incident_db, only=["balance_vs_ledger"]).checks[0]
     assert not check.passed and check.count == 1 and "-5 tokens" in check.detail
+
+
+def test_one_ledger_pass_counts_what_the_offending_rows_show(linked_incident_db, engine_for):
+    """The two per-user checks are counted in one pass over the ledger (``_ledger_figures``): with several
+    defects at once, including running balances of a user who has no balance row, each count equals the rows its
+    own offending-row query finds, whole and scoped."""
+    eng = engine_for(linked_incident_db)
+    with eng.begin() as c:
+        c.exec_driver_sql('update "UserTokenBalance" set balance = balance + 3 where "userId" in (\'user_0002\', '
+                          "'user_0004')")
+        c.exec_driver_sql('update "TokenTransaction" set "balanceAfter" = "balanceAfter" + 1 where id in (select id '
+                          'from "TokenTransaction" where "userId" = \'user_0005\' order by "createdAt" desc, id desc '
+                          "limit 1)")
+        c.exec_driver_sql('delete from "UserTokenBalance" where "userId" = \'user_0006\'')
+        c.exec_driver_sql('update "TokenTransaction" set "balanceAfter" = "balanceAfter" - 9 where id in (select id '
+                          'from "TokenTransaction" where "userId" = \'user_0006\' order by "createdAt" desc, id desc '
+                          "limit 1)")
+    drift, running = run_checks(linked_incident_db, only=["balance_vs_ledger", "running_balance"]).checks
+    assert (drift.passed, drift.count) == (False, 2) and "+6 tokens" in drift.detail
+    assert (running.passed, running.count) == (False, 2)
+    assert set(running.sample["user_id"]) == {"user_0005", "user_0006"}
+    eng2 = db.make_engine(linked_incident_db)
+    try:
+        with db.read_only(eng2) as conn:
+            scoped = checks.run_all(conn, nmod.resolve(conn), only=["balance_vs_ledger", "running_balance"],
+                                    users=checks.UserScope.of_ids(["user_0002", "user_0006"], "two users"))
+    finally:
+        eng2.dispose()
+    assert [c.count for c in scoped.checks] == [1, 1]
+    assert all("two users only" in c.name for c in scoped.checks)
