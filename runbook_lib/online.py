@@ -113,7 +113,6 @@ def execute_batches(run: Run, approved: str) -> ApplyResult:
     from .procedures.base import ApplyResult, Plan
 
     proc, p = run.proc, run.params
-    totals: dict[str, int] = {}
     with _exclusive(run.engine, f"runbook:{run.name}") as still_held:
         with db.read_only(run.engine) as conn:
             info = db.server_info(conn)
@@ -144,15 +143,17 @@ def execute_batches(run: Run, approved: str) -> ApplyResult:
             result, part = _one_batch(run, names, b, records[b.number - 1], done=len(layout) - len(todo) + i,
                                       total=len(layout))
             proc.absorb_batch(whole, part, result)
-            for k, v in result.counts.items():
-                if isinstance(v, int):
-                    totals[k] = totals.get(k, 0) + v
     committed = [r for r in records if r["status"] == "committed"]
     if not committed:
         return ApplyResult(changed=False, counts={"batches_committed": 0},
                            messages=["nothing to do: every approved batch is already applied"])
     summary = (f"online: {len(committed):,} batches committed ({sum(r['rows'] for r in committed):,} rows of "
                f"{sum(r['users'] for r in committed):,} users), {len(layout) - len(todo):,} finished earlier")
+    totals: dict[str, int] = {}  # the counts summed over the batches this run committed (their records)
+    for r in committed:
+        for k, v in (r.get("counts") or {}).items():
+            if isinstance(v, int) and not isinstance(v, bool):
+                totals[k] = totals.get(k, 0) + v
     return ApplyResult(changed=True, counts={**totals, "batches_committed": len(committed),
                                              "batches_total": len(layout)}, messages=[summary])
 

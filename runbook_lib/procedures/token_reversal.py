@@ -225,7 +225,7 @@ def plan(conn: Connection, params: Params, names: NameMap, detail: bool = True) 
     if params.execution == "online":
         from .token_reversal_batches import cut_into_batches
 
-        cut_into_batches(conn, params, names, rp, p)
+        cut_into_batches(conn, params, names, rp, p, (where_sql, where_params))
     if params.voucher_codes and rp.summary["rows"] == 0 and rp.summary["rows_already_reversed"] == 0:
         p.warnings.append(
             f"voucher_codes {', '.join(params.voucher_codes)} select no ledger row in the window: grants are matched "

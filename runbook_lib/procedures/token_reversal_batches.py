@@ -13,6 +13,7 @@ from sqlalchemy.engine import Connection
 
 from .. import grants, reversal_batches
 from ..errors import PolicyAbort
+from ..grants import ReversalLink
 from ..names import NameMap
 from ..online import advice
 from ..reversal import ReversalPlan, lock_reversal, plan_reversal
@@ -21,11 +22,19 @@ from .base import Batch, Plan, plan_hash
 from .token_reversal import NAME, AfterExpected, Params, TokenReversalDetails, _to_plan, selection
 
 
+def _decided(names: NameMap, where_sql: str, link: ReversalLink | None, params: Params) -> str:
+    """The ``with affected …, decided …`` prefix the batch statements read the selection through (read-only: no
+    temp tables)."""
+    q = ledger_names(names)
+    return f"with {affected_cte(q, where_sql, link)}, {decision_sql(q, params.negative_policy)} "
+
+
 def cut_into_batches(conn: Connection, params: Params, names: NameMap, rp: ReversalPlan,
-                      p: Plan[TokenReversalDetails]) -> None:
-    """Online mode: the plan's batches (one statement) and a plan id that covers every batch's digest."""
-    base = f"with {affected_cte(ledger_names(names), rp.where_sql, rp.link)}, {decision_sql(ledger_names(names), params.negative_policy)} "
-    options = _options(params, *selection(conn, params, names))
+                     p: Plan[TokenReversalDetails], selected: tuple[str, dict[str, Any]]) -> None:
+    """Online mode: the plan's batches (one statement) and a plan id that covers every batch's digest.
+    ``selected``: the selection (SQL, binds) the plan was computed from."""
+    base = _decided(names, rp.where_sql, rp.link, params)
+    options = _options(params, *selected)
     p.batches = [Batch(b["number"], b["first"], b["last"], b["users"], b["rows"], b["digest"])
                  for b in reversal_batches.layout(conn, base, rp.where_params, params.batch_users, options)]
     # the balances are approved through each batch's decisions (reversal_batches.DECISION), not pinned exactly
@@ -52,8 +61,7 @@ def batch_digests(conn: Connection, params: Params, names: NameMap, batches: lis
     """Online mode: the digest of the work left in each batch range now (``None``: outside every range), one
     statement; ``negative_policy=abort`` refuses here, before any batch commits, when any user would go below zero."""
     where_sql, where_params = selection(conn, params, names)
-    q = ledger_names(names)
-    base = f"with {affected_cte(q, where_sql, grants.reversal_link(conn, names))}, {decision_sql(q, params.negative_policy)} "
+    base = _decided(names, where_sql, grants.reversal_link(conn, names), params)
     left = reversal_batches.current(conn, base, {**where_params, "rb_rsource": params.reversal_source},
                                     [b.first for b in batches], [b.last for b in batches],
                                     _options(params, where_sql, where_params))
@@ -78,9 +86,8 @@ def plan_batch(conn: Connection, params: Params, names: NameMap, batch: Batch) -
         negative_policy=params.negative_policy, reversal_type=params.reversal_type,
         reversal_source=params.reversal_source, detail=False, grant_link=params.grant_link)
     p = _to_plan(rp, params)
-    q = ledger_names(names)
-    base = None if rp.materialized else (  # read-only (a failed batch's re-check): no temp tables
-        f"with {affected_cte(q, rp.where_sql, rp.link)}, {decision_sql(q, params.negative_policy)}")
+    # read-only (a failed batch's re-check): no temp tables
+    base = None if rp.materialized else _decided(names, rp.where_sql, rp.link, params)
     p.plan_id = reversal_batches.digest_of(
         rp.digest["rows"], reversal_batches.decisions_digest(conn, base, rp.where_params), options)
     return p
