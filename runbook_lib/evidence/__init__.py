@@ -20,6 +20,7 @@ picks between them and refuses anything that is not evidence.
 The package, by concern (each module says what it holds):
 
 * ``folders``  — run folders: numbering, the incident lock, live runs, interrupted runs, Parquet files
+* ``export``   — a review's exports: ``COPY (query) TO STDOUT`` in the review's transaction, streamed to Parquet
 * ``render``   — a run's HTML report page and the redaction of its text files
 * ``manifest`` — manifest.json, file hashes, the hash chain, ``finalize_run``
 * ``verify``   — checking a run or an incident: hashes, chain links, signatures, approvals

@@ -3,7 +3,8 @@
 ``new_run_dir`` numbers and creates ``<root>/<incident>/NNN_<utc time>_<procedure>_<mode>/`` under the incident
 lock (``incident_lock``), archiving earlier runs of the incident whose process died as ``failed`` first;
 ``is_live`` / ``release_run`` track the folders a process is still writing (an flock on the folder);
-``run_dirs`` lists an incident's run folders in order; ``write_frame`` streams a DataFrame into a run's Parquet file.
+``run_dirs`` lists an incident's run folders in order; ``write_frame`` streams a DataFrame into a run's Parquet file
+(``export_queries``, a review's query exports, is in ``export`` and re-exported here).
 """
 
 from __future__ import annotations
@@ -14,11 +15,12 @@ import fcntl
 import json
 import os
 import re
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..errors import EvidenceError
+from .export import export_queries, parquet_path  # noqa: F401  (export_queries: re-exported, ``run`` imports it here)
 
 if TYPE_CHECKING:
     from ..run_state import RunState
@@ -177,11 +179,7 @@ def write_frame(run_dir: Path, name: str, chunks: Iterable[Any]) -> Path:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    if not re.fullmatch(r"[A-Za-z0-9_.-]{1,100}", name):
-        raise EvidenceError(f"bad evidence file name {name!r}")
-    path = Path(run_dir) / f"{name}.parquet"
-    if path.exists():
-        raise EvidenceError(f"{path} exists already; evidence files are never overwritten")
+    path = parquet_path(run_dir, name)
     writer: pq.ParquetWriter | None = None
     try:
         for frame in chunks:
@@ -197,30 +195,3 @@ def write_frame(run_dir: Path, name: str, chunks: Iterable[Any]) -> Path:
         if writer is not None:
             writer.close()
     return path
-
-
-def export_queries(conn: Any, run_dir: Path, exports: dict[str, tuple[str, dict[str, Any]]],
-                   progress: Callable[[str], None]) -> dict[str, Any]:
-    """Stream each export query (name -> (sql, binds)) to ``run_dir/<name>.parquet`` in chunks of 50,000 rows,
-    never the whole set in memory; returns name -> {file, rows}."""
-    import pandas as pd
-    import sqlalchemy as sa
-
-    out: dict[str, Any] = {}
-    for name, (sql, binds) in exports.items():
-        counter = {"rows": 0}
-
-        def chunks(sql: str = sql, binds: dict[str, Any] = binds, counter: dict[str, int] = counter,
-                   name: str = name) -> Iterator[Any]:
-            res = conn.execution_options(stream_results=True, max_row_buffer=50_000).execute(sa.text(sql), binds)
-            cols = list(res.keys())
-            for part in res.partitions(50_000):
-                counter["rows"] += len(part)
-                progress(f"exporting {name}: {counter['rows']} rows")
-                # plain tuples: the same frame, but pandas probes a Row for ``dtype`` (a slow miss in SQLAlchemy,
-                # ~0.6 s per 100,000 rows) before it turns each into a tuple anyway
-                yield pd.DataFrame([tuple(r) for r in part], columns=cols)
-
-        path = write_frame(run_dir, name, chunks())
-        out[name] = {"file": Path(path).name, "rows": counter["rows"]}
-    return out
