@@ -18,27 +18,19 @@ import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 from . import db, procedures, run_state
 from . import params as params_mod
 from .errors import ApprovalError, EvidenceError, KernelDiedError, ParameterError
+from .kernel import KERNEL_ARGUMENTS, KERNEL_LOG, Kernel, started
 from .redact import redact_obj, redact_text
 
 DEFAULT_EVIDENCE_ROOT = Path("incidents")
-KERNEL_LOG = "kernel.log"
-#: run in the kernel at its start, outside the notebook (no cell, no execution count, no name left behind): at
-#: exit, after every atexit handler, the interpreter skips its last collections over the objects the notebook
-#: made (pandas, SQLAlchemy, matplotlib…), which kept papermill waiting ~0.4 s for the kernel to end. Files and
-#: connections are closed as before (reference counting, the handlers, the process's end).
-KERNEL_QUICK_EXIT = '--IPKernelApp.exec_lines=["import atexit as _a, gc as _g; _a.register(_g.freeze); del _a, _g"]'
 
 
 def notebooks_dir() -> Path:
-    env = os.environ.get("RUNBOOK_NOTEBOOKS")
-    if env:
-        return Path(env)
-    return Path(__file__).resolve().parent.parent / "notebooks"
+    return Path(os.environ.get("RUNBOOK_NOTEBOOKS") or Path(__file__).resolve().parent.parent / "notebooks")
 
 
 @dataclass
@@ -167,38 +159,29 @@ def _run_in(run_dir: Path, proc: Any, nb_in: Path, params: params_mod.CommonPara
 
     nb_out = run_dir / proc.NOTEBOOK
     injected = {**params.public_dict(), "evidence_dir": str(run_dir)}
-    _import_papermill()
-    warm = threading.Thread(target=_warm_report, name="runbook-report-warm-up", daemon=True)
-    warm.start()  # the report's first-render costs, paid while the kernel works (a second core)
-    papermill_error, kernel_died = _execute_notebook(nb_in, nb_out, run_dir, injected, progress_bar=progress_bar,
-                                                     log_output=log_output)
-    warm.join()
-    state = run_state.read(run_dir)
-    status, exit_code, error_line, error = _outcome(state, papermill_error, kernel_died)
-    manifest = {
-        "procedure": proc.NAME,
-        "mode": params.mode,
-        "status": status,
-        **run_state.manifest_fields(state),
-        "incident": incident,
-        "operator": operator,
-        **people,
-        "signer": signing.signer if signing else None,
-        "parameters": redact_obj(injected),
-        "error": error,
-        "notebook": nb_out.name,
-    }
-    try:
-        if nb_out.is_file():
-            render_html(nb_out, manifest)
-    except Exception as exc:  # noqa: BLE001 - the HTML copy is a convenience; its absence is recorded
-        manifest["html_error"] = redact_text(str(exc))[:300]
+    with started(run_dir) as kernel:  # booting while papermill is imported and prepares the notebook
+        _import_papermill()
+        warm = threading.Thread(target=_warm_report, name="runbook-report-warm-up", daemon=True)
+        warm.start()  # the report's first-render costs, paid while the kernel works (a second core)
+        papermill_error, kernel_died = _execute_notebook(nb_in, nb_out, run_dir, injected, kernel,
+                                                         progress_bar=progress_bar, log_output=log_output)
+        kernel.ask_to_end()  # it ends while the report renders
+        warm.join()
+        state = run_state.read(run_dir)
+        status, exit_code, error_line, error = _outcome(state, papermill_error, kernel_died)
+        manifest = {"procedure": proc.NAME, "mode": params.mode, "status": status, **run_state.manifest_fields(state),
+                    "incident": incident, "operator": operator, **people,
+                    "signer": signing.signer if signing else None, "parameters": redact_obj(injected),
+                    "error": error, "notebook": nb_out.name}
+        try:
+            if nb_out.is_file():
+                render_html(nb_out, manifest)
+        except Exception as exc:  # noqa: BLE001 - the HTML copy is a convenience; its absence is recorded
+            manifest["html_error"] = redact_text(str(exc))[:300]
     final = finalize_run(run_dir, manifest, sign=_sign_manifest(signing))
-    return RunOutcome(
-        procedure=proc.NAME, mode=params.mode, status=status, exit_code=exit_code, run_dir=run_dir,
-        plan_id=state.get("plan_id"), summary=state.get("summary") or {}, counts=state.get("counts") or {},
-        error=error_line, manifest=final,
-    )
+    return RunOutcome(procedure=proc.NAME, mode=params.mode, status=status, exit_code=exit_code, run_dir=run_dir,
+                      plan_id=state.get("plan_id"), summary=state.get("summary") or {},
+                      counts=state.get("counts") or {}, error=error_line, manifest=final)
 
 
 def _warm_report() -> None:
@@ -248,40 +231,33 @@ def _outcome(state: run_state.RunState, papermill_error: str | None,
     return status, exit_code, error_line, error
 
 
-def _execute_notebook(nb_in: Path, nb_out: Path, run_dir: Path, injected: dict[str, Any], *, progress_bar: bool,
-                      log_output: bool) -> tuple[str | None, bool]:
-    """Execute the notebook with papermill into ``nb_out``; the kernel process's own output goes to kernel.log.
+def _execute_notebook(nb_in: Path, nb_out: Path, run_dir: Path, injected: dict[str, Any], kernel: Kernel, *,
+                      progress_bar: bool, log_output: bool) -> tuple[str | None, bool]:
+    """Execute the notebook with papermill into ``nb_out`` on ``kernel`` (its process's own output: kernel.log).
 
     Returns the error papermill met (None: the notebook ran to its end) and whether the kernel died.
     """
     import papermill as pm
 
-    kernel_log = run_dir / KERNEL_LOG
     papermill_error: str | None = None
     kernel_died = False
-    with _papermill_logging(log_output), warnings.catch_warnings(), open(kernel_log, "ab") as kernel_fh:
+    with _papermill_logging(log_output), warnings.catch_warnings():
         warnings.simplefilter("ignore")
         try:
+            # with ``km`` (the kernel ``kernel.started`` started) nbclient neither starts nor shuts down a kernel; the
+            # class and the arguments serve only where that start failed (papermill starts one, and reports)
             pm.execute_notebook(
                 str(nb_in), str(nb_out), parameters=injected, progress_bar=progress_bar, log_output=log_output,
-                kernel_name="python3", cwd=str(Path.cwd()), report_mode=False,
-                kernel_manager_class=_kernel_manager_class(kernel_fh),
-                # the kernel's own log (startup warnings such as "running over TCP without encryption" on a
-                # local socket, and at shutdown "ERROR | KeyboardInterrupt caught in kernel", as jupyter_client
-                # interrupts the kernel before every shutdown) is routine noise: only what is critical reaches
-                # kernel.log. Every failure reaches the operator as the one error line and the archived notebook.
-                extra_arguments=["--IPKernelApp.log_level=CRITICAL", KERNEL_QUICK_EXIT],
+                kernel_name="python3", cwd=str(Path.cwd()), report_mode=False, km=kernel.km,
+                kernel_manager_class=kernel.manager_class, extra_arguments=KERNEL_ARGUMENTS,
             )
         except pm.PapermillExecutionError as exc:
             papermill_error = f"{exc.ename}: {exc.evalue}"
         except Exception as exc:  # noqa: BLE001 - kernel death etc.: archived, then reported
             papermill_error = f"{type(exc).__name__}: {exc}"
             if type(exc).__name__ == "DeadKernelError":
-                papermill_error = _kernel_died(run_dir, kernel_log)
+                papermill_error = _kernel_died(run_dir, run_dir / KERNEL_LOG)
                 kernel_died = True
-        finally:
-            if kernel_log.is_file() and kernel_log.stat().st_size == 0:
-                kernel_log.unlink()  # kept only when the kernel process said something outside the notebook
     return papermill_error, kernel_died
 
 
@@ -307,24 +283,6 @@ def _papermill_logging(log_output: bool) -> Iterator[None]:
         pm_logger.propagate = old_propagate
         if stream is not None:
             pm_logger.removeHandler(stream)
-def _kernel_manager_class(log: IO[bytes]) -> type:
-    """A kernel manager whose kernel process writes its own stdout and stderr to ``log``, not to the CLI's.
-
-    The kernel inherits the CLI's file descriptors. Inside a cell ipykernel captures them into the notebook, but
-    before and after (start-up, shutdown, a native library aborting, e.g. libzmq's "Assertion failed:
-    pfd.revents & POLLIN (src/signaler.cpp:238)" at teardown) the kernel writes straight to them and would break
-    the CLI's contract: stderr holds the one error line, nothing else. What it writes is evidence, so it goes to
-    ``kernel.log`` in the run folder (redacted and hashed with the rest; removed when empty).
-    """
-    from jupyter_client import AsyncKernelManager
-
-    class _LoggedKernelManager(AsyncKernelManager):
-        async def start_kernel(self, **kw: Any) -> None:  # type: ignore[override]  # async in this class
-            kw.setdefault("stdout", log)  # a restart reuses these launch arguments: ``log`` stays open for the run
-            kw.setdefault("stderr", log)
-            await super().start_kernel(**kw)
-
-    return _LoggedKernelManager
 
 
 def _kernel_died(run_dir: Path, kernel_log: Path) -> str:

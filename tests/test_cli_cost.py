@@ -67,22 +67,23 @@ def test_papermill_is_imported_without_rfc3987_and_it_stays_importable():
     assert got.stdout.split() == ["True", "False", "True"]
 
 
-def test_the_kernels_quick_exit_leaves_nothing_in_the_notebook():
+def test_the_kernels_start_leaves_nothing_in_the_notebook():
+    """The quick exit and the notebooks' first imports run at the kernel's start, outside the notebook."""
     from jupyter_client.manager import start_new_kernel
 
     seen: list[str] = []
-    km, kc = start_new_kernel(kernel_name="python3", extra_arguments=[runner.KERNEL_QUICK_EXIT])
+    km, kc = start_new_kernel(kernel_name="python3", extra_arguments=runner.KERNEL_ARGUMENTS)
     try:
         reply = kc.execute_interactive(
-            "print(sorted(k for k in globals() if k in ('_a', '_g', 'atexit', 'gc')))",
+            "print(sorted(k for k in globals() if k in ('_a', '_g', 'atexit', 'gc', 'runbook_lib')), "
+            "'runbook_lib.run' in __import__('sys').modules, 'runbook_lib.display' in __import__('sys').modules)",
             timeout=60, output_hook=lambda msg: seen.append(msg["content"].get("text", "")))
     finally:
         kc.stop_channels()
         km.shutdown_kernel()
     assert reply["content"]["status"] == "ok"
-    assert "".join(seen).strip() == "[]"  # no name left behind
+    assert "".join(seen).strip() == "[] True True"  # imported, and no name left behind
     assert reply["content"]["execution_count"] == 1  # and the notebook's first cell is still In [1]
-
 
 
 def test_the_url_password_prefilter_masks_exactly_what_the_pattern_masks():
