@@ -51,6 +51,7 @@ def main() -> int:
     ap.add_argument("--users", type=int, default=200_000)
     ap.add_argument("--ledger-rows", type=int, default=1_000_000)
     ap.add_argument("--repeat", type=int, default=3, help="runs of raw SQL and library path (median reported)")
+    ap.add_argument("--cli-repeat", type=int, default=3, help="runs of the CLI review + execute (median reported)")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "token_reversal.md"))
     args = ap.parse_args()
 
@@ -66,6 +67,7 @@ def main() -> int:
     online = {"execution": "online"}  # the procedure's defaults: batches of 5,000 users, 100ms between batches
     samples: dict[str, list[float]] = {"raw SQL execute": [], "runbook review (library)": [],
                                        "runbook execute (library)": [],
+                                       "runbook verify after the execute (library)": [],
                                        "runbook execute online (library, batches of 5,000 users, 100ms pauses)": []}
     from runbook_lib.run import Run
 
@@ -89,9 +91,13 @@ def main() -> int:
         plan = Run("token-reversal", params).review()
         samples["runbook review (library)"].append(time.perf_counter() - t)
         t = time.perf_counter()
-        res = Run("token-reversal", {**params, "mode": "execute", "approved_plan": plan.plan_id}).execute()
+        run = Run("token-reversal", {**params, "mode": "execute", "approved_plan": plan.plan_id})
+        res = run.execute()
         samples["runbook execute (library)"].append(time.perf_counter() - t)
         assert res is not None and res.changed
+        t = time.perf_counter()
+        assert run.verify().passed
+        samples["runbook verify after the execute (library)"].append(time.perf_counter() - t)
 
         # as an operator runs it: the review in the incident's evidence, where the execute finds its batches
         os.environ["DATABASE_URL"] = fresh_copy("bench_online")
@@ -110,23 +116,35 @@ def main() -> int:
     for k, v in samples.items():
         results[k] = statistics.median(v)
 
-    # CLI path (papermill + evidence), on its own copy
+    # CLI path (papermill + evidence), each repeat on its own copy and evidence folder
     from runbook_lib.runner import run_procedure
 
-    cli_url = cluster.fresh_copy("bench_cli", "bench_base")
-    os.environ["DATABASE_URL"] = cli_url
+    cli: dict[str, list[float]] = {"runbook review (CLI: papermill + evidence)": [],
+                                   "runbook execute (CLI: papermill + evidence)": []}
     ev = Path(tempfile.mkdtemp(prefix="bench-evidence-"))
-    t = time.perf_counter()
-    review = run_procedure("token-reversal", params, incident="bench", evidence_root=ev, progress_bar=False)
-    results["runbook review (CLI: papermill + evidence)"] = time.perf_counter() - t
-    t = time.perf_counter()
-    execute = run_procedure("token-reversal", {**params, "mode": "execute", "approved_plan": review.plan_id},
-                            incident="bench", evidence_root=ev, progress_bar=False)
-    results["runbook execute (CLI: papermill + evidence)"] = time.perf_counter() - t
-    assert review.exit_code == 0 and execute.exit_code == 0, (review.error, execute.error)
+    for i in range(args.cli_repeat):
+        os.environ["DATABASE_URL"] = cluster.fresh_copy("bench_cli", "bench_base")
+        root = ev / f"run{i + 1}"
+        t = time.perf_counter()
+        review = run_procedure("token-reversal", params, incident="bench", evidence_root=root, progress_bar=False)
+        cli["runbook review (CLI: papermill + evidence)"].append(time.perf_counter() - t)
+        t = time.perf_counter()
+        execute = run_procedure("token-reversal", {**params, "mode": "execute", "approved_plan": review.plan_id},
+                                incident="bench", evidence_root=root, progress_bar=False)
+        cli["runbook execute (CLI: papermill + evidence)"].append(time.perf_counter() - t)
+        assert review.exit_code == 0 and execute.exit_code == 0, (review.error, execute.error)
+        print(f"CLI repeat {i + 1}/{args.cli_repeat}: " + ", ".join(f"{k} {v[-1]:.2f}s" for k, v in cli.items()),
+              flush=True)
+    for k, v in cli.items():
+        results[k] = statistics.median(v)
+    # what each CLI run does in the library, for the "CLI - library" column: a review notebook runs the review;
+    # an execute notebook runs the review (its figures for the evidence), the execute and the verification
+    lib_of = {"runbook review (CLI: papermill + evidence)": results["runbook review (library)"],
+              "runbook execute (CLI: papermill + evidence)": results["runbook review (library)"]
+              + results["runbook execute (library)"] + results["runbook verify after the execute (library)"]}
 
-    nb_sizes = {p.name: p.stat().st_size for p in ev.rglob("*.ipynb")}
-    ev_size = dir_size(ev)
+    nb_sizes = {p.name: p.stat().st_size for p in (ev / "run1").rglob("*.ipynb")}
+    ev_size = dir_size(ev / "run1")
     me, kids = peak_mb()
     raw_t = results["raw SQL execute"]
     lines = [
@@ -141,14 +159,16 @@ def main() -> int:
         f"- data: {n_ledger:,} ledger rows, {n_users:,} users; {n_aff:,} affected rows "
         f"({res.counts['users_affected']:,} users, {res.counts['tokens_reversed']:,} tokens)",
         "",
-        f"Median of {args.repeat} runs for the raw SQL and library rows (each on a fresh copy of the same data); "
-        "one run for the CLI rows.",
+        f"Median of {args.repeat} runs for the raw SQL and library rows, of {args.cli_repeat} for the CLI rows "
+        "(each on a fresh copy of the same data). 'CLI − library': the CLI run's seconds less what its notebook "
+        "does in the library (a review: the review; an execute: review + execute + verify).",
         "",
-        "| step | seconds | × raw SQL execute |",
-        "| --- | ---: | ---: |",
+        "| step | seconds | × raw SQL execute | CLI − library |",
+        "| --- | ---: | ---: | ---: |",
     ]
     for k, v in results.items():
-        lines.append(f"| {k} | {v:.2f} | {v / raw_t:.2f} |")
+        extra = f"+{v - lib_of[k]:.2f}" if k in lib_of else ""
+        lines.append(f"| {k} | {v:.2f} | {v / raw_t:.2f} | {extra} |")
     lines += [
         "",
         f"- peak memory: benchmark process {me:.0f} MB, largest child (papermill kernel) {kids:.0f} MB",

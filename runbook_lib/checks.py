@@ -40,6 +40,9 @@ class CheckSpec:
 
 #: the checks ``run_all(..., users=…)`` scopes: per user, from that user's balance and ledger rows alone
 SCOPED_CHECKS = ("balance_vs_ledger", "running_balance")
+#: above this many users a scope reads the ledger through a semi-join instead of index probes (measured at 1M and
+#: 10M ledger rows: alike at 50,000 users, the semi-join 25% faster at 500,000, the probes far faster at 200)
+SEMI_JOIN_USERS = 100_000
 
 
 @dataclass(frozen=True)
@@ -85,8 +88,13 @@ class _Scope:
     params: dict[str, Any]
 
     def only(self, column: str) -> str:
-        # a constant array: PostgreSQL hashes it and estimates the selection from its length
-        return f"{column} = any(cast(cast(:rb_scope_ids as text[]) as {self.id_type}[]))"
+        ids = f"cast(cast(:rb_scope_ids as text[]) as {self.id_type}[])"
+        if self.users > SEMI_JOIN_USERS:
+            # many users: a hashed semi-join reads the table once, where "= any" probes the index and visits a heap
+            # page per row (500,000 users, 2.9M of 10M ledger rows: 14 s that way, 11 s this way)
+            return f"{column} in (select unnest({ids}))"
+        # a constant array: PostgreSQL hashes it and estimates the selection from its length (a few users: index)
+        return f"{column} = any({ids})"
 
     def title(self, title: str) -> str:
         return f"{title} ({self.label} only)"

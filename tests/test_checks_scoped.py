@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import sqlalchemy as sa
 
 from runbook_lib import checks, db
@@ -54,6 +55,21 @@ def test_a_defect_is_found_inside_the_scope_and_only_there(linked_incident_db, e
     assert not run_checks(linked_incident_db, only=only).passed  # the whole ledger still sees it
     nobody = run_checks(linked_incident_db, checks.UserScope.of_ids([]), only)
     assert nobody.passed and "(0 users" in nobody.checks[0].detail
+
+
+@pytest.mark.parametrize("semi_join_users", [100_000, 0])
+def test_a_large_scope_reads_through_a_semi_join_with_the_same_result(linked_incident_db, engine_for, monkeypatch,
+                                                                        semi_join_users):
+    """Above SEMI_JOIN_USERS a scope is a semi-join on its ids instead of "= any": the same users, the same counts
+    (both SQL forms run here, on the same defects)."""
+    monkeypatch.setattr(checks, "SEMI_JOIN_USERS", semi_join_users)
+    with engine_for(linked_incident_db).begin() as c:
+        c.execute(sa.text('update "UserTokenBalance" set balance = balance - 4 where "userId" in (\'user_0003\', '
+                          "'user_0005')"))
+    only = list(checks.SCOPED_CHECKS)
+    got = run_checks(linked_incident_db, checks.UserScope.of_ids(["user_0003", "user_0004"], "two users"), only)
+    assert [c.count for c in got.checks] == [1, 0] and "-4 tokens" in got.checks[0].detail
+    assert list(got.frames["balance_vs_ledger"]["user_id"]) == ["user_0003"]
 
 
 def test_an_opening_balance_is_counted_in_a_scoped_check_too(linked_incident_db, engine_for):

@@ -81,7 +81,12 @@ def test_default_user_is_the_largest_reversal_and_figures_equal_sql(shaped):
     top = plan.frames["balances"].iloc[0]
     assert (top["userId"], int(top["reversed"]), int(top["balance_after"])) == (
         res.user_id, res.tokens_reversed, res.balance_after)
-    assert res.users.iloc[0]["user_id"] == res.user_id and res.users_total == plan.summary["users affected"]
+    # without a picker (a CLI run, a test) the affected users are not listed and the default user comes from that
+    # table; with one they are listed, largest first, and the default user is the same
+    assert res.users.empty and res.users_total == 0
+    listed = iu.for_run(run, plan, picker=True)
+    assert listed.user_id == res.user_id and listed.users.iloc[0]["user_id"] == res.user_id
+    assert listed.users_total == plan.summary["users affected"]
 
 
 def test_clamp_and_skip_say_what_the_policy_does(incident_db, target_env, engine_for):
@@ -119,7 +124,7 @@ def test_a_user_the_plan_does_not_touch_is_shown_as_such(incident_db, target_env
             "select count(*) from token_transactions where \"userId\" = :u and \"createdAt\" >= '2025-11-24' "
             "and \"createdAt\" <= '2025-12-10'"), {"u": user}).scalar()
     run = Run("token-reversal", {**WINDOW, "inspect_user": user})
-    res = iu.for_run(run, run.review(), user)
+    res = iu.for_run(run, run.review(), user, picker=True)
     assert res.status == "not_affected" and "not affected by this plan" in res.note
     assert res.balance_before == res.balance_after == balance and res.affected_rows == 0
     assert res.rows_in_range == in_range == len(res.rows) > 0 and not res.rows["affected"].any()
