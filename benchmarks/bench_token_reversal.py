@@ -171,7 +171,8 @@ def main() -> int:
         lines.append(f"| {k} | {v:.2f} | {v / raw_t:.2f} | {extra} |")
     lines += [
         "",
-        f"- peak memory: benchmark process {me:.0f} MB, largest child (papermill kernel) {kids:.0f} MB",
+        f"- peak memory: benchmark process {me:.0f} MB, largest child (papermill kernel) {kids:.0f} MB (on Linux a "
+        "child's figure includes the parent's memory when it forked: at least the process's own at that time)",
         "- executed notebooks: " + ", ".join(f"{k} {v / 1e6:.2f} MB" for k, v in sorted(nb_sizes.items())),
         f"- evidence folder (2 runs, incl. Parquet exports and HTML copies): {ev_size / 1e6:.1f} MB",
     ]
