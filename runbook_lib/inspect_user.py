@@ -33,7 +33,7 @@ from . import names as nmod
 from .grants import ReversalLink
 from .names import NameMap
 from .reversal import ReversalPlan
-from .reversal_sql import affected_cte, decision_sql, ledger_names, table_exists
+from .reversal_sql import affected_cte, decided_ctes, ledger_names, table_exists
 
 #: ledger rows shown for one user, at most
 MAX_ROWS = 200
@@ -158,8 +158,7 @@ def _figures(conn: Connection, q: dict[str, str], where_user: str, ub: dict[str,
              policy: str) -> Any:
     """The plan's decision for the user and the time span of their affected rows (None: not affected)."""
     return conn.execute(sa.text(
-        f"with {affected_cte(q, where_user, link)}, {decision_sql(q, policy)} "
-        "select d.n, d.total, d.before, d.raw_after, d.included, d.new_balance, d.shortfall, "
+        decided_ctes(q, where_user, link, policy) + "select d.n, d.total, d.before, d.raw_after, d.included, d.new_balance, d.shortfall, "
         "(select min(created_at) from affected) as first_at, (select max(created_at) from affected) as last_at "
         "from decided d"), ub).mappings().first()
 
@@ -224,8 +223,7 @@ def _affected_users(conn: Connection, q: dict[str, str], where_sql: str, binds: 
                     policy: str, max_users: int) -> tuple[pd.DataFrame, int]:
     """The plan's affected users, largest reversal first (the review table's order), at most ``max_users``."""
     rows = conn.execute(sa.text(
-        f"with {affected_cte(q, where_sql, link)}, {decision_sql(q, policy)} "
-        "select user_id, n as rows, total as tokens, count(*) over () as users_total from decided "
+        decided_ctes(q, where_sql, link, policy) + "select user_id, n as rows, total as tokens, count(*) over () as users_total from decided "
         "order by total desc, user_id limit :iu_lim"), {**binds, "iu_lim": max_users}).mappings().all()
     frame = pd.DataFrame([{"user_id": str(r["user_id"]), "rows": int(r["rows"]), "tokens": int(r["tokens"])}
                           for r in rows], columns=["user_id", "rows", "tokens"])

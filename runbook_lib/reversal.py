@@ -34,11 +34,11 @@ from .params import INSPECT_USER_DESCRIPTION, DestructiveParams, InspectUser, Le
 from .reversal_sql import (
     LEDGER,
     NOW_UTC,
-    affected_cte,
     applied_totals,
     balances_frame,
     by_day_frame,
     by_voucher_frame,
+    decided_ctes,
     decision_sql,
     delete_reversed_rows,
     histogram_frame,
@@ -207,7 +207,7 @@ def plan_reversal(
     q = ledger_names(names)
     link, resolved_type = facts.link, facts.resolved_type
     where_params = {**where_params, "rb_rsource": reversal_source}
-    base = f"with {affected_cte(q, where_sql, link)}, {decision_sql(q, negative_policy)} "
+    base = decided_ctes(q, where_sql, link, negative_policy)
     selected, already_sql, materialize = _selection(conn, q, where_sql, where_params, facts, negative_policy, base,
                                                     detail=detail)
     totals = plan_totals(conn, selected, already_sql, where_params)

@@ -84,6 +84,12 @@ def decision_sql(q: dict[str, str], policy: str) -> str:
     )
 
 
+def decided_ctes(q: dict[str, str], where_sql: str, link: ReversalLink | None, policy: str) -> str:
+    """``with affected …, per_user …, decided …`` (and a trailing space): the selection's rows not reversed yet and
+    each user's decision, read-only (no temp tables); a statement follows with its ``select``."""
+    return f"with {affected_cte(q, where_sql, link)}, {decision_sql(q, policy)} "
+
+
 def selected_columns(q: dict[str, str], source_id: bool, voucher_code_sql: str | None) -> str:
     """The columns an execute keeps of each selected ledger row ``tt`` (``rb_locked``, ``rb_affected``)."""
     extra = f", tt.{q['source_id']} as source_id" if source_id else ", null::text as source_id"

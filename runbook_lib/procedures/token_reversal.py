@@ -56,7 +56,7 @@ from ..reversal import (
 from ..reversal_sql import (
     affected_cte,
     as_column_time,
-    decision_sql,
+    decided_ctes,
     ledger_names,
     refuse_unknown,
     table_exists,
@@ -236,8 +236,8 @@ def plan(conn: Connection, params: Params, names: NameMap, detail: bool = True) 
             f"with {affected_cte(q, where_sql, rp.link)} select * from affected order by created_at, id",
             rp.where_params),
         "per_user_before_after": (
-            f"with {affected_cte(q, where_sql, rp.link)}, {decision_sql(q, params.negative_policy)} "
-            "select * from decided order by user_id", rp.where_params),
+            decided_ctes(q, where_sql, rp.link, params.negative_policy) + "select * from decided order by user_id",
+            rp.where_params),
     }
     return p
 
@@ -318,8 +318,7 @@ def verify(conn: Connection, params: Params, names: NameMap,
     # rows still unreversed, split by the policy's decision for their user: rows of users the policy
     # reverses must be gone; users it leaves out (skip, or no balance row) keep theirs, and are counted
     left, by_design = (int(x) for x in conn.execute(sa.text(
-        f"with {affected_cte(q, where_sql, link)}, {decision_sql(q, params.negative_policy)} "
-        "select coalesce(sum(n) filter (where included), 0), coalesce(sum(n) filter (where not included), 0) "
+        decided_ctes(q, where_sql, link, params.negative_policy) + "select coalesce(sum(n) filter (where included), 0), coalesce(sum(n) filter (where not included), 0) "
         "from decided"), {**where_params, "rb_rsource": params.reversal_source}).one())
     checks = [Check("no selected ledger row left unreversed", left == 0, left,
                     "rows in the selection without a reversal, of users the policy reverses", after_execute=True)]

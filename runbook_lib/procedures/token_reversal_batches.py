@@ -13,27 +13,19 @@ from sqlalchemy.engine import Connection
 
 from .. import grants, reversal_batches
 from ..errors import PolicyAbort
-from ..grants import ReversalLink
 from ..names import NameMap
 from ..online import advice
 from ..reversal import ReversalPlan, lock_reversal, plan_reversal
-from ..reversal_sql import affected_cte, decision_sql, ledger_names
+from ..reversal_sql import decided_ctes, ledger_names
 from .base import Batch, Plan, plan_hash
 from .token_reversal import NAME, AfterExpected, Params, TokenReversalDetails, _to_plan, selection
-
-
-def _decided(names: NameMap, where_sql: str, link: ReversalLink | None, params: Params) -> str:
-    """The ``with affected …, decided …`` prefix the batch statements read the selection through (read-only: no
-    temp tables)."""
-    q = ledger_names(names)
-    return f"with {affected_cte(q, where_sql, link)}, {decision_sql(q, params.negative_policy)} "
 
 
 def cut_into_batches(conn: Connection, params: Params, names: NameMap, rp: ReversalPlan,
                      p: Plan[TokenReversalDetails], selected: tuple[str, dict[str, Any]]) -> None:
     """Online mode: the plan's batches (one statement) and a plan id that covers every batch's digest.
     ``selected``: the selection (SQL, binds) the plan was computed from."""
-    base = _decided(names, rp.where_sql, rp.link, params)
+    base = decided_ctes(ledger_names(names), rp.where_sql, rp.link, params.negative_policy)
     options = _options(params, *selected)
     p.batches = [Batch(b["number"], b["first"], b["last"], b["users"], b["rows"], b["digest"])
                  for b in reversal_batches.layout(conn, base, rp.where_params, params.batch_users, options)]
@@ -61,7 +53,7 @@ def batch_digests(conn: Connection, params: Params, names: NameMap, batches: lis
     """Online mode: the digest of the work left in each batch range now (``None``: outside every range), one
     statement; ``negative_policy=abort`` refuses here, before any batch commits, when any user would go below zero."""
     where_sql, where_params = selection(conn, params, names)
-    base = _decided(names, where_sql, grants.reversal_link(conn, names), params)
+    base = decided_ctes(ledger_names(names), where_sql, grants.reversal_link(conn, names), params.negative_policy)
     left = reversal_batches.current(conn, base, {**where_params, "rb_rsource": params.reversal_source},
                                     [b.first for b in batches], [b.last for b in batches],
                                     _options(params, where_sql, where_params))
@@ -87,7 +79,8 @@ def plan_batch(conn: Connection, params: Params, names: NameMap, batch: Batch) -
         reversal_source=params.reversal_source, detail=False, grant_link=params.grant_link)
     p = _to_plan(rp, params)
     # read-only (a failed batch's re-check): no temp tables
-    base = None if rp.materialized else _decided(names, rp.where_sql, rp.link, params)
+    base = None if rp.materialized else decided_ctes(ledger_names(names), rp.where_sql, rp.link,
+                                                     params.negative_policy)
     p.plan_id = reversal_batches.digest_of(
         rp.digest["rows"], reversal_batches.decisions_digest(conn, base, rp.where_params), options)
     return p
