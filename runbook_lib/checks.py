@@ -376,32 +376,27 @@ def run_all(conn: Connection, names: NameMap, only: list[str] | None = None, sam
     chosen = set(validate_names(only))
     results: list[Check] = []
     frames: dict[str, pd.DataFrame] = {}
+    scope: _Scope | None = None
     conn.info[_FIGURES] = {}  # _ledger_figures' counts, shared by the two per-user checks of this run only
     try:
-        _run_specs(conn, names, chosen, sample_rows, expect_full_rollback, users, results, frames)
+        for spec in CHECKS:
+            if spec.name not in chosen:
+                continue
+            missing = [m for m in spec.needs if not _exists(conn, names, m)]
+            if missing:
+                results.append(Check(spec.title, True, 0, f"skipped: table of {', '.join(missing)} absent"))
+                continue
+            with conn.begin_nested():  # a check that errors must not poison the transaction of the others
+                if spec.run is _nothing_left:
+                    check = _nothing_left(conn, names, sample_rows, expect_full_rollback)
+                elif users is not None and spec.name in SCOPED_CHECKS:
+                    scope = scope or _scope(conn, names, users)
+                    check = spec.run(conn, names, sample_rows, scope)
+                else:
+                    check = spec.run(conn, names, sample_rows)
+            results.append(check)
+            if check.sample is not None and not check.sample.empty:
+                frames[spec.name] = check.sample
     finally:
         conn.info.pop(_FIGURES, None)
     return VerifyResult(checks=results, frames=frames)
-
-
-def _run_specs(conn: Connection, names: NameMap, chosen: set[str], sample_rows: int, expect_full_rollback: bool,
-               users: UserScope | None, results: list[Check], frames: dict[str, pd.DataFrame]) -> None:
-    scope: _Scope | None = None
-    for spec in CHECKS:
-        if spec.name not in chosen:
-            continue
-        missing = [m for m in spec.needs if not _exists(conn, names, m)]
-        if missing:
-            results.append(Check(spec.title, True, 0, f"skipped: table of {', '.join(missing)} absent"))
-            continue
-        with conn.begin_nested():  # a check that errors must not poison the transaction of the others
-            if spec.run is _nothing_left:
-                check = _nothing_left(conn, names, sample_rows, expect_full_rollback)
-            elif users is not None and spec.name in SCOPED_CHECKS:
-                scope = scope or _scope(conn, names, users)
-                check = spec.run(conn, names, sample_rows, scope)
-            else:
-                check = spec.run(conn, names, sample_rows)
-        results.append(check)
-        if check.sample is not None and not check.sample.empty:
-            frames[spec.name] = check.sample
