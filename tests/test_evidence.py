@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 import sqlalchemy as sa
 
-from runbook_lib import evidence
+from runbook_lib import evidence, run_state
 from runbook_lib.cli import main
 from runbook_lib.errors import EvidenceError
 from runbook_lib.runner import run_procedure
@@ -215,6 +215,8 @@ def test_html_copy_has_the_summary_and_review_files(incident_db, target_env, tmp
     affected = pd.read_parquet(out.run_dir / "affected_rows.parquet")
     assert len(affected) == out.summary["ledger rows to reverse"]
     assert out.manifest["exports"]["affected_rows"]["rows"] == len(affected)
+    # the kernel's own peak memory (VmHWM), recorded by the kernel: not the CLI's process
+    assert out.manifest["peak_memory_mb"] > 50 and run_state.read(out.run_dir)["peak_memory_mb"] > 50
 
 
 def test_a_live_run_of_another_process_is_not_archived_as_interrupted(tmp_path):

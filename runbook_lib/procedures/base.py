@@ -31,6 +31,7 @@ from sqlalchemy.engine import Connection, Engine
 
 from ..names import NameMap
 from ..params import CommonParams
+from ..user_ids import UserIds
 
 #: the Prisma models of the voucher system and its token ledger, as the application names them
 VOUCHER_MODELS: tuple[str, ...] = ("Voucher", "VoucherRedemption", "TokenTransaction", "UserTokenBalance")
@@ -277,7 +278,7 @@ class Procedure:
         ``conn`` is connected to (restore: the live database's backup accepted on the copy). Default: unchanged."""
         return values
 
-    def written_users(self, params: Any, plan: Plan) -> list[str] | None:
+    def written_users(self, params: Any, plan: Plan) -> UserIds | None:
         """The users whose balances and ledger rows this execute wrote, when its plan knows them (token reversal: the
         reversed users, across every batch of an online run); the shared per-user checks after the execute look at
         these. ``None`` (default): the driver finds them from the execute's transaction id (the rows it wrote)."""

@@ -61,6 +61,7 @@ from ..reversal_sql import (
     refuse_unknown,
     table_exists,
 )
+from ..user_ids import UserIds
 from . import register
 from .base import ApplyResult, Batch, Check, Plan, Procedure, Steps, VerifyResult, plan_hash
 
@@ -120,8 +121,9 @@ class Params(OnlineOptions, ReversalOptions, SelectionParams):
 class AfterExpected(TypedDict):
     """The reversed users' after-figures, read by :func:`check` inside the execute's transaction."""
 
-    user_ids: list[str]  # the reversed users (``rb_users`` where included), ordered by id
-    balances: list[int]  # each one's balance after the plan (before - reversed + clamp shortfall)
+    user_ids: UserIds  # the reversed users (``rb_users`` where included), one array literal
+    balances: str  # each one's balance after the plan (before - reversed + clamp shortfall): a bigint[] literal,
+    # in the order of ``user_ids``
     since: dt.datetime  # the execute transaction's start, naive UTC (the ledger's own clock)
     #: added by :func:`verify` when it compares: the run's reversal source (its rows are not moving on)
     reversal_source: NotRequired[str]
@@ -270,11 +272,13 @@ def check(conn: Connection, params: Params, names: NameMap, plan: Plan[TokenReve
 def expected_after(conn: Connection) -> AfterExpected:
     """The plan's after-figure of every reversed user (before - reversed + shortfall), read inside the execute's
     transaction, with that transaction's start: what ``verify`` compares the committed balances with."""
-    rows = conn.execute(sa.text(
-        "select user_id::text, new_balance::bigint from rb_users where included order by user_id")).all()
-    # in the ledger's own clock (naive UTC, as apply_reversal writes its rows' timestamps)
-    started = conn.execute(sa.text("select now() at time zone 'utc'")).scalar_one()
-    return AfterExpected(user_ids=[r[0] for r in rows], balances=[int(r[1]) for r in rows], since=started)
+    # as two array literals PostgreSQL writes (:mod:`runbook_lib.user_ids`: 500,000 users are two strings, not a
+    # million Python objects); the start in the ledger's own clock (naive UTC, as apply_reversal writes its rows)
+    n, ids, balances, started = conn.execute(sa.text(
+        "select count(*), coalesce(array_agg(user_id::text order by user_id)::text, '{}'), "
+        "coalesce(array_agg(new_balance::bigint order by user_id)::text, '{}'), now() at time zone 'utc' "
+        "from rb_users where included")).one()
+    return AfterExpected(user_ids=UserIds(int(n), str(ids)), balances=str(balances), since=started)
 
 
 def after_figures_check(conn: Connection, names: NameMap, expected: AfterExpected) -> Check:
@@ -285,7 +289,7 @@ def after_figures_check(conn: Connection, names: NameMap, expected: AfterExpecte
     by the application's own activity and is counted, not failed.
     """
     q = ledger_names(names)
-    n_users = len(expected["user_ids"])
+    n_users = expected["user_ids"].count
     row = conn.execute(sa.text(
         f"with e(user_id, balance) as (select * from unnest(cast(:ids as text[]), cast(:bals as bigint[]))), "
         f"d as (select e.user_id, e.balance as expected, b.{q['b_balance']}::bigint as actual, exists ("
@@ -296,7 +300,7 @@ def after_figures_check(conn: Connection, names: NameMap, expected: AfterExpecte
         "select count(*) filter (where not moved_on), count(*) filter (where moved_on), "
         "(array_agg(user_id order by user_id) filter (where not moved_on))[1:20] from d"
         .replace("{bal}", q["b_balance"])),
-        {"ids": expected["user_ids"], "bals": expected["balances"], "since": expected["since"],
+        {"ids": expected["user_ids"].literal, "bals": expected["balances"], "since": expected["since"],
          "rsource": expected.get("reversal_source", "")}).one()
     wrong, moved = int(row[0]), int(row[1])
     detail = (f"{n_users} reversed users compared with before - reversed (+ clamp shortfall)"
@@ -346,9 +350,9 @@ class TokenReversal(Procedure):
     def is_destructive(self, params: Any) -> bool:
         return bool(params.ledger_mode == "delete")  # compensate mode keeps the ledger
 
-    def written_users(self, params: Any, plan: Plan) -> list[str] | None:
+    def written_users(self, params: Any, plan: Plan) -> UserIds | None:
         after = plan.details.get("after_expected")
-        return list(after["user_ids"]) if after is not None else None
+        return after["user_ids"] if after is not None else None
 
     def batched(self, params: Any) -> bool:
         return bool(params.execution == "online")

@@ -17,6 +17,7 @@ from ..names import NameMap
 from ..online import advice
 from ..reversal import ReversalPlan, lock_reversal, plan_reversal
 from ..reversal_sql import decided_ctes, ledger_names
+from ..user_ids import UserIds, concat
 from .base import Batch, Plan, plan_hash
 from .token_reversal import NAME, AfterExpected, Params, TokenReversalDetails, _to_plan, selection
 
@@ -92,6 +93,8 @@ def absorb_batch(whole: Plan[TokenReversalDetails], part: Plan[TokenReversalDeta
     if got is None:
         return
     have = whole.details.get("after_expected")
-    whole.details["after_expected"] = got if have is None else AfterExpected(
-        user_ids=have["user_ids"] + got["user_ids"], balances=have["balances"] + got["balances"],
+    whole.details["after_expected"] = got if have is None else AfterExpected(  # batches: users apart
+        user_ids=UserIds(have["user_ids"].count + got["user_ids"].count,
+                         concat(have["user_ids"].literal, got["user_ids"].literal)),
+        balances=concat(have["balances"], got["balances"]),
         since=min(have["since"], got["since"]))
