@@ -30,11 +30,11 @@ SINCE, UNTIL = "2025-12-01T00:00:00Z", "2025-12-03T00:00:00Z"
 # the same work by hand on the application's shape: compensating rows linked by source + sourceId (the
 # application's own sourceId index answers "already reversed?"), metadata naming the original, balanceAfter
 # filled, one aggregated balance update
-RAW_SQL = """
+RAW_TEMPLATE = """
 CREATE TEMP TABLE aff ON COMMIT DROP AS
   SELECT tt.id, tt."userId", tt.amount::bigint AS amount, tt."createdAt", tt.metadata ->> 'voucherCode' AS code
   FROM token_transactions tt
-  WHERE tt.source = 'voucher_redemption' AND tt."createdAt" >= '2025-12-01' AND tt."createdAt" < '2025-12-03'
+  WHERE tt.source = 'voucher_redemption' AND tt."createdAt" >= '{since}' AND tt."createdAt" < '{until}'
     AND NOT EXISTS (SELECT 1 FROM token_transactions r WHERE r."sourceId" = tt.id AND r.source = 'voucher_reversal');
 INSERT INTO token_transactions (id, "userId", amount, type, source, "sourceId", "balanceAfter", metadata, "createdAt")
   SELECT 'rev_' || a.id, a."userId", -a.amount, 'EARN_ADMIN_ADJUSTMENT', 'voucher_reversal', a.id,
@@ -46,9 +46,18 @@ UPDATE user_token_balances b SET balance = b.balance - s.total, "updatedAt" = no
   WHERE b."userId" = s."userId";
 """
 
-#: the window's selection, as the raw SQL and the runbook read it (counted for the report)
-AFFECTED_WHERE = ("source = 'voucher_redemption' AND \"createdAt\" >= '2025-12-01' "
-                  "AND \"createdAt\" < '2025-12-03'")
+
+
+def window(since: str, until: str) -> tuple[str, str]:
+    """The raw SQL and the selection of affected rows for the window [since, until) (UTC, ISO-8601 with Z): the
+    ledger's timestamps are naive UTC."""
+    s, u = (t.removesuffix("Z").replace("T", " ") for t in (since, until))
+    where = f"source = 'voucher_redemption' AND \"createdAt\" >= '{s}' AND \"createdAt\" < '{u}'"
+    return RAW_TEMPLATE.format(since=s, until=u), where
+
+
+#: the incident window's raw SQL and selection of affected rows, as the runbook reads it (counted for the report)
+RAW_SQL, AFFECTED_WHERE = window(SINCE, UNTIL)
 
 
 def machine() -> str:
