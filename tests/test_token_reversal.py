@@ -293,6 +293,29 @@ def test_users_without_a_balance_row_are_skipped_and_verify_agrees(linked_incide
     assert led[led["reversalOfId"].notna() & (led["userId"] == uid)].empty  # left alone, as the review said
 
 
+def test_a_reviews_pending_checks_take_its_plans_counts(linked_incident_db, engine_for, target_env):
+    """A review's verification does not read the selection again: its pending check and the rows left by the policy
+    are its own plan's counts, the same as a fresh read of the same data gives."""
+    from runbook_lib import db
+    from runbook_lib import names as nmod
+    from runbook_lib.procedures import token_reversal
+
+    target_env(linked_incident_db)
+    eng = engine_for(linked_incident_db)
+    with eng.begin() as c:  # a user without a balance row: rows left by the policy
+        c.execute(sa.text('delete from "UserTokenBalance" where "userId" = :u'), {"u": _in_window_user(eng)})
+    review = Run("token-reversal", WINDOW)
+    plan = review.review()
+    checks = {c.name: c for c in review.verify().checks}
+    pending = checks["no selected ledger row left unreversed"]
+    assert pending.pending and pending.count == plan.summary["ledger rows to reverse"] > 0
+    assert pending.detail.endswith("(the review's plan)")
+    by_design = checks["rows left by the policy (skipped users, users without a balance row)"].count
+    with db.read_only(eng) as conn:
+        fresh = token_reversal._unreversed(conn, review.params, nmod.resolve(conn))  # noqa: SLF001
+    assert fresh == (pending.count, by_design) and by_design > 0
+
+
 def test_a_misspelled_notebook_parameter_is_refused_not_ignored(linked_incident_db, target_env):
     """papermill -p negative_polcy abort only warns; the notebook must not run with the default policy."""
     target_env(linked_incident_db)
