@@ -163,8 +163,9 @@ def main() -> int:
               flush=True)
     for k, v in cli.items():
         results[k] = statistics.median(v)
-    # what each CLI run does in the library, for the "CLI - library" column: a review notebook runs the review;
-    # an execute notebook runs the review (its figures for the evidence), the execute and the verification
+    # what each CLI run does in the library, for the "CLI - library" column: a review notebook runs the review
+    # (writing its exports) and the verification; an execute notebook runs the review (its figures for the
+    # evidence), the execute and the verification
     lib_of = {"runbook review (CLI: papermill + evidence)": results[review_nb],
               "runbook execute (CLI: papermill + evidence)": results["runbook review (library)"]
               + results["runbook execute (library)"] + results["runbook verify after the execute (library)"]}

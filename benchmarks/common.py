@@ -47,7 +47,6 @@ UPDATE user_token_balances b SET balance = b.balance - s.total, "updatedAt" = no
 """
 
 
-
 def window(since: str, until: str) -> tuple[str, str]:
     """The raw SQL and the selection of affected rows for the window [since, until) (UTC, ISO-8601 with Z): the
     ledger's timestamps are naive UTC."""
