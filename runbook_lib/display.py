@@ -27,6 +27,7 @@ import pandas as pd
 
 from .plots import (  # noqa: F401 - re-exported: notebooks call show.plot_totals, tests display.MAX_BARS
     MAX_BARS,
+    Plot,
     fill_buckets,
     plot_before_after,
     plot_totals,

@@ -24,26 +24,42 @@ def _show() -> ModuleType:
     return display
 
 
+class Plot:
+    """A figure as the notebook shows it: drawn once, to PNG, when IPython displays it (``_repr_png_``).
+
+    The figure is a bare :class:`matplotlib.figure.Figure`, not a pyplot one: no pyplot import (nor its inline
+    backend's set-up) in the kernel, no global figure registry to close, and one draw per plot, its layout
+    (``tight``) computed in that draw — pyplot's inline display drew each figure three times (``tight_layout``,
+    then ``bbox_inches="tight"``'s measuring draw and the real one)."""
+
+    def __init__(self, figure: Any) -> None:
+        self.figure = figure
+
+    def _repr_png_(self) -> bytes:
+        import io
+
+        buf = io.BytesIO()
+        self.figure.savefig(buf, format="png")
+        return buf.getvalue()
+
+    def __repr__(self) -> str:
+        return repr(self.figure)
+
+
 def _figure(title: str) -> Any:
-    import matplotlib
+    from matplotlib.figure import Figure
 
-    matplotlib.use("Agg") if not _show()._inline() else None
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(8, 3.2), dpi=90)
+    fig = Figure(figsize=(8, 3.2), dpi=90, layout="tight")
+    ax = fig.subplots()
     ax.set_title(title)
     ax.grid(axis="y", alpha=0.3)
     return fig, ax
 
 
 def _show_figure(fig: Any) -> None:
-    import matplotlib.pyplot as plt
-
-    fig.tight_layout()
     show = _show()
     if show._inline():
-        show._display(fig)
-    plt.close(fig)
+        show._display(Plot(fig))
 
 
 def _thin_ticks(ax: Any, labels: list[str], max_labels: int = MAX_BARS) -> None:

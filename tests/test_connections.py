@@ -270,6 +270,20 @@ def test_libpq_options_reach_the_driver_and_psql_alike(socket, fresh_db):
     assert shown.split() == ["4321ms", "probe"]
 
 
+def test_pgoptions_sets_the_runbooks_session_settings(fresh_db, monkeypatch):
+    """``PGOPTIONS`` (libpq's environment variable, README "Running a procedure") reaches every session the runbook
+    opens, read-only and writing: the driver gets exactly the URL's libpq settings, and libpq adds the environment's.
+    A run's own timeouts stay its own: the write transaction sets them with SET LOCAL."""
+    monkeypatch.setenv("PGOPTIONS", "-c work_mem=77MB -c statement_timeout=1234")
+    eng = db.create_engine(fresh_db, poolclass=sa.pool.NullPool)
+    with db.read_only(eng) as c:
+        assert c.exec_driver_sql("show work_mem").scalar_one() == "77MB"
+    with db.write_transaction(eng, lock_timeout_ms=2000, statement_timeout_ms=9000) as c:
+        assert c.exec_driver_sql("show work_mem").scalar_one() == "77MB"
+        assert c.exec_driver_sql("show statement_timeout").scalar_one() == "9s"
+    eng.dispose()
+
+
 def test_prisma_schema_is_the_schema_backed_up(socket, fresh_db, pg_server, tmp_path, monkeypatch, capfd):
     """``?schema=billing``: the run's db_schema, the tables dumped and restored are those of that schema."""
     from runbook_lib.run import Run

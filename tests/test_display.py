@@ -92,7 +92,7 @@ def test_empty_frames_say_so(shown, frame):
     text = _text(shown)
     assert "Users going below zero</b>: none, nothing to show." in text
     assert "Tokens by day</b>: nothing to plot." in text and "Balances</b>: no affected users" in text
-    assert not any(hasattr(o, "savefig") for o in shown)
+    assert not any(isinstance(o, display.Plot) for o in shown)
 
 
 def test_only_some_columns_or_only_missing_values_say_nothing_to_plot(shown):
@@ -110,9 +110,9 @@ def test_by_day_of_any_length_plots_in_date_order(shown, days):
     """The window longer than 30 days crashed with "TypeError: Column 'tokens' has dtype object, cannot use method
     'nlargest' with this dtype"; now a long window is a line over time, a short one a bar per day."""
     display.plot_totals(by_day(days), "Tokens to reverse by day", x="day", y="tokens")
-    figs = [o for o in shown if hasattr(o, "savefig")]
+    figs = [o for o in shown if isinstance(o, display.Plot)]
     assert len(figs) == 1
-    ax = figs[0].axes[0]
+    ax = figs[0].figure.axes[0]
     if days > display.MAX_BARS:
         line = ax.get_lines()[0]
         assert len(line.get_xdata()) == days  # every day kept, none dropped by a top-N
@@ -128,16 +128,32 @@ def test_by_day_from_datetimes_with_a_zone_and_a_null_day(shown):
     df = pd.DataFrame({"day": [dt.datetime(2025, 1, 2, tzinfo=dt.UTC), None, dt.datetime(2025, 1, 1, tzinfo=dt.UTC)],
                        "tokens": [Decimal(5), Decimal(6), None]})
     display.plot_totals(df, "By day", x="day", y="tokens")
-    ax = next(o for o in shown if hasattr(o, "savefig")).axes[0]
+    ax = next(o for o in shown if isinstance(o, display.Plot)).figure.axes[0]
     assert len(ax.patches) == 1  # rows with a missing day or total are left out, not a crash
 
 
 def test_many_categories_keep_the_largest(shown):
     df = pd.DataFrame({"voucher": [f"V{i:03d}" for i in range(80)], "tokens": [Decimal(i) for i in range(80)]})
     display.plot_totals(df, "By voucher", x="voucher", y="tokens")
-    ax = next(o for o in shown if hasattr(o, "savefig")).axes[0]
+    ax = next(o for o in shown if isinstance(o, display.Plot)).figure.axes[0]
     assert len(ax.patches) == display.MAX_BARS and "largest 30 of 80" in ax.get_title()
     assert ax.get_xticklabels()[0].get_text() == "V079"
+
+
+def test_a_plot_is_drawn_once_to_png_with_its_labels_inside(shown):
+    """Notebooks show a :class:`display.Plot`: a bare matplotlib Figure (no pyplot) drawn once to PNG by IPython's
+    display; the tight layout of that draw keeps long rotated labels inside the image."""
+    df = pd.DataFrame({"voucher": [f"A-LONG-VOUCHER-CODE-{i:03d}" for i in range(12)],
+                       "tokens": [Decimal(i + 1) for i in range(12)]})
+    display.plot_totals(df, "By voucher", x="voucher", y="tokens")
+    (plot,) = [o for o in shown if isinstance(o, display.Plot)]
+    png = plot._repr_png_()
+    assert png.startswith(b"\x89PNG") and repr(plot).startswith("<Figure size 720x288")
+    fig = plot.figure
+    width, height = fig.bbox.width, fig.bbox.height
+    for label in fig.axes[0].get_xticklabels() + [fig.axes[0].title]:
+        box = label.get_window_extent()
+        assert box.x0 >= 0 and box.y0 >= 0 and box.x1 <= width and box.y1 <= height, label.get_text()
 
 
 def hist(rows: list[tuple[str, int, int, int]]) -> pd.DataFrame:
@@ -160,11 +176,11 @@ def test_histogram_plot_single_bucket_and_many(shown):
     display.plot_before_after(hist([("before", 1, 10, 3)]), "before", "after", "One user")
     many = hist([(s, b, b * 10, b % 3) for s in ("before", "after") for b in range(1, 301, 7)])
     display.plot_before_after(many, "before", "after", "Many buckets")
-    figs = [o for o in shown if hasattr(o, "savefig")]
+    figs = [o for o in shown if isinstance(o, display.Plot)]
     assert len(figs) == 2
-    assert len(figs[0].axes[0].patches) == 1
-    assert len(figs[1].axes[0].get_xticklabels()) <= display.MAX_BARS
-    assert len(figs[1].axes[0].patches) == 2 * 295  # every bucket 1..295 for both states, empty ones included
+    assert len(figs[0].figure.axes[0].patches) == 1
+    assert len(figs[1].figure.axes[0].get_xticklabels()) <= display.MAX_BARS
+    assert len(figs[1].figure.axes[0].patches) == 2 * 295  # every bucket 1..295 for both states, empty ones included
 
 
 def test_summary_box_formats_decimals_and_missing(shown):
