@@ -12,7 +12,9 @@ and reused by later runs), then, on fresh ``CREATE DATABASE … TEMPLATE`` copie
 * the real CLI in a child process (``runbook run token-reversal …``, review then ``--execute --approve``), its
   phases recorded from inside that process by wrapping the functions that do them: process start, imports,
   parameter merge and validation, papermill (its import; kernel start; every notebook cell, from papermill's own
-  cell timings; kernel shutdown), the HTML report, and the evidence (redaction, hashing, manifest, index).
+  cell timings; kernel shutdown), the HTML report, and the evidence (redaction, hashing, manifest, index). Where
+  the CLI boots the kernel first (``runbook_lib.kernel.early``), the runner and the evidence modules are imported
+  after that boot, as the CLI itself imports them; a checkout without it imports them before ``main``.
 
 ``--code LABEL=DIR`` (repeatable; default ``current=`` this checkout) times the ``runbook_lib`` of each
 checkout, e.g. ``before=`` a ``git archive`` of the version before a change: the child processes and their
@@ -64,30 +66,43 @@ def wrap(mod, attr, name):
     setattr(mod, attr, timed)
 add("process start (interpreter)", t_boot - t_spawn)
 t = time.perf_counter(); import runbook_lib.cli as cli; add("imports: runbook_lib.cli", time.perf_counter() - t)
-t = time.perf_counter(); import runbook_lib.runner as runner; add("imports: runbook_lib.runner", time.perf_counter() - t)
-t = time.perf_counter()
-import runbook_lib.evidence.manifest as manifest, runbook_lib.evidence.render as render
-import runbook_lib.evidence.index as index, runbook_lib.evidence.folders as folders
-add("imports: runbook_lib.evidence", time.perf_counter() - t)
-wrap(cli, "build_parameters", "parameter merge (-f/-p/flags)")
-wrap(runner, "validate_parameters", "parameter validation")
-wrap(folders, "new_run_dir", "run folder")
+def instrument():
+    global runner
+    t = time.perf_counter(); import runbook_lib.runner as runner
+    add("imports: runbook_lib.runner", time.perf_counter() - t)
+    t = time.perf_counter()
+    import runbook_lib.evidence.manifest as manifest, runbook_lib.evidence.render as render
+    import runbook_lib.evidence.index as index, runbook_lib.evidence.folders as folders
+    add("imports: runbook_lib.evidence", time.perf_counter() - t)
+    wrap(cli, "build_parameters", "parameter merge (-f/-p/flags)")
+    wrap(runner, "validate_parameters", "parameter validation")
+    wrap(folders, "new_run_dir", "run folder")
+    wrap(runner, "_import_papermill", "imports: papermill (while the kernel boots; before: before it)")
+    wrap(runner, "_execute_notebook", "papermill (total)")
+    wrap(render, "render_html", "report page (HTML)")
+    wrap(manifest, "redact_files", "evidence: redaction of text files")
+    wrap(manifest, "file_hashes", "evidence: SHA-256 of every file")
+    wrap(manifest, "code_version", "evidence: code version (git)")
+    wrap(manifest, "package_versions", "evidence: package versions")
+    wrap(manifest, "chain_tail", "evidence: chain tail")
+    wrap(index, "write_index", "evidence: incident index (HTML/MD)")
+    wrap(manifest, "finalize_run", "evidence: finalize (total)")
+    wrap(cli, "print_outcome", "print outcome")
 try:  # since the kernel starts before papermill's import (runbook_lib/kernel.py): when its boot begins
     import runbook_lib.kernel as kernel_mod
     wrap(kernel_mod, "manager_class", "kernel: manager class")
 except ImportError:
-    pass
-wrap(runner, "_import_papermill", "imports: papermill (while the kernel boots; before: before it)")
-wrap(runner, "_execute_notebook", "papermill (total)")
-wrap(render, "render_html", "report page (HTML)")
-wrap(manifest, "redact_files", "evidence: redaction of text files")
-wrap(manifest, "file_hashes", "evidence: SHA-256 of every file")
-wrap(manifest, "code_version", "evidence: code version (git)")
-wrap(manifest, "package_versions", "evidence: package versions")
-wrap(manifest, "chain_tail", "evidence: chain tail")
-wrap(index, "write_index", "evidence: incident index (HTML/MD)")
-wrap(manifest, "finalize_run", "evidence: finalize (total)")
-wrap(cli, "print_outcome", "print outcome")
+    kernel_mod = None
+if getattr(kernel_mod, "early", None) is not None:  # the CLI boots the kernel first: the rest is imported after it
+    wrap(kernel_mod, "boot", "kernel: boot (launch)")
+    booted = kernel_mod.boot
+    def boot_then_instrument():
+        k = booted()
+        instrument()
+        return k
+    kernel_mod.boot = boot_then_instrument
+else:
+    instrument()
 t_main = time.perf_counter()
 sys.argv = ["runbook", *argv]
 code = cli.main()  # as the ``runbook`` program calls it
@@ -111,7 +126,7 @@ print("\nRESULT " + json.dumps({"review": review, "execute": execute, "verify": 
 LIB_REVIEW, LIB_EXECUTE, LIB_VERIFY = ("library: Run.review", "library: Run.execute",
                                        "library: Run.verify (after the execute)")
 ORDER = [
-    "process start (interpreter)", "imports: runbook_lib.cli", "imports: runbook_lib.runner",
+    "process start (interpreter)", "imports: runbook_lib.cli", "kernel: boot (launch)", "imports: runbook_lib.runner",
     "imports: runbook_lib.evidence", "parameter merge (-f/-p/flags)", "parameter validation", "run folder",
     "imports: papermill (while the kernel boots; before: before it)", "papermill (total)",
     "kernel: from its start to cell 1 (overlaps the papermill rows above)",

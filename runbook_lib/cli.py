@@ -13,8 +13,6 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from .errors import ParameterError, RunbookError, UnknownProcedureError
 from .redact import redact_text
 
@@ -56,6 +54,8 @@ def _type_name(annotation: Any) -> str:
 
 def _yaml_value(value: Any) -> str:
     """A default written as it is given with -p or in a -f file (YAML): null, true, [a, b], {}."""
+    import yaml
+
     if isinstance(value, str):
         return value if value else '""'
     return str(yaml.safe_dump(value, default_flow_style=True, width=10_000)).removesuffix("\n").removesuffix(
@@ -294,14 +294,20 @@ def print_outcome(args: argparse.Namespace, procedure: str, outcome: Any) -> Non
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    from .runner import run_procedure
+    from . import kernel
 
-    mod = procedure_module(args.procedure)
-    outcome = run_procedure(
-        mod.NAME, build_parameters(args), incident=args.incident, evidence_root=Path(args.evidence_dir),
-        operator=args.operator, progress_bar=not args.no_progress, log_output=args.log_output,
-        approver=args.approver, four_eyes=args.four_eyes, sign_key=args.sign_key, signer=args.signer,
-    )
+    # the kernel boots first, on a second core, while this process imports the procedure (pandas, SQLAlchemy),
+    # validates and imports papermill; bad input or a refused approval ends it at once
+    with kernel.early() as booted:
+        from .runner import run_procedure
+
+        mod = procedure_module(args.procedure)
+        outcome = run_procedure(
+            mod.NAME, build_parameters(args), incident=args.incident, evidence_root=Path(args.evidence_dir),
+            operator=args.operator, progress_bar=not args.no_progress, log_output=args.log_output,
+            approver=args.approver, four_eyes=args.four_eyes, sign_key=args.sign_key, signer=args.signer,
+            kernel=booted,
+        )
     print_outcome(args, mod.NAME, outcome)
     return outcome.exit_code
 

@@ -9,8 +9,6 @@ import re
 from typing import Any
 from urllib.parse import quote, quote_plus
 
-from sqlalchemy.engine import make_url
-
 _SECRET_ENDINGS = ("password", "passwd", "passphrase", "secret", "token", "apikey", "credential", "credentials",
                    "privatekey", "accesskey", "secretkey")
 _SECRET_PARTS = {"pwd", "pass", "auth", "dsn"}
@@ -49,6 +47,9 @@ def _known_secrets() -> list[str]:
         if not value:
             continue
         if "://" in value:
+            # imported here: the CLI imports this module before its kernel boots (runbook_lib/kernel.py)
+            from sqlalchemy.engine import make_url
+
             try:
                 pw = make_url(value).password
             except Exception:  # noqa: BLE001 - not a URL after all
@@ -90,6 +91,8 @@ def redact_text(text: str, extra_secrets: list[str] | None = None) -> str:
 
 def redact_url(url: str) -> str:
     """A connection URL with its password masked (never raises)."""
+    from sqlalchemy.engine import make_url
+
     try:
         return make_url(url).render_as_string(hide_password=True)
     except Exception:  # noqa: BLE001

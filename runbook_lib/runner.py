@@ -75,9 +75,12 @@ def run_procedure(
     four_eyes: bool | None = None,
     sign_key: str | Path | None = None,
     signer: str | None = None,
+    kernel: Kernel | None = None,
 ) -> RunOutcome:
     """Validate, run the notebook into a new run folder of the incident, archive it.
 
+    ``kernel``: one the caller booted already (the CLI: :func:`runbook_lib.kernel.early`, which ends it if no run
+    takes it); otherwise the run boots one once its folder exists.
     An execute is approved before papermill starts (``approvals.approve``): its plan id must come from a
     succeeded, unaltered review of the incident, and with four eyes (``four_eyes``, ``RUNBOOK_FOUR_EYES=1``,
     always on a target marked production) the approver (default: the operator) must not be its reviewer;
@@ -115,8 +118,8 @@ def run_procedure(
             approvals.write_approval(run_dir, approval, signing)
             people = {k: approval[k] for k in ("approver", "reviewer", "review_run", "four_eyes")}
             people["approval"] = approvals.APPROVAL
-        return _run_in(run_dir, proc, nb_in, params, incident=incident, operator=who,
-                       progress_bar=progress_bar, log_output=log_output, people=people, signing=signing)
+        return _run_in(run_dir, proc, nb_in, params, incident=incident, operator=who, progress_bar=progress_bar,
+                       log_output=log_output, people=people, signing=signing, kernel=kernel)
     finally:
         release_run(run_dir)
 
@@ -153,13 +156,13 @@ def _refused(run_dir: Path, proc: Any, params: params_mod.CommonParams, *, incid
 
 def _run_in(run_dir: Path, proc: Any, nb_in: Path, params: params_mod.CommonParams, *, incident: str,
             operator: str, progress_bar: bool, log_output: bool, people: dict[str, Any],
-            signing: Any) -> RunOutcome:
+            signing: Any, kernel: Kernel | None) -> RunOutcome:
     from .evidence.manifest import finalize_run
     from .evidence.render import render_html
 
     nb_out = run_dir / proc.NOTEBOOK
     injected = {**params.public_dict(), "evidence_dir": str(run_dir)}
-    with started(run_dir) as kernel:  # booting while papermill is imported and prepares the notebook
+    with started(run_dir, kernel) as kernel:  # booting while papermill is imported and prepares the notebook
         _import_papermill()
         warm = threading.Thread(target=_warm_report, name="runbook-report-warm-up", daemon=True)
         warm.start()  # the report's first-render costs, paid while the kernel works (a second core)
@@ -256,6 +259,7 @@ def _execute_notebook(nb_in: Path, nb_out: Path, run_dir: Path, injected: dict[s
         except Exception as exc:  # noqa: BLE001 - kernel death etc.: archived, then reported
             papermill_error = f"{type(exc).__name__}: {exc}"
             if type(exc).__name__ == "DeadKernelError":
+                kernel.output.settle()  # what it wrote as it died, in kernel.log
                 papermill_error = _kernel_died(run_dir, run_dir / KERNEL_LOG)
                 kernel_died = True
     return papermill_error, kernel_died

@@ -127,3 +127,65 @@ def test_the_notebook_holds_no_name_from_the_kernels_start(incident_db, target_e
     first = next(c for c in code if "globals()" in c.source and "print" in c.source)
     assert "".join(o.get("text", "") for o in first.outputs).strip() == "[] True"
     assert code[0].execution_count == 1  # the parameters cell (papermill's injected one follows it)
+
+
+def marked_processes(mark: str) -> set[int]:
+    """Processes whose environment holds ``RUNBOOK_TEST_MARK=mark`` (a kernel the CLI left behind is no longer its
+    child once the CLI exits)."""
+    found = set()
+    for proc in Path("/proc").iterdir():
+        try:
+            env = (proc / "environ").read_bytes()
+        except (OSError, ValueError):
+            continue
+        if f"RUNBOOK_TEST_MARK={mark}".encode() in env.split(b"\0"):
+            found.add(int(proc.name))
+    return found
+
+
+@pytest.mark.parametrize(("case", "args", "exit_code", "says"), [
+    ("bad parameter", ["-p", "since", "yesterday-ish"], 2, "since"),
+    ("unknown procedure", [], 2, "unknown procedure"),
+    ("refused approval", ["--execute", "--approve", "f" * 24], 6, "plan"),
+])
+def test_the_cli_ends_its_early_kernel_when_no_run_takes_it(case, args, exit_code, says, incident_db, tmp_path):
+    """The CLI boots the kernel before it validates: bad input, an unknown procedure or a refused approval end it
+    at once — the one error line, the exit status of the problem, no kernel process left, no kernel.log."""
+    mark = f"{case}-{os.getpid()}-{time.time_ns()}"
+    env = {**os.environ, "DATABASE_URL": incident_db, "RUNBOOK_TEST_MARK": mark}
+    procedure = "token-reversl" if case == "unknown procedure" else "token-reversal"
+    r = subprocess.run([str(Path(sys.executable).parent / "runbook"), "run", procedure, "-p", "since",
+                        WINDOW["since"], "-p", "until", WINDOW["until"], *args, "--no-progress", "--incident", "E",
+                        "--evidence-dir", str(tmp_path / "ev")], env=env, cwd=tmp_path, capture_output=True,
+                       text=True, timeout=300)
+    lines = r.stderr.strip().splitlines()
+    assert r.returncode == exit_code and len(lines) == 1 and says in lines[0], r.stderr
+    assert marked_processes(mark) == set(), "a kernel outlived the CLI"
+    assert list(tmp_path.rglob(runner.KERNEL_LOG)) == []
+
+
+def test_the_kernel_output_is_held_until_the_run_folder_takes_it(tmp_path):
+    """What the kernel process writes before its run folder exists reaches kernel.log when the folder does; later
+    output is written as it comes; a kernel that says nothing leaves no file."""
+    out = kernel.KernelOutput()
+    child = subprocess.Popen([sys.executable, "-c", "import sys, time; sys.stderr.write('at boot\\n'); "
+                              "sys.stderr.flush(); sys.stdin.readline(); print('later', flush=True)"],
+                             stdin=subprocess.PIPE, stdout=out.fd, stderr=out.fd, text=True)
+    out.launched()
+    log = tmp_path / "kernel.log"
+    deadline = time.monotonic() + 60
+    while b"at boot" not in out._held and time.monotonic() < deadline:  # read by the relay, held
+        time.sleep(0.02)
+    assert not log.exists()
+    out.attach(log)
+    assert log.read_text() == "at boot\n"
+    child.communicate("go\n", timeout=60)
+    out.settle()
+    assert log.read_text() == "at boot\nlater\n"  # before close: written as it came
+    out.close()
+    silent = kernel.KernelOutput()
+    subprocess.run([sys.executable, "-c", "pass"], stdout=silent.fd, stderr=silent.fd, check=True)
+    silent.launched()
+    silent.attach(tmp_path / "silent.log")
+    silent.close()
+    assert not (tmp_path / "silent.log").exists()
