@@ -242,6 +242,8 @@ def _execute_notebook(nb_in: Path, nb_out: Path, run_dir: Path, injected: dict[s
     """
     import papermill as pm
 
+    from .papermill_engine import ENGINE
+
     papermill_error: str | None = None
     kernel_died = False
     with _papermill_logging(log_output), warnings.catch_warnings():
@@ -252,7 +254,7 @@ def _execute_notebook(nb_in: Path, nb_out: Path, run_dir: Path, injected: dict[s
             pm.execute_notebook(
                 str(nb_in), str(nb_out), parameters=injected, progress_bar=progress_bar, log_output=log_output,
                 kernel_name="python3", cwd=str(Path.cwd()), report_mode=False, km=kernel.km,
-                kernel_manager_class=kernel.manager_class, extra_arguments=KERNEL_ARGUMENTS,
+                kernel_manager_class=kernel.manager_class, extra_arguments=KERNEL_ARGUMENTS, engine_name=ENGINE,
             )
         except pm.PapermillExecutionError as exc:
             papermill_error = f"{exc.ename}: {exc.evalue}"
