@@ -152,10 +152,14 @@ def boot() -> Kernel:
     cls = manager_class(output.fd)
     km = cls(kernel_name="python3")
     kernel = Kernel(None, cls, output, manager=km)
-    with contextlib.suppress(Exception):  # papermill starts one itself then (and reports)
-        run_sync(km.start_kernel)(extra_arguments=KERNEL_ARGUMENTS, cwd=str(Path.cwd()))
-        kernel.km = km
-        output.launched()
+    try:
+        with contextlib.suppress(Exception):  # papermill starts one itself then (and reports)
+            run_sync(km.start_kernel)(extra_arguments=KERNEL_ARGUMENTS, cwd=str(Path.cwd()))
+            kernel.km = km
+            output.launched()
+    except BaseException:  # an interrupt while it starts: nothing is left behind
+        kernel.end()
+        raise
     return kernel
 
 
