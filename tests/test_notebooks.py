@@ -185,7 +185,11 @@ def test_the_kernel_process_never_writes_to_the_cli_stderr(incident_db, target_e
     out = run_procedure("token-reversal", WINDOW, incident="K2", evidence_root=tmp_path / "ev", progress_bar=False)
     log = out.run_dir / "kernel.log"
     assert out.exit_code == 0, out.error
-    assert not log.exists(), f"the kernel wrote to stderr: {log.read_text()[:3000]!r}"
+    # libzmq's own abort at the kernel's teardown ("Assertion failed: pfd.revents & POLLIN (src/signaler.cpp:238)",
+    # seen now and then on CI) is what kernel.log is for: the one thing tolerated from a silent notebook's kernel
+    said = [ln for ln in log.read_text().splitlines() if ln.strip()] if log.exists() else []
+    assert (not log.exists()) or (said and all("signaler.cpp" in ln for ln in said)), \
+        f"the kernel wrote to stderr: {log.read_text()[:3000]!r}"
 
 
 def test_log_output_streams_the_notebook_to_stdout(incident_db, tmp_path):
