@@ -31,10 +31,12 @@ KERNEL_LOG = "kernel.log"
 #: at exit, after every atexit handler, the interpreter skips its last collections over the objects the notebook
 #: made (pandas, SQLAlchemy, matplotlib…), which kept papermill waiting ~0.4 s for the kernel to end; files and
 #: connections are closed as before. Then the notebooks' own first imports (~0.45 s of their first code cell),
-#: synchronously, before the kernel answers; one that fails fails again, visibly, in that cell. One option: given
-#: twice, ``exec_lines`` runs neither (each is read as a line of code, a list literal).
+#: synchronously, before the kernel answers; one that fails fails again, visibly, in that cell. Last, matplotlib's
+#: import (~0.35 s of the first plot's cell) on a background thread (:func:`runbook_lib.plots.preload`): it runs
+#: while the kernel waits for cells and for the review's queries. One option: given twice, ``exec_lines`` runs
+#: neither (each is read as a line of code, a list literal).
 KERNEL_START = ["import atexit as _a, gc as _g; _a.register(_g.freeze); del _a, _g",
-                "import runbook_lib.run, runbook_lib.display", "del runbook_lib"]
+                "import runbook_lib.run, runbook_lib.display", "runbook_lib.plots.preload()", "del runbook_lib"]
 #: the kernel's command line. Its own log (start-up warnings such as "running over TCP without encryption" on a local
 #: socket, and at shutdown "ERROR | KeyboardInterrupt caught in kernel", as jupyter_client interrupts the kernel
 #: before every shutdown) is routine noise: only what is critical reaches kernel.log. Every failure reaches the

@@ -246,15 +246,13 @@ def by_voucher_frame(conn: Connection, names: NameMap, q: dict[str, str], where_
 
 def applied_totals(conn: Connection) -> dict[str, int]:
     """An apply's figures, counted in rb_affected / rb_users after it: rows and tokens reversed, users."""
-    counts: dict[str, int] = {}
-    counts["rows_reversed"] = int(conn.execute(sa.text("select count(*) from rb_affected")).scalar_one())
-    counts["tokens_reversed"] = int(conn.execute(sa.text("select coalesce(sum(amount),0) from rb_affected")).scalar_one())
-    counts["users_affected"] = int(conn.execute(sa.text("select count(*) from rb_users where included")).scalar_one())
-    counts["users_left_negative"] = int(conn.execute(sa.text(
-        "select count(*) from rb_users where included and new_balance < 0")).scalar_one())
-    counts["clamp_shortfall"] = int(conn.execute(sa.text(
-        "select coalesce(sum(shortfall),0) from rb_users where included")).scalar_one())
-    return counts
+    row = conn.execute(sa.text(
+        "select (select count(*) from rb_affected) as rows_reversed, "
+        "(select coalesce(sum(amount),0) from rb_affected) as tokens_reversed, "
+        "count(*) filter (where included) as users_affected, "
+        "count(*) filter (where included and new_balance < 0) as users_left_negative, "
+        "coalesce(sum(shortfall) filter (where included),0) as clamp_shortfall from rb_users")).mappings().one()
+    return {k: int(v) for k, v in row.items()}
 
 
 def type_value(conn: Connection, names: NameMap, rp: ReversalPlan) -> str:

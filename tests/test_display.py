@@ -156,6 +156,22 @@ def test_a_plot_is_drawn_once_to_png_with_its_labels_inside(shown):
         assert box.x0 >= 0 and box.y0 >= 0 and box.x1 <= width and box.y1 <= height, label.get_text()
 
 
+def test_preload_imports_matplotlib_once_ahead_of_the_first_plot(shown, monkeypatch):
+    """The CLI's kernel calls ``plots.preload()`` at its start: one background thread imports matplotlib, a plot
+    waits for it; a failing preload is silent (the plot's own import is the one that reports)."""
+    from runbook_lib import plots
+
+    monkeypatch.setattr(plots, "_preloading", None)
+    monkeypatch.setattr(plots, "_PRELOADED", ("runbook_no_such_module", "matplotlib.figure"))
+    plots.preload()
+    first = plots._preloading
+    plots.preload()
+    assert first is not None and plots._preloading is first and first.name == "runbook-matplotlib-preload"
+    display.plot_totals(pd.DataFrame({"voucher": ["A", "B"], "tokens": [1, 2]}), "t", x="voucher", y="tokens")
+    assert not first.is_alive()  # the plot joined it
+    assert [o for o in shown if isinstance(o, display.Plot)]
+
+
 def hist(rows: list[tuple[str, int, int, int]]) -> pd.DataFrame:
     """token reversal's histogram frame: width_bucket numbers (numeric), bucket starts, users (bigint)."""
     return pd.DataFrame([{"state": s, "bucket": Decimal(b), "from": Decimal(f), "users": u} for s, b, f, u in rows],

@@ -275,8 +275,9 @@ def expected_after(conn: Connection) -> AfterExpected:
     # as two array literals PostgreSQL writes (:mod:`runbook_lib.user_ids`: 500,000 users are two strings, not a
     # million Python objects); the start in the ledger's own clock (naive UTC, as apply_reversal writes its rows)
     n, ids, balances, started = conn.execute(sa.text(
-        "select count(*), coalesce(array_agg(user_id::text order by user_id)::text, '{}'), "
-        "coalesce(array_agg(new_balance::bigint order by user_id)::text, '{}'), now() at time zone 'utc' "
+        "select count(*), coalesce(array_agg(user_id::text order by user_id::text collate \"C\")::text, '{}'), "
+        "coalesce(array_agg(new_balance::bigint order by user_id::text collate \"C\")::text, '{}'), "
+        "now() at time zone 'utc' "
         "from rb_users where included")).one()
     return AfterExpected(user_ids=UserIds(int(n), str(ids)), balances=str(balances), since=started)
 
