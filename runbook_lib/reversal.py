@@ -34,6 +34,7 @@ from .params import INSPECT_USER_DESCRIPTION, DestructiveParams, InspectUser, Le
 from .reversal_sql import (
     LEDGER,
     NOW_UTC,
+    analyze_temp,
     applied_totals,
     balances_frame,
     by_day_frame,
@@ -275,6 +276,7 @@ def lock_reversal(conn: Connection, names: NameMap, where_sql: str, where_params
         f"{selected_columns(q, source_id, grants.metadata_code(conn, names))} from {q['ledger']} tt "
         f"where ({where_sql}) order by tt.{q['id']}::text collate \"C\" for update of tt"), where_params)
     conn.info["rb_locked"] = selection_key(where_sql, where_params)
+    analyze_temp(conn, "rb_locked")  # kept by the rename to rb_affected; plans the balance lock's join by hash
     # then the balance rows of their users, in user order; counted in the database: no row goes to Python
     return int(conn.execute(sa.text(
         f"select count(*) from (select 1 from {q['balances']} b where b.{q['b_user_id']} in "
