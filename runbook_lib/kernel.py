@@ -80,6 +80,11 @@ class KernelOutput:
         self._file.flush()
         self._held.clear()
 
+    def held(self) -> bytes:
+        """What the kernel wrote that is not in a file yet (before :meth:`attach`: all of it)."""
+        with self._lock:
+            return bytes(self._held)
+
     def attach(self, path: Path) -> None:
         """From now on the output goes to ``path`` (what was held first)."""
         with self._lock:
@@ -112,16 +117,21 @@ class KernelOutput:
 
 @dataclass
 class Kernel:
-    """The notebook's kernel: its manager (``km``; None when the early start failed: papermill then starts one,
-    and reports what fails), the manager class whose kernel process writes its own output to ``output``."""
+    """The notebook's kernel: its manager (started or not: what ``end`` shuts down) of the class whose kernel
+    process writes its own output to ``output``; :attr:`km` is the manager once its kernel started."""
 
-    km: Any
+    manager: Any
     manager_class: type
     output: KernelOutput
-    manager: Any = None  # the manager, started or not: what ``end`` shuts down
+    started: bool = False  # False when the early start failed: papermill then starts one, and reports what fails
     asked_to_end: bool = False
     ran: bool = False  # a run's notebook was given to it: ended gently, as nbclient would
     ended: bool = field(default=False, repr=False)
+
+    @property
+    def km(self) -> Any:
+        """The manager of the started kernel, handed to papermill (None: papermill starts its own)."""
+        return self.manager if self.started else None
 
     def ask_to_end(self) -> None:
         """Ask the kernel to end, without waiting (``end`` waits, on the run's way out: the report renders
@@ -153,11 +163,11 @@ def boot() -> Kernel:
     output = KernelOutput()
     cls = manager_class(output.fd)
     km = cls(kernel_name="python3")
-    kernel = Kernel(None, cls, output, manager=km)
+    kernel = Kernel(km, cls, output)
     try:
         with contextlib.suppress(Exception):  # papermill starts one itself then (and reports)
             run_sync(km.start_kernel)(extra_arguments=KERNEL_ARGUMENTS, cwd=str(Path.cwd()))
-            kernel.km = km
+            kernel.started = True
             output.launched()
     except BaseException:  # an interrupt while it starts: nothing is left behind
         kernel.end()

@@ -178,7 +178,7 @@ def test_the_kernel_output_is_held_until_the_run_folder_takes_it(tmp_path):
     out.launched()
     log = tmp_path / "kernel.log"
     deadline = time.monotonic() + 60
-    while b"at boot" not in out._held and time.monotonic() < deadline:  # read by the relay, held
+    while b"at boot" not in out.held() and time.monotonic() < deadline:  # read by the relay, held
         time.sleep(0.02)
     assert not log.exists()
     out.attach(log)
