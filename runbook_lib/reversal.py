@@ -34,8 +34,10 @@ from .params import INSPECT_USER_DESCRIPTION, DestructiveParams, InspectUser, Le
 from .reversal_sql import (
     LEDGER,
     NOW_UTC,
+    UserRange,
     analyze_temp,
     applied_totals,
+    balance_range,
     balances_frame,
     by_day_frame,
     by_voucher_frame,
@@ -124,6 +126,8 @@ class ReversalPlan:
     #: the selection and the per-user decisions are already in this transaction's temp tables rb_affected and
     #: rb_users (computed under the locks, for execute): apply_reversal works on exactly the rows the plan saw
     materialized: bool = False
+    #: the user id range every selected user lies in (an online batch's), or None: balance rows are read in it
+    users: UserRange | None = None
 
 
 @dataclass
@@ -162,7 +166,8 @@ def _ledger_facts(conn: Connection, names: NameMap, ledger_mode: str, negative_p
 
 
 def _selection(conn: Connection, q: dict[str, str], where_sql: str, where_params: dict[str, Any],
-               facts: _LedgerFacts, negative_policy: str, base: str, *, detail: bool) -> tuple[str, str, bool]:
+               facts: _LedgerFacts, negative_policy: str, base: str, *, detail: bool,
+               users: UserRange | None) -> tuple[str, str, bool]:
     """The CTE prefix the plan's totals read the selection through, the SQL of the already-reversed count, and
     whether the selection was materialized into this transaction's temp tables."""
     link = facts.link
@@ -172,7 +177,7 @@ def _selection(conn: Connection, q: dict[str, str], where_sql: str, where_params
         "select current_setting('transaction_read_only') = 'off'")).scalar())
     if materialize:
         already = materialize_selection(conn, q, where_sql, where_params, link=link, source_id=facts.has["sourceId"],
-                                        voucher_code_sql=facts.voucher_code_sql, policy=negative_policy)
+                                        voucher_code_sql=facts.voucher_code_sql, policy=negative_policy, users=users)
         selected = "with affected as (select id, user_id, amount from rb_affected), decided as (select * from rb_users) "
         return selected, str(int(already)), True
     if link:
@@ -202,15 +207,17 @@ def plan_reversal(
     top_users: int = 50,
     detail: bool = True,
     grant_link: str = "voucher_and_user",
+    users: UserRange | None = None,
 ) -> ReversalPlan:
-    """Compute what reversing the matching ledger rows would do, with aggregated, set-based queries."""
+    """Compute what reversing the matching ledger rows would do, with aggregated, set-based queries. ``users``: a
+    user id range every selected user lies in (an online batch's), read for the balances of an execute."""
     facts = _ledger_facts(conn, names, ledger_mode, negative_policy, reversal_type)
     q = ledger_names(names)
     link, resolved_type = facts.link, facts.resolved_type
     where_params = {**where_params, "rb_rsource": reversal_source}
     base = decided_ctes(q, where_sql, link, negative_policy)
     selected, already_sql, materialize = _selection(conn, q, where_sql, where_params, facts, negative_policy, base,
-                                                    detail=detail)
+                                                    detail=detail, users=users)
     totals = plan_totals(conn, selected, already_sql, where_params)
     summary = {k: (int(v) if not k.endswith("_digest") else v) for k, v in totals.items()
                if not k.endswith("_digest")}
@@ -226,6 +233,7 @@ def plan_reversal(
         digest=digest, has_balance_after=facts.has["balanceAfter"], link=link, has_type=facts.has["type"],
         has_source_id=facts.has["sourceId"], has_description=facts.has["description"],
         type_is_enum=facts.type_is_enum, voucher_code_sql=facts.voucher_code_sql, materialized=materialize,
+        users=users,
     )
     summary["reversal_type"] = resolved_type or "-"
     summary["reversal_link"] = link.description if link else "none (delete mode)"
@@ -261,8 +269,10 @@ def _warnings(rp: ReversalPlan, summary: dict[str, Any], negative_policy: str, a
         rp.warnings.append(f"{already:,} matching rows were already reversed by an earlier run and are left alone")
 
 
-def lock_reversal(conn: Connection, names: NameMap, where_sql: str, where_params: dict[str, Any]) -> int:
-    """Lock the affected ledger rows and their users' balance rows, in id order (no deadlocks).
+def lock_reversal(conn: Connection, names: NameMap, where_sql: str, where_params: dict[str, Any],
+                  users: UserRange | None = None) -> int:
+    """Lock the affected ledger rows and their users' balance rows, in id order (no deadlocks). ``users``: a user id
+    range every selected user lies in (an online batch's): the balance rows are looked up in it.
 
     One scan of the selection: the locked ledger rows are kept in the temp table ``rb_locked`` (dropped at
     COMMIT), from which the plan recomputed under these locks takes its selection instead of scanning the ledger
@@ -278,10 +288,11 @@ def lock_reversal(conn: Connection, names: NameMap, where_sql: str, where_params
     conn.info["rb_locked"] = selection_key(where_sql, where_params)
     analyze_temp(conn, "rb_locked")  # kept by the rename to rb_affected; plans the balance lock's join by hash
     # then the balance rows of their users, in user order; counted in the database: no row goes to Python
+    in_range, range_binds = balance_range(q, users)
     return int(conn.execute(sa.text(
         f"select count(*) from (select 1 from {q['balances']} b where b.{q['b_user_id']} in "
-        f"(select distinct user_id from rb_locked) order by b.{q['b_user_id']}::text collate \"C\" for update) s")
-    ).scalar_one())
+        f"(select distinct user_id from rb_locked){in_range} order by b.{q['b_user_id']}::text collate \"C\" "
+        "for update) s"), range_binds).scalar_one())
 
 
 def apply_reversal(conn: Connection, names: NameMap, rp: ReversalPlan) -> dict[str, int]:
@@ -300,9 +311,10 @@ def apply_reversal(conn: Connection, names: NameMap, rp: ReversalPlan) -> dict[s
     if rp.negative_policy == "clamp":
         counts["clamp_rows_inserted"] = insert_clamp_rows(conn, names, q, rp, meta_type, binds)
     upd = f", {q['b_updated_at']} = {NOW_UTC}" if nmod.has_column(conn, names, "UserTokenBalance", "updatedAt") else ""
+    in_range, range_binds = balance_range(q, rp.users)
     counts["balances_updated"] = conn.execute(sa.text(
         f"update {q['balances']} b set {q['b_balance']} = u.new_balance{upd} from rb_users u "
-        f"where b.{q['b_user_id']} = u.user_id and u.included")).rowcount
+        f"where b.{q['b_user_id']} = u.user_id and u.included{in_range}"), range_binds).rowcount
     counts.update(applied_totals(conn))
     return counts
 
@@ -312,7 +324,7 @@ def _ensure_selection(conn: Connection, q: dict[str, str], rp: ReversalPlan) -> 
     users the policy leaves out."""
     if not (rp.materialized and conn.execute(sa.text("select to_regclass('pg_temp.rb_users')")).scalar()):
         materialize_selection(conn, q, rp.where_sql, rp.where_params, link=rp.link, source_id=rp.has_source_id,
-                              voucher_code_sql=rp.voucher_code_sql, policy=rp.negative_policy)
+                              voucher_code_sql=rp.voucher_code_sql, policy=rp.negative_policy, users=rp.users)
     conn.execute(sa.text("delete from rb_affected a using rb_users u where u.user_id = a.user_id and not u.included"))
 
 
@@ -320,12 +332,13 @@ def check_reversal(conn: Connection, names: NameMap, rp: ReversalPlan, counts: d
     """Invariants before COMMIT, recomputed from the database; raise InvariantError (-> ROLLBACK)."""
     q = ledger_names(names)
     problems: list[str] = []
+    in_range, range_binds = balance_range(q, rp.users)
 
     def users_whose_balance(condition: str) -> int:
         """How many included users' balances meet ``condition`` (on ``b``, the balance row, and ``u``)."""
         return int(conn.execute(sa.text(
             f"select count(*) from rb_users u join {q['balances']} b on b.{q['b_user_id']} = u.user_id "
-            f"where u.included and {condition}")).scalar_one())
+            f"where u.included{in_range} and {condition}"), range_binds).scalar_one())
 
     if wrong_balance := users_whose_balance(f"b.{q['b_balance']} <> u.before - u.total + u.shortfall"):
         problems.append(f"{wrong_balance} balances differ from before - reversed total (+ clamp shortfall)")

@@ -35,6 +35,8 @@ if TYPE_CHECKING:
     from .reversal import ReversalPlan
 
 LEDGER, BALANCE = "TokenTransaction", "UserTokenBalance"
+#: a range of user ids, (first, last) inclusive: an online batch's users (:func:`balance_range`)
+UserRange = tuple[str, str]
 #: the time the rows a reversal writes carry (the ledger stores naive UTC)
 NOW_UTC = "(now() at time zone 'utc')"
 
@@ -65,8 +67,19 @@ def affected_cte(q: dict[str, str], where_sql: str, link: ReversalLink | None) -
     )
 
 
-def decision_sql(q: dict[str, str], policy: str) -> str:
-    """Per user: count, total, balance before, included?, new balance, shortfall (clamp)."""
+def balance_range(q: dict[str, str], users: UserRange | None) -> tuple[str, dict[str, Any]]:
+    """`` and `` a condition keeping the balance rows of the user id range ``users`` (first, last; inclusive), and its
+    binds; nothing without a range. An online batch is such a range (every user it selects lies in it): its balance
+    rows are then read through the user id index's range, not the whole balance table once per batch."""
+    if users is None:
+        return "", {}
+    return (f" and {q['b_user_id']} >= :rb_ufirst and {q['b_user_id']} <= :rb_ulast",
+            {"rb_ufirst": users[0], "rb_ulast": users[1]})
+
+
+def decision_sql(q: dict[str, str], policy: str, balance_where: str = "") -> str:
+    """Per user: count, total, balance before, included?, new balance, shortfall (clamp); ``balance_where``
+    (:func:`balance_range`) narrows the balance rows read."""
     raw_after = "(b.bal - p.total)"
     if policy == "clamp":
         # stop at zero, or where the balance already was if it was below zero: a reversal never raises a balance
@@ -80,7 +93,8 @@ def decision_sql(q: dict[str, str], policy: str) -> str:
         "group by user_id), "
         f"decided as (select p.user_id, p.n, p.total, b.bal as before, {raw_after} as raw_after, "
         f"({include}) as included, {new_bal} as new_balance, {shortfall} as shortfall "
-        f"from per_user p left join (select {q['b_user_id']} as uid, {q['b_balance']}::bigint as bal from {q['balances']}) b "
+        f"from per_user p left join (select {q['b_user_id']} as uid, {q['b_balance']}::bigint as bal from {q['balances']} "
+        f"where true{balance_where}) b "
         "on b.uid = p.user_id)"
     )
 
@@ -123,7 +137,8 @@ def analyze_temp(conn: Connection, table: str) -> None:
 
 
 def materialize_selection(conn: Connection, q: dict[str, str], where_sql: str, where_params: dict[str, Any], *,
-                          link: ReversalLink | None, source_id: bool, voucher_code_sql: str | None, policy: str) -> int:
+                          link: ReversalLink | None, source_id: bool, voucher_code_sql: str | None, policy: str,
+                          users: UserRange | None = None) -> int:
     """The selection into ``rb_affected`` (rows not reversed yet) and the per-user decisions into ``rb_users``,
     temp tables dropped at COMMIT; returns how many selected rows were already reversed. At most one scan of the
     ledger: none when the lock step already kept the locked rows of this very selection (``rb_locked``)."""
@@ -145,9 +160,10 @@ def materialize_selection(conn: Connection, q: dict[str, str], where_sql: str, w
             f"delete from rb_affected a using (select r.{link.column} as oid from {q['ledger']} r "
             f"where {link.reversals_among('r', 'select id from rb_affected')}) x where x.oid = a.id"),
             where_params).rowcount
+    in_range, range_binds = balance_range(q, users)
     conn.execute(sa.text(
         f"create temp table rb_users on commit drop as with affected as (select * from rb_affected), "
-        f"{decision_sql(q, policy)} select * from decided"))
+        f"{decision_sql(q, policy, in_range)} select * from decided"), range_binds)
     # statistics for the planner (a temp table has none); no indexes: the later statements join by hash
     analyze_temp(conn, "rb_users")
     return int(already)

@@ -81,6 +81,32 @@ def test_online_ends_where_one_transaction_ends(incident_db, engine_for, target_
     assert again.result is not None and not again.result.changed and ledger_count(eng) == n
 
 
+def test_a_batch_reads_the_balance_rows_of_its_own_user_range(incident_db, engine_for, target_env):
+    """Every statement of a batch that reads the balance table (the lock, the decisions, the update, the checks) is
+    narrowed to the batch's user id range (``reversal_sql.balance_range``), the range bound as the batch's first and
+    last user: one index range per batch, not the whole balance table once per batch."""
+    target_env(incident_db)
+    plan = review(ONLINE)
+    assert plan.batches is not None and len(plan.batches) > 1
+    seen: list[tuple[str, dict]] = []
+
+    def record(conn, cursor, statement, parameters, context, executemany):
+        if "user_token_balances" in statement and isinstance(parameters, dict) and "rb_ufirst" in parameters:
+            seen.append((statement, parameters))
+
+    sa.event.listen(sa.engine.Engine, "before_cursor_execute", record)
+    try:
+        execute(ONLINE, plan.plan_id)
+    finally:
+        sa.event.remove(sa.engine.Engine, "before_cursor_execute", record)
+    per_range: dict[tuple[str, str], list[str]] = {}
+    for statement, p in seen:
+        per_range.setdefault((p["rb_ufirst"], p["rb_ulast"]), []).append(statement.split()[0].lower())
+    assert set(per_range) == {(b.first, b.last) for b in plan.batches}
+    for kinds in per_range.values():  # the lock, the decisions (create temp table), the update, the balance check
+        assert kinds.count("update") == 1 and kinds.count("create") == 1 and kinds.count("select") >= 2, kinds
+
+
 def test_a_failure_between_batches_leaves_whole_batches_and_a_rerun_finishes(incident_db, engine_for, target_env,
                                                                              tmp_path, monkeypatch):
     target_env(incident_db)

@@ -68,7 +68,7 @@ def batch_digests(conn: Connection, params: Params, names: NameMap, batches: lis
 
 def lock_batch(conn: Connection, params: Params, names: NameMap, batch: Batch) -> None:
     where_sql, where_params, _ = _batch_selection(conn, params, names, batch)
-    lock_reversal(conn, names, where_sql, where_params)
+    lock_reversal(conn, names, where_sql, where_params, users=(batch.first, batch.last))
 
 
 def plan_batch(conn: Connection, params: Params, names: NameMap, batch: Batch) -> Plan[TokenReversalDetails]:
@@ -77,7 +77,8 @@ def plan_batch(conn: Connection, params: Params, names: NameMap, batch: Batch) -
     rp = plan_reversal(
         conn, names, where_sql=where_sql, where_params=where_params, ledger_mode=params.ledger_mode,
         negative_policy=params.negative_policy, reversal_type=params.reversal_type,
-        reversal_source=params.reversal_source, detail=False, grant_link=params.grant_link)
+        reversal_source=params.reversal_source, detail=False, grant_link=params.grant_link,
+        users=(batch.first, batch.last))
     p = _to_plan(rp, params)
     # read-only (a failed batch's re-check): no temp tables
     base = None if rp.materialized else decided_ctes(ledger_names(names), rp.where_sql, rp.link,
