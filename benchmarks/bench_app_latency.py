@@ -63,7 +63,7 @@ from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
-from common import RAW_SQL, ROOT, SINCE, UNTIL, Cluster, generate, machine
+from common import ROOT, SINCE, UNTIL, Cluster, generate, machine, run_raw_sql
 
 APP_NAME = "app-sim"
 KINDS = ("redeem", "spend", "regenerate")
@@ -492,10 +492,7 @@ def run_mode(url: str, mode: str, s: Settings, affected: list[str], unaffected: 
         if mode == "no reversal":
             time.sleep(s.idle_s)
         elif mode == "raw SQL":
-            raw = sa.create_engine(url, poolclass=sa.pool.NullPool)
-            with raw.begin() as c:
-                c.exec_driver_sql(RAW_SQL)
-            raw.dispose()
+            run_raw_sql(url)
         else:
             run = Run("token-reversal", {**window, "mode": "execute", "approved_plan": pid, **extra}, url=url)
             gate = contextlib.nullcontext() if from_start else gate_at_locks(load)

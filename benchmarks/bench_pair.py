@@ -22,11 +22,9 @@ import os
 import statistics
 import subprocess
 import sys
-import time
 from pathlib import Path
 
-import sqlalchemy as sa
-from common import RAW_SQL, SINCE, UNTIL, Cluster, counted, machine
+from common import SINCE, UNTIL, Cluster, counted, machine, run_raw_sql
 
 #: the checkout's child: review (not timed), then the timed execute; JSON after "RESULT "
 CHILD = r'''
@@ -56,16 +54,6 @@ def run_child(code: Path, url: str, mode: str) -> float:
     return float(json.loads(proc.stdout.rsplit("RESULT ", 1)[1])["execute"])
 
 
-def raw_sql(url: str) -> float:
-    eng = sa.create_engine(url, poolclass=sa.pool.NullPool)
-    t = time.perf_counter()
-    with eng.begin() as c:
-        c.exec_driver_sql(RAW_SQL)
-    took = time.perf_counter() - t
-    eng.dispose()
-    return took
-
-
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--base", required=True, help="an existing database of the benchmark's shape, copied per run")
@@ -81,7 +69,7 @@ def main() -> int:
     data = counted(cluster, args.base)
     samples: dict[str, list[float]] = {"raw SQL execute": []}
     for i in range(args.pairs):
-        samples["raw SQL execute"].append(raw_sql(cluster.fresh_copy("bench_pair", args.base)))
+        samples["raw SQL execute"].append(run_raw_sql(cluster.fresh_copy("bench_pair", args.base)))
         for label, code in codes[i % len(codes):] + codes[:i % len(codes)]:
             for mode in modes:
                 took = run_child(code, cluster.fresh_copy("bench_pair", args.base), mode)

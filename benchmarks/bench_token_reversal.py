@@ -31,8 +31,7 @@ import tempfile
 import time
 from pathlib import Path
 
-import sqlalchemy as sa
-from common import RAW_SQL, ROOT, SINCE, UNTIL, Cluster, counted, generate, machine
+from common import RAW_SQL, ROOT, SINCE, UNTIL, Cluster, counted, generate, machine, run_raw_sql
 
 __all__ = ["RAW_SQL", "SINCE", "UNTIL", "machine", "main"]  # RAW_SQL and the window live in common.py
 
@@ -95,13 +94,7 @@ def main() -> int:
 
     res = None
     for i in range(args.repeat):  # alternate raw and runbook on fresh copies; the median is reported
-        raw_url = fresh_copy("bench_raw")
-        raw = sa.create_engine(raw_url, poolclass=sa.pool.NullPool)
-        t = time.perf_counter()
-        with raw.begin() as c:
-            c.exec_driver_sql(RAW_SQL)
-        samples["raw SQL execute"].append(time.perf_counter() - t)
-        raw.dispose()
+        samples["raw SQL execute"].append(run_raw_sql(fresh_copy("bench_raw")))
 
         os.environ["DATABASE_URL"] = fresh_copy("bench_lib")
         t = time.perf_counter()

@@ -59,6 +59,19 @@ def window(since: str, until: str) -> tuple[str, str]:
 RAW_SQL, AFFECTED_WHERE = window(SINCE, UNTIL)
 
 
+def run_raw_sql(url: str, sql: str = RAW_SQL) -> float:
+    """The hand-written reversal ``sql`` (default: the incident window's) in one transaction on ``url``; its
+    seconds, from BEGIN to COMMIT (the engine's creation and disposal outside)."""
+    eng = sa.create_engine(url, poolclass=sa.pool.NullPool)
+    try:
+        t = time.perf_counter()
+        with eng.begin() as c:
+            c.exec_driver_sql(sql)
+        return time.perf_counter() - t
+    finally:
+        eng.dispose()
+
+
 def machine() -> str:
     cpu = platform.processor() or platform.machine()
     try:
