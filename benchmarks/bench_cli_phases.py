@@ -214,9 +214,7 @@ def ensure_data(admin: sa.engine.Engine, url_of: Any, rows: int) -> tuple[str, i
         eng = sa.create_engine(url_of(f"{base}_tmp"), poolclass=sa.pool.NullPool)
         with eng.begin() as c:
             deploy(c, ROOT / "demo" / "prisma" / "migrations")
-        seed.seed_bulk(eng, users=max(rows // 5, 100), ledger_rows=rows)
-        with eng.connect() as c:
-            c.exec_driver_sql("ANALYZE")
+        seed.seed_bulk(eng, users=max(rows // 5, 100), ledger_rows=rows)  # analysed there
         eng.dispose()
         with admin.connect() as c:
             c.exec_driver_sql(f'ALTER DATABASE "{base}_tmp" RENAME TO "{base}"')

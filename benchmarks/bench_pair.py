@@ -83,7 +83,7 @@ def main() -> int:
         f"- machine: {machine()}",
         f"- PostgreSQL: {cluster.describe()}; {cluster.settings()}",
         f"- data: {args.base}: {data.ledger_rows:,} ledger rows, {data.users:,} users, {data.affected_rows:,} "
-        "affected rows; every run on a fresh analysed copy",
+        f"affected rows, {data.layout}; every run on a fresh analysed copy",
         "- code: " + ", ".join(label for label, _ in codes) + (f" ({args.note})" if args.note else ""),
         f"- {args.pairs} pairs, the checkouts' order rotating; median (min–max) seconds of `Run.execute` (the review "
         "before it not timed)", "",

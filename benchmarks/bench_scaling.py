@@ -44,7 +44,7 @@ def main() -> int:
     if not args.base:
         cluster.drop(base)
 
-    report = render(rows, cluster, data.ledger_rows, data.users, base)
+    report = render(rows, cluster, data.ledger_rows, data.users, base, data.layout)
     print(report)
     Path(args.out).write_text(report)
     return 0
@@ -94,7 +94,8 @@ def fit(xs: list[float], ys: list[float]) -> str:
     return f"{intercept:+.2f} s + {slope * 1e6:.1f} µs × rows (R² {r2:.4f})"
 
 
-def render(rows: list[dict[str, float]], cluster: Cluster, ledger: int, users: int, base: str) -> str:
+def render(rows: list[dict[str, float]], cluster: Cluster, ledger: int, users: int, base: str,
+           layout: str = "") -> str:
     xs = [r["rows"] for r in rows]
     lines = [
         "# Scaling: a token reversal's time against the affected rows, on a table of fixed size",
@@ -102,8 +103,10 @@ def render(rows: list[dict[str, float]], cluster: Cluster, ledger: int, users: i
         f"- date: {dt.datetime.now(dt.UTC).isoformat(timespec='seconds')}",
         f"- machine: {machine()}",
         f"- PostgreSQL: {cluster.describe()}; {cluster.settings()}",
-        f"- data: {ledger:,} ledger rows, {users:,} users (database {base}); windows from {SINCE}",
-        "- each step once, on its own fresh copy of the data; the library's review and execute on the same copy",
+        f"- data: {ledger:,} ledger rows, {users:,} users (database {base}); windows from {SINCE}"
+        + (f"; {layout}" if layout else ""),
+        "- each step once, on its own fresh analysed copy of the data; the library's review and execute on the same "
+        "copy",
         "",
         "| window | affected rows | users | raw SQL s | library review s | library execute s | execute × raw |",
         "| ---: | ---: | ---: | ---: | ---: | ---: | ---: |",

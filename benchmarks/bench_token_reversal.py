@@ -177,10 +177,11 @@ def main() -> int:
         "- schema: the real application's shape (demo/prisma: no link column, reversals linked by source + "
         "sourceId), only the application's own indexes",
         f"- data: {n_ledger:,} ledger rows, {n_users:,} users; {n_aff:,} affected rows "
-        f"({res.counts['users_affected']:,} users, {res.counts['tokens_reversed']:,} tokens); {generated}",
+        f"({res.counts['users_affected']:,} users, {res.counts['tokens_reversed']:,} tokens); {generated}; "
+        f"{data.layout}",
         "",
         f"Median of {args.repeat} runs for the raw SQL and library rows, of {args.cli_repeat} for the CLI rows "
-        "(each on a fresh copy of the same data). 'CLI − library': the CLI run's seconds less what its notebook "
+        "(each on a fresh copy of the same data, analysed). 'CLI − library': the CLI run's seconds less what its notebook "
         "does in the library (a review: the review with its exports, then verify; an execute: review + execute + "
         "verify).",
         "",

@@ -115,10 +115,12 @@ class Cluster:
         return self.url_of(db)
 
     def fresh_copy(self, db: str, template: str) -> str:
-        """``db`` recreated from ``template`` and analyzed: every timed run starts from identical data."""
+        """``db`` recreated from ``template`` and analyzed: every timed run starts from identical data. The ANALYZE
+        commits (its column statistics are rows of pg_statistic: rolled back with its transaction, only the row
+        counts it writes in place would stay)."""
         url = self.recreate(db, template)
         e = sa.create_engine(url, poolclass=sa.pool.NullPool)
-        with e.connect() as c:
+        with e.begin() as c:
             c.exec_driver_sql("ANALYZE")
         e.dispose()
         return url
@@ -154,6 +156,20 @@ class Data:
     affected_rows: int
     seconds: float
     info: dict[str, Any]
+    #: how the ledger's rows lie in its pages (:func:`ledger_layout`), for the reports
+    layout: str = ""
+
+
+def ledger_layout(conn: sa.engine.Connection) -> str:
+    """The ledger's physical order, from the base's planner statistics: ``createdAt``'s correlation with the rows'
+    places (1.00: written in creation order, as the application writes its ledger; near 0: scattered)."""
+    corr = conn.exec_driver_sql(
+        "select correlation from pg_stats where schemaname = 'public' and tablename = 'token_transactions' "
+        "and attname = 'createdAt'").scalar()
+    if corr is None:
+        return "no column statistics on the base"
+    order = "in creation order" if corr > 0.99 else "not in creation order"
+    return f"ledger rows {order} (createdAt's correlation with their places {corr:.2f})"
 
 
 def counted(cluster: Cluster, db: str) -> Data:
@@ -163,8 +179,9 @@ def counted(cluster: Cluster, db: str) -> Data:
         n_ledger, n_users, n_aff = (int(c.exec_driver_sql(sql).scalar_one()) for sql in (
             "select count(*) from token_transactions", "select count(*) from users",
             f"select count(*) from token_transactions where {AFFECTED_WHERE}"))
+        layout = ledger_layout(c)
     eng.dispose()
-    return Data(cluster.url_of(db), n_ledger, n_users, n_aff, 0.0, {})
+    return Data(cluster.url_of(db), n_ledger, n_users, n_aff, 0.0, {}, layout)
 
 
 def generate(cluster: Cluster, db: str, users: int, ledger_rows: int) -> Data:
