@@ -54,6 +54,7 @@ from .reversal_sql import (
     sample_frame,
     selected_columns,
     selection_key,
+    unreversed_count,
     voucher_tables_exist,
 )
 
@@ -128,6 +129,9 @@ class ReversalPlan:
     materialized: bool = False
     #: the user id range every selected user lies in (an online batch's), or None: balance rows are read in it
     users: UserRange | None = None
+    #: the link where a reversing row names a row of the selection, so that a read of the selection must leave the
+    #: reversed rows out (asked row by row); None where none does (a review's statements then skip that question)
+    probe: ReversalLink | None = None
 
 
 @dataclass
@@ -166,31 +170,41 @@ def _ledger_facts(conn: Connection, names: NameMap, ledger_mode: str, negative_p
 
 
 def _selection(conn: Connection, q: dict[str, str], where_sql: str, where_params: dict[str, Any],
-               facts: _LedgerFacts, negative_policy: str, base: str, *, detail: bool,
-               users: UserRange | None) -> tuple[str, str, bool]:
-    """The CTE prefix the plan's totals read the selection through, the SQL of the already-reversed count, and
-    whether the selection was materialized into this transaction's temp tables."""
+               facts: _LedgerFacts, negative_policy: str, base: str, *, materialize: bool, probe: ReversalLink | None,
+               users: UserRange | None) -> tuple[str, str]:
+    """The CTE prefix the plan's totals read the selection through and the SQL of the already-reversed count;
+    ``materialize``: into this transaction's temp tables; ``probe``: the link, where rows of the selection may be
+    reversed (:func:`_reversal_probe`)."""
     link = facts.link
-    # execute recomputes the plan under the locks (detail=False) in a write transaction: the selection is then
-    # read once into temp tables that the plan's figures and digests, and later the apply, all come from
-    materialize = not detail and bool(conn.execute(sa.text(
-        "select current_setting('transaction_read_only') = 'off'")).scalar())
     if materialize:
         already = materialize_selection(conn, q, where_sql, where_params, link=link, source_id=facts.has["sourceId"],
                                         voucher_code_sql=facts.voucher_code_sql, policy=negative_policy, users=users)
         selected = "with affected as (select id, user_id, amount from rb_affected), decided as (select * from rb_users) "
-        return selected, str(int(already)), True
-    if link:
-        # one scan of the selection feeds both the affected rows and the count of those already reversed; the
-        # reversed ids are joined as a set (hash or index join), never looked up row by row
+        return selected, str(int(already))
+    if probe:
+        # one scan of the selection feeds both the affected rows and the count of those already reversed; each
+        # selected row probes the link column's index once (ReversalLink.has_reversal)
         selected = (
             f"with selected as (select tt.{q['id']} as id, tt.{q['user_id']} as user_id, tt.{q['amount']}::bigint as "
-            f"amount, d.oid is not null as done from {q['ledger']} tt "
-            f"left join ({link.reversed_ids(q['ledger'])}) d on d.oid = tt.{q['id']} where ({where_sql})), "
+            f"amount, {probe.has_reversal(q['ledger'], 'tt.' + q['id'])} as done from {q['ledger']} tt "
+            f"where ({where_sql})), "
             "affected as (select id, user_id, amount from selected where not done), "
             f"{decision_sql(q, negative_policy)} ")
-        return selected, "(select count(*) from selected where done)", False
-    return base, "0", False
+        return selected, "(select count(*) from selected where done)"
+    return base, "0"
+
+
+def _reversal_probe(conn: Connection, q: dict[str, str], where_sql: str, where_params: dict[str, Any],
+                    link: ReversalLink | None) -> ReversalLink | None:
+    """The link, if a reversing row names a row of the selection; else None: a review's statements then need not
+    ask it row by row (the first review of an incident: nothing reversed yet). One scan of the selection and one of
+    the link column's index for the array of its ids; the review's snapshot (REPEATABLE READ) holds for the rest."""
+    if link is None:
+        return None
+    selected_ids = f"select tt.{q['id']} from {q['ledger']} tt where ({where_sql})"
+    return link if conn.execute(sa.text(
+        f"select exists (select 1 from {q['ledger']} r where {link.reversals_among('r', selected_ids)})"),
+        where_params).scalar() else None
 
 
 def plan_reversal(
@@ -215,9 +229,14 @@ def plan_reversal(
     q = ledger_names(names)
     link, resolved_type = facts.link, facts.resolved_type
     where_params = {**where_params, "rb_rsource": reversal_source}
-    base = decided_ctes(q, where_sql, link, negative_policy)
-    selected, already_sql, materialize = _selection(conn, q, where_sql, where_params, facts, negative_policy, base,
-                                                    detail=detail, users=users)
+    # execute recomputes the plan under the locks (detail=False) in a write transaction: the selection is then
+    # read once into temp tables that the plan's figures and digests, and later the apply, all come from
+    materialize = not detail and bool(conn.execute(sa.text(
+        "select current_setting('transaction_read_only') = 'off'")).scalar())
+    probe = None if materialize else _reversal_probe(conn, q, where_sql, where_params, link)
+    base = decided_ctes(q, where_sql, probe, negative_policy)
+    selected, already_sql = _selection(conn, q, where_sql, where_params, facts, negative_policy, base,
+                                       materialize=materialize, probe=probe, users=users)
     totals = plan_totals(conn, selected, already_sql, where_params)
     summary = {k: (int(v) if not k.endswith("_digest") else v) for k, v in totals.items()
                if not k.endswith("_digest")}
@@ -233,7 +252,7 @@ def plan_reversal(
         digest=digest, has_balance_after=facts.has["balanceAfter"], link=link, has_type=facts.has["type"],
         has_source_id=facts.has["sourceId"], has_description=facts.has["description"],
         type_is_enum=facts.type_is_enum, voucher_code_sql=facts.voucher_code_sql, materialized=materialize,
-        users=users,
+        users=users, probe=probe,
     )
     summary["reversal_type"] = resolved_type or "-"
     summary["reversal_link"] = link.description if link else "none (delete mode)"
@@ -246,7 +265,7 @@ def plan_reversal(
 def _review_frames(conn: Connection, names: NameMap, q: dict[str, str], rp: ReversalPlan, base: str, *,
                    sample_rows: int, top_users: int, grant_link: str) -> None:
     """The review's bounded, aggregated frames of the plan, into ``rp.frames``."""
-    where_sql, where_params, link = rp.where_sql, rp.where_params, rp.link
+    where_sql, where_params, link = rp.where_sql, rp.where_params, rp.probe
     rp.frames["balances"] = balances_frame(conn, base, where_params, top_users)
     rp.frames["negative"] = negative_frame(conn, base, where_params, top_users)
     rp.frames["sample"] = sample_frame(conn, q, where_sql, where_params, link, sample_rows)
@@ -344,12 +363,8 @@ def check_reversal(conn: Connection, names: NameMap, rp: ReversalPlan, counts: d
         problems.append(f"{wrong_balance} balances differ from before - reversed total (+ clamp shortfall)")
     if rp.ledger_mode == "compensate":
         assert rp.link is not None
-        # each affected row has exactly one reversing row of the opposite amount: one aggregated join
-        unreversed = conn.execute(sa.text(
-            f"select count(*) from rb_affected a left join (select r.{rp.link.column} as oid, count(*) as n, "
-            f"sum(r.{q['amount']})::bigint as total from {q['ledger']} r "
-            f"where {rp.link.reversals_among('r', 'select id from rb_affected')} group by 1) x on x.oid = a.id "
-            "where coalesce(x.n, 0) <> 1 or x.total <> -a.amount"), {"rb_rsource": rp.reversal_source}).scalar_one()
+        # each affected row has exactly one reversing row of the opposite amount
+        unreversed = unreversed_count(conn, q, rp.link, {"rb_rsource": rp.reversal_source})
     else:
         unreversed = conn.execute(sa.text(
             f"select count(*) from rb_affected a join {q['ledger']} tt on tt.{q['id']} = a.id")).scalar_one()

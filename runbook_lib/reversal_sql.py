@@ -56,11 +56,9 @@ def ledger_names(names: NameMap) -> dict[str, str]:
 
 
 def affected_cte(q: dict[str, str], where_sql: str, link: ReversalLink | None) -> str:
-    # an anti-join in WHERE (never a correlated subquery per row in a select list): set-based with or without
-    # an index on the link column
-    not_reversed = (
-        f"and not exists (select 1 from {q['ledger']} r where {link.is_reversal_of('r', 'tt.' + q['id'])})"
-        if link else "")
+    # one probe of the link column's index per selected row (ReversalLink.not_reversed): never a join whose plan
+    # rests on statistics that do not know the reversing rows yet
+    not_reversed = f"and {link.not_reversed(q['ledger'], 'tt.' + q['id'])}" if link else ""
     return (
         f"affected as (select tt.{q['id']} as id, tt.{q['user_id']} as user_id, tt.{q['amount']}::bigint as amount, "
         f"tt.{q['created_at']} as created_at from {q['ledger']} tt where ({where_sql}) {not_reversed})"
@@ -155,11 +153,10 @@ def materialize_selection(conn: Connection, q: dict[str, str], where_sql: str, w
     already = 0
     if link:
         # rows reversed already leave the selection: their reversing rows found through the link column's index,
-        # one probe per selected id (reversal_link.reversals_among), never a scan of the whole ledger
-        already = conn.execute(sa.text(
-            f"delete from rb_affected a using (select r.{link.column} as oid from {q['ledger']} r "
-            f"where {link.reversals_among('r', 'select id from rb_affected')}) x where x.oid = a.id"),
-            where_params).rowcount
+        # never a scan of the whole ledger nor a join (ReversalLink.has_reversal)
+        if reversed_among_selected(conn, q, link, where_params):  # a re-run or a resume: one probe per row
+            already = conn.execute(sa.text(
+                f"delete from rb_affected a where {link.has_reversal(q['ledger'], 'a.id')}"), where_params).rowcount
     in_range, range_binds = balance_range(q, users)
     conn.execute(sa.text(
         f"create temp table rb_users on commit drop as with affected as (select * from rb_affected), "
@@ -167,6 +164,27 @@ def materialize_selection(conn: Connection, q: dict[str, str], where_sql: str, w
     # statistics for the planner (a temp table has none); no indexes: the later statements join by hash
     analyze_temp(conn, "rb_users")
     return int(already)
+
+
+def reversed_among_selected(conn: Connection, q: dict[str, str], link: ReversalLink,
+                            binds: dict[str, Any]) -> int:
+    """How many reversing rows the link names for ids of ``rb_affected``: one scan of the link column's index for
+    the array of those ids (no join, whatever the statistics know of the reversing rows). Bind ``:rb_rsource``."""
+    return int(conn.execute(sa.text(
+        f"select count(*) from {q['ledger']} r where {link.reversals_among('r', 'select id from rb_affected')}"),
+        binds).scalar_one())
+
+
+def unreversed_count(conn: Connection, q: dict[str, str], link: ReversalLink, binds: dict[str, Any]) -> int:
+    """Rows of ``rb_affected`` without exactly one reversing row of the opposite amount: the rows and their reversing
+    rows (found as in :func:`reversed_among_selected`) grouped by the original's id — no join, so no plan that the
+    statistics, which do not know the reversing rows this transaction just wrote, could make quadratic."""
+    return int(conn.execute(sa.text(
+        "select count(*) from (select oid from ("
+        "select a.id as oid, a.amount as orig, null::bigint as rev from rb_affected a union all "
+        f"select r.{link.column}, null, r.{q['amount']}::bigint from {q['ledger']} r "
+        f"where {link.reversals_among('r', 'select id from rb_affected')}) m "
+        "group by oid having count(rev) <> 1 or sum(rev) <> -max(orig)) bad"), binds).scalar_one())
 
 
 def plan_totals(conn: Connection, selected: str, already_sql: str, where_params: dict[str, Any]) -> Any:

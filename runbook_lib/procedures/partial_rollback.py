@@ -337,7 +337,7 @@ def check(conn: Connection, params: Params, names: NameMap, plan: Plan[PartialRo
     link = grants.reversal_link(conn, names)
     dangling = conn.execute(sa.text(
         f"select count(*) from {q['L']} tt join pr_removed x on {join} where tt.{q['l_src']} = :src "
-        f"and not exists (select 1 from {q['L']} rv where {link.is_reversal_of('rv', 'tt.' + q['l_id'])})"),
+        f"and {link.not_reversed(q['L'], 'tt.' + q['l_id'])}"),
         {"src": params.source, "rb_rsource": params.reversal_source}).scalar_one()
     if dangling:
         problems.append(f"{dangling} ledger grants point to a removed redemption without their reversal")

@@ -189,8 +189,7 @@ def _orphan_grants_sql(conn: Connection, names: NameMap, sc: Scope) -> str:
     """Count of the grants of the vouchers in scope that belong to no redemption and are not reversed."""
     q = sc.q
     link = grants.reversal_link(conn, names) if nmod.has_column(conn, names, L, "sourceId") else None
-    not_reversed = (f"not exists (select 1 from {q['L']} x where {link.is_reversal_of('x', 'tt.' + q['l_id'])})"
-                    if link else "true")
+    not_reversed = link.not_reversed(q['L'], 'tt.' + q['l_id']) if link else "true"
     if sc.grant_link == "voucher_and_user":
         return (
             f"select count(*) from {q['L']} tt where tt.{q['l_src']} = :pr_source and tt.{q['l_sid']} in "

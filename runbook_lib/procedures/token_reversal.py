@@ -235,10 +235,10 @@ def plan(conn: Connection, params: Params, names: NameMap, detail: bool = True) 
     q = ledger_names(names)
     p.exports = {
         "affected_rows": (
-            f"with {affected_cte(q, where_sql, rp.link)} select * from affected order by created_at, id",
+            f"with {affected_cte(q, where_sql, rp.probe)} select * from affected order by created_at, id",
             rp.where_params),
         "per_user_before_after": (
-            decided_ctes(q, where_sql, rp.link, params.negative_policy) + "select * from decided order by user_id",
+            decided_ctes(q, where_sql, rp.probe, params.negative_policy) + "select * from decided order by user_id",
             rp.where_params),
     }
     return p

@@ -26,7 +26,7 @@ def cut_into_batches(conn: Connection, params: Params, names: NameMap, rp: Rever
                      p: Plan[TokenReversalDetails], selected: tuple[str, dict[str, Any]]) -> None:
     """Online mode: the plan's batches (one statement) and a plan id that covers every batch's digest.
     ``selected``: the selection (SQL, binds) the plan was computed from."""
-    base = decided_ctes(ledger_names(names), rp.where_sql, rp.link, params.negative_policy)
+    base = decided_ctes(ledger_names(names), rp.where_sql, rp.probe, params.negative_policy)  # the review's snapshot
     options = _options(params, *selected)
     p.batches = [Batch(b["number"], b["first"], b["last"], b["users"], b["rows"], b["digest"])
                  for b in reversal_batches.layout(conn, base, rp.where_params, params.batch_users, options)]
