@@ -3,8 +3,8 @@ every way out, its own output in the run folder's ``kernel.log``.
 
 papermill (nbclient) neither starts nor shuts down a kernel manager it is handed (``km=``). The CLI boots the kernel
 first (:func:`early`), before it imports the procedure, validates the parameters and imports papermill: the kernel's
-boot (its interpreter, ipykernel, the notebooks' first imports in :data:`KERNEL_START`) is the longest step before
-the first cell, and it runs on a second core meanwhile. Bad input, a refused approval or an interrupt before the run
+boot (its interpreter, ipykernel started leaner by :mod:`.kernel_launch`, the notebooks' first imports in
+:func:`warm_start`) is the longest step before the first cell, and it runs on a second core meanwhile. Bad input, a refused approval or an interrupt before the run
 ends that kernel at once (:meth:`Kernel.end`). The library (:func:`runbook_lib.runner.run_procedure` without a
 kernel) boots one in :func:`started`. On the way out a kernel that ran is ended as nbclient would (interrupt,
 shutdown request, up to 5 s, SIGTERM, SIGKILL), or its process group killed when that fails or the operator
@@ -20,6 +20,7 @@ import contextlib
 import json
 import os
 import signal
+import sys
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -30,13 +31,14 @@ KERNEL_LOG = "kernel.log"
 #: run in the kernel at its start, outside the notebook (no cell, no execution count, no name left behind). First:
 #: at exit, after every atexit handler, the interpreter skips its last collections over the objects the notebook
 #: made (pandas, SQLAlchemy, matplotlib…), which kept papermill waiting ~0.4 s for the kernel to end; files and
-#: connections are closed as before. Then the notebooks' own first imports (~0.45 s of their first code cell),
-#: synchronously, before the kernel answers; one that fails fails again, visibly, in that cell. Last, matplotlib's
-#: import (~0.35 s of the first plot's cell) on a background thread (:func:`runbook_lib.plots.preload`): it runs
-#: while the kernel waits for cells and for the review's queries. One option: given twice, ``exec_lines`` runs
-#: neither (each is read as a line of code, a list literal).
+#: connections are closed as before. Then :func:`warm_start`. One option: given twice, ``exec_lines`` runs neither
+#: (each is read as a line of code, a list literal).
 KERNEL_START = ["import atexit as _a, gc as _g; _a.register(_g.freeze); del _a, _g",
-                "import runbook_lib.run, runbook_lib.display", "runbook_lib.plots.preload()", "del runbook_lib"]
+                "import runbook_lib.kernel as _k; _k.warm_start(); del _k"]
+#: what the notebooks' first code cell imports: the run and its display, and what that cell's ``Run`` and
+#: ``show.setup()`` import on first use (the engine's dialect, the table library and pandas' Styler it patches)
+WARM_IMPORTS = ("runbook_lib.run", "runbook_lib.display", "sqlalchemy.dialects.postgresql.psycopg2", "itables",
+                "pandas.io.formats.style")
 #: the kernel's command line. Its own log (start-up warnings such as "running over TCP without encryption" on a local
 #: socket, and at shutdown "ERROR | KeyboardInterrupt caught in kernel", as jupyter_client interrupts the kernel
 #: before every shutdown) is routine noise: only what is critical reaches kernel.log. Every failure reaches the
@@ -45,6 +47,27 @@ KERNEL_START = ["import atexit as _a, gc as _g; _a.register(_g.freeze); del _a, 
 KERNEL_ARGUMENTS = ["--IPKernelApp.log_level=CRITICAL", f"--IPKernelApp.exec_lines={json.dumps(KERNEL_START)}",
                     "--HistoryManager.hist_file=:memory:"]
 
+
+def warm_start() -> None:
+    """The kernel's start (:data:`KERNEL_START`), before it answers papermill: the notebooks' first imports
+    (:data:`WARM_IMPORTS`, ~0.5 s that their first code cell would spend), synchronously — one that fails here
+    fails again, visibly, in that cell. Then the garbage collector, paused by :mod:`runbook_lib.kernel_launch`
+    while the kernel started, is resumed with everything made so far frozen out of its reach. Last, matplotlib's
+    import (~0.35 s of the first plot's cell) on a background thread (:func:`runbook_lib.plots.preload`): it runs
+    while the kernel waits for cells and for the review's queries."""
+    import gc
+    import importlib
+
+    try:
+        for name in WARM_IMPORTS:
+            with contextlib.suppress(Exception):
+                importlib.import_module(name)
+    finally:
+        gc.freeze()
+        gc.enable()
+    from . import plots
+
+    plots.preload()
 
 class KernelOutput:
     """What the kernel process writes outside the notebook (its stdout and stderr, one pipe), read on a thread: held
@@ -244,6 +267,11 @@ def manager_class(log: int) -> type:
     from jupyter_client import AsyncKernelManager
 
     class _LoggedKernelManager(AsyncKernelManager):
+        def format_kernel_cmd(self, extra_arguments: list[str] | None = None) -> list[str]:
+            # this interpreter (runbook_lib's, which the kernel's start imports) and ipykernel started leaner
+            return [sys.executable, "-m", "runbook_lib.kernel_launch", "-f", os.path.realpath(self.connection_file),
+                    *(extra_arguments or [])]
+
         async def start_kernel(self, **kw: Any) -> None:  # type: ignore[override]  # async in this class
             kw.setdefault("stdout", log)
             kw.setdefault("stderr", log)

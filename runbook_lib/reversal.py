@@ -51,6 +51,7 @@ from .reversal_sql import (
     materialize_selection,
     negative_frame,
     plan_totals,
+    reversed_among,
     sample_frame,
     selected_columns,
     selection_key,
@@ -202,9 +203,7 @@ def _reversal_probe(conn: Connection, q: dict[str, str], where_sql: str, where_p
     if link is None:
         return None
     selected_ids = f"select tt.{q['id']} from {q['ledger']} tt where ({where_sql})"
-    return link if conn.execute(sa.text(
-        f"select exists (select 1 from {q['ledger']} r where {link.reversals_among('r', selected_ids)})"),
-        where_params).scalar() else None
+    return link if reversed_among(conn, q, link, selected_ids, where_params, at_most=1) else None
 
 
 def plan_reversal(

@@ -154,7 +154,7 @@ def materialize_selection(conn: Connection, q: dict[str, str], where_sql: str, w
     if link:
         # rows reversed already leave the selection: their reversing rows found through the link column's index,
         # never a scan of the whole ledger nor a join (ReversalLink.has_reversal)
-        if reversed_among_selected(conn, q, link, where_params):  # a re-run or a resume: one probe per row
+        if reversed_among(conn, q, link, "select id from rb_affected", where_params):  # a re-run or a resume
             already = conn.execute(sa.text(
                 f"delete from rb_affected a where {link.has_reversal(q['ledger'], 'a.id')}"), where_params).rowcount
     in_range, range_binds = balance_range(q, users)
@@ -166,18 +166,20 @@ def materialize_selection(conn: Connection, q: dict[str, str], where_sql: str, w
     return int(already)
 
 
-def reversed_among_selected(conn: Connection, q: dict[str, str], link: ReversalLink,
-                            binds: dict[str, Any]) -> int:
-    """How many reversing rows the link names for ids of ``rb_affected``: one scan of the link column's index for
-    the array of those ids (no join, whatever the statistics know of the reversing rows). Bind ``:rb_rsource``."""
-    return int(conn.execute(sa.text(
-        f"select count(*) from {q['ledger']} r where {link.reversals_among('r', 'select id from rb_affected')}"),
-        binds).scalar_one())
+def reversed_among(conn: Connection, q: dict[str, str], link: ReversalLink, ids_sql: str, binds: dict[str, Any],
+                   *, at_most: int | None = None) -> int:
+    """How many reversing rows the link names for the ids ``ids_sql`` selects (counted up to ``at_most``: 1 asks
+    whether there is any): one scan of the link column's index for the array of those ids, no join, whatever the
+    statistics know of the reversing rows. Bind ``:rb_rsource`` and what ``ids_sql`` binds."""
+    rows = f"select 1 from {q['ledger']} r where {link.reversals_among('r', ids_sql)}"
+    if at_most is not None:
+        rows += f" limit {int(at_most)}"
+    return int(conn.execute(sa.text(f"select count(*) from ({rows}) found"), binds).scalar_one())
 
 
 def unreversed_count(conn: Connection, q: dict[str, str], link: ReversalLink, binds: dict[str, Any]) -> int:
     """Rows of ``rb_affected`` without exactly one reversing row of the opposite amount: the rows and their reversing
-    rows (found as in :func:`reversed_among_selected`) grouped by the original's id — no join, so no plan that the
+    rows (found as in :func:`reversed_among`) grouped by the original's id — no join, so no plan that the
     statistics, which do not know the reversing rows this transaction just wrote, could make quadratic."""
     return int(conn.execute(sa.text(
         "select count(*) from (select oid from ("

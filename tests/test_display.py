@@ -21,6 +21,7 @@ def test_timestamps_print_to_the_millisecond_whether_or_not_they_have_any():
 # --------------------------------------------------------------------------- frames as the driver returns them
 import datetime as dt  # noqa: E402
 from decimal import Decimal  # noqa: E402
+from types import SimpleNamespace  # noqa: E402
 
 import matplotlib  # noqa: E402
 import pytest  # noqa: E402
@@ -140,20 +141,63 @@ def test_many_categories_keep_the_largest(shown):
     assert ax.get_xticklabels()[0].get_text() == "V079"
 
 
-def test_a_plot_is_drawn_once_to_png_with_its_labels_inside(shown):
+def _timeline() -> SimpleNamespace:
+    """An inspected user as :func:`runbook_lib.inspect_user.inspect` returns it: ledger rows, some affected."""
+    stamps = pd.date_range("2025-11-20", periods=40, freq="13h", tz="UTC")
+    balance = [Decimal(1_000_000 + 25_000 * (i % 9) - 40_000 * (i % 4)) for i in range(40)]
+    rows = pd.DataFrame({"createdAt": stamps, "balanceAfter": balance,
+                         "balance_after_plan": [b - 50_000 for b in balance], "affected": [i % 5 == 0 for i in range(40)]})
+    return SimpleNamespace(user_id="cm4x1y2z3000008l41b2c3d4e", rows=rows, balance_after=Decimal(-1_234_567))
+
+
+PLOTS = {
+    "long capital voucher codes": lambda: display.plot_totals(pd.DataFrame(
+        {"voucher": [f"A-LONG-VOUCHER-CODE-{i:03d}-WWW" for i in range(40)],
+         "tokens": [Decimal(9_000_000 - i) for i in range(40)]}), "By voucher", x="voucher", y="tokens"),
+    "days with hours": lambda: display.plot_totals(pd.DataFrame(
+        {"day": pd.date_range("2025-12-01 06:00", periods=20, freq="5h"), "tokens": range(20)}),
+        "By hour", x="day", y="tokens"),
+    "a year of days": lambda: display.plot_totals(by_day(366), "By day", x="day", y="tokens"),
+    "negative and wide buckets": lambda: display.plot_before_after(hist(
+        [(s, b, -9_999_999 + b * 333_333, b * 1000) for s in ("before", "after") for b in range(1, 61)]),
+        "before", "after", "Balance distribution of affected users, before and after"),
+    "one user's running balance": lambda: display.plot_user_timeline(_timeline()),
+}
+
+
+@pytest.mark.parametrize("kind", list(PLOTS))
+def test_a_plot_is_drawn_once_to_png_with_every_text_inside(shown, monkeypatch, kind):
     """Notebooks show a :class:`display.Plot`: a bare matplotlib Figure (no pyplot) drawn once to PNG by IPython's
-    display; the tight layout of that draw keeps long rotated labels inside the image."""
-    df = pd.DataFrame({"voucher": [f"A-LONG-VOUCHER-CODE-{i:03d}" for i in range(12)],
-                       "tokens": [Decimal(i + 1) for i in range(12)]})
-    display.plot_totals(df, "By voucher", x="voucher", y="tokens")
+    display, its frame placed before that draw (no layout pass): every text (tick labels rotated or not, axis
+    labels, title, legend, the axes' offset and date lines) stays inside the image; a long label is cut."""
+    from matplotlib.figure import Figure
+
+    from runbook_lib import plots
+
+    draws = []
+    real_draw = Figure.draw
+    monkeypatch.setattr(Figure, "draw", lambda self, renderer: draws.append(1) or real_draw(self, renderer))
+    PLOTS[kind]()
     (plot,) = [o for o in shown if isinstance(o, display.Plot)]
     png = plot._repr_png_()
     assert png.startswith(b"\x89PNG") and repr(plot).startswith("<Figure size 720x288")
+    assert len(draws) == 1
     fig = plot.figure
-    width, height = fig.bbox.width, fig.bbox.height
-    for label in fig.axes[0].get_xticklabels() + [fig.axes[0].title]:
-        box = label.get_window_extent()
-        assert box.x0 >= 0 and box.y0 >= 0 and box.x1 <= width and box.y1 <= height, label.get_text()
+    ax = fig.axes[0]
+    def drawn(axis):  # the tick labels within the axis' view (a locator's ticks beyond it are not drawn)
+        low, high = sorted(axis.get_view_interval())
+        return [t for v, t in zip(axis.get_majorticklocs(), axis.get_majorticklabels(), strict=True) if low <= v <= high]
+
+    texts = [*drawn(ax.xaxis), *drawn(ax.yaxis), ax.title, ax.xaxis.label, ax.yaxis.label,
+             ax.xaxis.get_offset_text(), ax.yaxis.get_offset_text()]
+    legend = ax.get_legend()
+    texts += legend.get_texts() if legend else []
+    for text in (t for t in texts if t.get_visible() and t.get_text()):
+        box = text.get_window_extent()
+        assert box.x0 >= 0 and box.y0 >= 0 and box.x1 <= fig.bbox.width and box.y1 <= fig.bbox.height, text.get_text()
+    assert all(len(t.get_text()) <= plots.MAX_LABEL for t in ax.get_xticklabels())
+    if kind == "long capital voucher codes":
+        assert ax.get_xticklabels()[0].get_text() == "A-LONG-VOUCHER-…"
 
 
 def test_preload_imports_matplotlib_once_ahead_of_the_first_plot(shown, monkeypatch):

@@ -133,6 +133,23 @@ def test_the_notebook_holds_no_name_from_the_kernels_start(incident_db, target_e
     assert code[0].execution_count == 1  # the parameters cell (papermill's injected one follows it)
 
 
+def test_the_kernel_starts_lean_and_leaves_the_collector_on(incident_db, target_env, tmp_path, monkeypatch):
+    """The run's kernel is ``runbook_lib.kernel_launch`` in the CLI's interpreter: its start imported what the first
+    cell needs, paused the garbage collector and resumed it with the start's objects frozen; no debugger loaded."""
+    probe = ("import gc, sys\nprint(gc.isenabled(), gc.get_freeze_count() > 100_000, sys.modules.get('debugpy'), "
+             f"all(m in sys.modules for m in {kernel.WARM_IMPORTS!r}), sys.executable == {sys.executable!r}, "
+             "sys.argv[0].endswith('kernel_launch.py'))")
+    nbdir = notebook(tmp_path / "nbs", probe, "from runbook_lib.run import Run\n"
+                     "run = Run.from_namespace('token-reversal', globals())\nrun.review()\nrun.verify()\nrun.finish()")
+    target_env(incident_db)
+    monkeypatch.setenv("RUNBOOK_NOTEBOOKS", str(nbdir))
+    out = run_procedure("token-reversal", WINDOW, incident="L", evidence_root=tmp_path / "ev", progress_bar=False)
+    assert out.exit_code == 0, out.error
+    nb = nbformat.read(str(out.run_dir / "token_reversal.ipynb"), as_version=4)
+    first = next(c for c in nb.cells if c.cell_type == "code" and "gc.isenabled" in c.source)
+    assert "".join(o.get("text", "") for o in first.outputs).split() == ["True", "True", "None", "True", "True", "True"]
+    assert not (out.run_dir / runner.KERNEL_LOG).exists()  # and it said nothing outside the notebook
+
 def marked_processes(mark: str) -> set[int]:
     """Processes whose environment holds ``RUNBOOK_TEST_MARK=mark`` (a kernel the CLI left behind is no longer its
     child once the CLI exits)."""
