@@ -8,9 +8,10 @@ grants are spread evenly over its 48 hours: 12 h select a quarter of them), each
 ``CREATE DATABASE … TEMPLATE`` copy: the raw aggregated SQL (``common.RAW_TEMPLATE``), then the runbook's review
 and execute through the library (``Run.review`` / ``Run.execute``) on a copy of their own.
 
-Reports, per window, the affected rows and users and the seconds, then a straight line fitted to each step's
-seconds against the affected rows (seconds = fixed + per-row × rows, least squares) with its R²: a line that fits
-(R² near 1) with a small fixed part is growth linear in the affected rows. Not a test: nothing is asserted.
+Reports, per window, the affected rows and users and the seconds (``--repeat`` runs of every window, interleaved:
+the median, and the runs' spread), then a straight line fitted to each step's median seconds against the affected
+rows (seconds = fixed + per-row × rows, least squares) with its R²: a line that fits (R² near 1) with a small fixed
+part is growth linear in the affected rows. Not a test: nothing is asserted.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ def main() -> int:
     ap.add_argument("--users", type=int, default=200_000)
     ap.add_argument("--ledger-rows", type=int, default=1_000_000)
     ap.add_argument("--hours", default="12,24,48", help="window lengths from the incident's start, comma-separated")
+    ap.add_argument("--repeat", type=int, default=1, help="runs of every window, interleaved (median reported)")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "scaling.md"))
     args = ap.parse_args()
     hours = [int(h) for h in args.hours.split(",")]
@@ -40,7 +42,7 @@ def main() -> int:
     base = args.base or "scaling_base"
     data = counted(cluster, base) if args.base else generate(cluster, base, args.users, args.ledger_rows)
     print(f"machine: {machine()}; data: {data.ledger_rows:,} ledger rows, {data.users:,} users", flush=True)
-    rows = measure(cluster, base, hours, prefix="scaling")
+    rows = median_rows([measure(cluster, base, hours, prefix="scaling") for _ in range(args.repeat)])
     if not args.base:
         cluster.drop(base)
 
@@ -85,6 +87,22 @@ def measure(cluster: Cluster, base: str, hours: list[int], prefix: str) -> list[
     return rows
 
 
+STEPS = ("raw", "review", "execute")
+
+
+def median_rows(runs: list[list[dict[str, float]]]) -> list[dict[str, float]]:
+    """Per window, each step's median over the runs and its spread (``<step>_min``/``<step>_max``, ``runs``)."""
+    out = []
+    for per_window in zip(*runs, strict=True):
+        row = dict(per_window[0])
+        for key in STEPS:
+            values = [r[key] for r in per_window]
+            row.update({key: statistics.median(values), f"{key}_min": min(values), f"{key}_max": max(values)})
+        row["runs"] = len(per_window)
+        out.append(row)
+    return out
+
+
 def fit(xs: list[float], ys: list[float]) -> str:
     """``fixed s + per-row µs × rows (R² …)``: least squares; R² of one point or a flat line is not defined."""
     if len(xs) < 2:
@@ -97,6 +115,7 @@ def fit(xs: list[float], ys: list[float]) -> str:
 def render(rows: list[dict[str, float]], cluster: Cluster, ledger: int, users: int, base: str,
            layout: str = "") -> str:
     xs = [r["rows"] for r in rows]
+    runs = int(max((r.get("runs", 1) for r in rows), default=1))
     lines = [
         "# Scaling: a token reversal's time against the affected rows, on a table of fixed size",
         "",
@@ -105,19 +124,31 @@ def render(rows: list[dict[str, float]], cluster: Cluster, ledger: int, users: i
         f"- PostgreSQL: {cluster.describe()}; {cluster.settings()}",
         f"- data: {ledger:,} ledger rows, {users:,} users (database {base}); windows from {SINCE}"
         + (f"; {layout}" if layout else ""),
-        "- each step once, on its own fresh analysed copy of the data; the library's review and execute on the same "
-        "copy",
+        f"- each step {_times(runs)}on its own fresh analysed copy of the data; the library's review and execute on "
+        "the same copy" + ("; the windows' runs interleaved, the median shown, the runs' range in brackets"
+                           if runs > 1 else ""),
         "",
         "| window | affected rows | users | raw SQL s | library review s | library execute s | execute × raw |",
         "| ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for r in rows:
-        lines.append(f"| {r['hours']:.0f} h | {r['rows']:,.0f} | {r['users']:,.0f} | {r['raw']:.2f} | "
-                     f"{r['review']:.2f} | {r['execute']:.2f} | {r['execute'] / r['raw']:.2f} |")
-    lines += ["", "Fitted line (seconds = fixed + per-row × affected rows):", ""]
+        lines.append(f"| {r['hours']:.0f} h | {r['rows']:,.0f} | {r['users']:,.0f} | {_cell(r, 'raw')} | "
+                     f"{_cell(r, 'review')} | {_cell(r, 'execute')} | {r['execute'] / r['raw']:.2f} |")
+    lines += ["", "Fitted line (seconds = fixed + per-row × affected rows" + (", the medians" if runs > 1 else "")
+              + "):", ""]
     lines += [f"- {name}: {fit(xs, [r[key] for r in rows])}"
               for name, key in (("raw SQL", "raw"), ("library review", "review"), ("library execute", "execute"))]
     return "\n".join(lines) + "\n"
+
+
+def _times(runs: int) -> str:
+    return "once, " if runs == 1 else f"{runs} times, each "
+
+
+def _cell(row: dict[str, float], key: str) -> str:
+    if row.get("runs", 1) == 1:
+        return f"{row[key]:.2f}"
+    return f"{row[key]:.2f} [{row[key + '_min']:.2f}–{row[key + '_max']:.2f}]"
 
 
 if __name__ == "__main__":

@@ -21,6 +21,7 @@ def test_scaling_report_structure(pg_server):
     data = generate(cluster, f"{prefix}_base", users=400, ledger_rows=2000)
     try:
         rows = bench.measure(cluster, f"{prefix}_base", [12, 48], prefix=prefix)
+        again = bench.measure(cluster, f"{prefix}_base", [12, 48], prefix=prefix)
     finally:
         cluster.drop(f"{prefix}_base")
     assert [r["hours"] for r in rows] == [12, 48]
@@ -30,6 +31,12 @@ def test_scaling_report_structure(pg_server):
     text = bench.render(rows, cluster, data.ledger_rows, data.users, f"{prefix}_base")
     assert text.startswith("# Scaling: a token reversal's time against the affected rows")
     assert "| 12 h |" in text and "| 48 h |" in text and "- library execute: " in text and "R² " in text
+    medians = bench.median_rows([rows, again])  # --repeat: per window the median of the runs and their range
+    assert [m["rows"] for m in medians] == [r["rows"] for r in rows] and medians[0]["runs"] == 2
+    for m, a, b in zip(medians, rows, again, strict=True):
+        assert m["execute_min"] == min(a["execute"], b["execute"]) <= m["execute"] <= m["execute_max"]
+    repeated = bench.render(medians, cluster, data.ledger_rows, data.users, f"{prefix}_base")
+    assert "each step 2 times" in repeated and "the medians" in repeated and " [" in repeated
     with cluster.admin.connect() as c:  # nothing left behind on the server
         left = c.execute(sa.text("select count(*) from pg_database where starts_with(datname, :p)"),
                          {"p": prefix}).scalar_one()
