@@ -112,43 +112,47 @@ def test_a_refused_execute_starts_no_kernel(incident_db, target_env, tmp_path, m
     assert not (out.run_dir / runner.KERNEL_LOG).exists()
 
 
-def test_the_notebook_holds_no_name_from_the_kernels_start(incident_db, target_env, tmp_path, monkeypatch):
-    """The first imports are done before the first cell (matplotlib's under way on a thread), and leave nothing in
-    its namespace; it is still In [1]."""
-    nbdir = notebook(tmp_path / "nbs", "import sys, threading\nprint(sorted(k for k in globals() if k in "
-                     "('_a', '_g', 'atexit', 'gc', 'runbook_lib')), 'runbook_lib.run' in sys.modules, "
-                     "'matplotlib.figure' in sys.modules or any(t.name == 'runbook-matplotlib-preload' "
-                     "for t in threading.enumerate()))",
-                     "from runbook_lib.run import Run\nrun = Run.from_namespace('token-reversal', globals())\n"
-                     "run.review()\nrun.verify()\nrun.finish()")
-    target_env(incident_db)
-    monkeypatch.setenv("RUNBOOK_NOTEBOOKS", str(nbdir))
-    out = run_procedure("token-reversal", WINDOW, incident="N", evidence_root=tmp_path / "ev", progress_bar=False)
+#: the cell that makes a probed notebook a finished token-reversal run
+FINISH = ("from runbook_lib.run import Run\nrun = Run.from_namespace('token-reversal', globals())\n"
+          "run.review()\nrun.verify()\nrun.finish()")
+
+
+def probed_run(probe: str, tmp_path: Path, monkeypatch, incident: str) -> tuple[str, nbformat.NotebookNode, Path]:
+    """Run a token-reversal notebook whose first code cell after the parameters is ``probe``: that cell's output
+    text, the executed notebook's code cells and the run folder."""
+    monkeypatch.setenv("RUNBOOK_NOTEBOOKS", str(notebook(tmp_path / "nbs", probe, FINISH)))
+    out = run_procedure("token-reversal", WINDOW, incident=incident, evidence_root=tmp_path / "ev", progress_bar=False)
     assert out.exit_code == 0, out.error
     nb = nbformat.read(str(out.run_dir / "token_reversal.ipynb"), as_version=4)
     code = [c for c in nb.cells if c.cell_type == "code"]
-    first = next(c for c in code if "globals()" in c.source and "print" in c.source)
+    first = next(c for c in code if c.source == probe)
+    return "".join(o.get("text", "") for o in first.outputs), code, out.run_dir
+
+
+def test_the_notebook_holds_no_name_from_the_kernels_start(incident_db, target_env, tmp_path, monkeypatch):
+    """The first imports are done before the first cell (matplotlib's under way on a thread), and leave nothing in
+    its namespace; it is still In [1]."""
+    target_env(incident_db)
+    text, code, _ = probed_run(
+        "import sys, threading\nprint(sorted(k for k in globals() if k in ('_a', '_g', '_k', 'atexit', 'gc', "
+        "'runbook_lib')), 'runbook_lib.run' in sys.modules, 'matplotlib.figure' in sys.modules or "
+        "any(t.name == 'runbook-matplotlib-preload' for t in threading.enumerate()))", tmp_path, monkeypatch, "N")
     # nothing left in the namespace; runbook_lib imported; matplotlib imported or being imported on the preload thread
-    assert "".join(o.get("text", "") for o in first.outputs).strip() == "[] True True"
+    assert text.strip() == "[] True True"
     assert code[0].execution_count == 1  # the parameters cell (papermill's injected one follows it)
 
 
 def test_the_kernel_starts_lean_and_leaves_the_collector_on(incident_db, target_env, tmp_path, monkeypatch):
     """The run's kernel is ``runbook_lib.kernel_launch`` in the CLI's interpreter: its start imported what the first
     cell needs, paused the garbage collector and resumed it with the start's objects frozen; no debugger loaded."""
-    probe = ("import gc, sys\nprint(gc.isenabled(), gc.get_freeze_count() > 100_000, sys.modules.get('debugpy'), "
-             f"all(m in sys.modules for m in {kernel.WARM_IMPORTS!r}), sys.executable == {sys.executable!r}, "
-             "sys.argv[0].endswith('kernel_launch.py'))")
-    nbdir = notebook(tmp_path / "nbs", probe, "from runbook_lib.run import Run\n"
-                     "run = Run.from_namespace('token-reversal', globals())\nrun.review()\nrun.verify()\nrun.finish()")
     target_env(incident_db)
-    monkeypatch.setenv("RUNBOOK_NOTEBOOKS", str(nbdir))
-    out = run_procedure("token-reversal", WINDOW, incident="L", evidence_root=tmp_path / "ev", progress_bar=False)
-    assert out.exit_code == 0, out.error
-    nb = nbformat.read(str(out.run_dir / "token_reversal.ipynb"), as_version=4)
-    first = next(c for c in nb.cells if c.cell_type == "code" and "gc.isenabled" in c.source)
-    assert "".join(o.get("text", "") for o in first.outputs).split() == ["True", "True", "None", "True", "True", "True"]
-    assert not (out.run_dir / runner.KERNEL_LOG).exists()  # and it said nothing outside the notebook
+    text, _, run_dir = probed_run(
+        "import gc, sys\nprint(gc.isenabled(), gc.get_freeze_count() > 100_000, sys.modules.get('debugpy'), "
+        f"all(m in sys.modules for m in {kernel.WARM_IMPORTS!r}), sys.executable == {sys.executable!r}, "
+        "sys.argv[0].endswith('kernel_launch.py'))", tmp_path, monkeypatch, "L")
+    assert text.split() == ["True", "True", "None", "True", "True", "True"]
+    assert not (run_dir / runner.KERNEL_LOG).exists()  # and it said nothing outside the notebook
+
 
 def marked_processes(mark: str) -> set[int]:
     """Processes whose environment holds ``RUNBOOK_TEST_MARK=mark`` (a kernel the CLI left behind is no longer its
