@@ -4,8 +4,8 @@ every way out, its own output in the run folder's ``kernel.log``.
 papermill (nbclient) neither starts nor shuts down a kernel manager it is handed (``km=``). The CLI boots the kernel
 first (:func:`early`), before it imports the procedure, validates the parameters and imports papermill: the kernel's
 boot (its interpreter, ipykernel started leaner by :mod:`.kernel_launch`, the notebooks' first imports in
-:func:`warm_start`) is the longest step before the first cell, and it runs on a second core meanwhile. Bad input, a refused approval or an interrupt before the run
-ends that kernel at once (:meth:`Kernel.end`). The library (:func:`runbook_lib.runner.run_procedure` without a
+:func:`warm_start`) is the longest step before the first cell, and it runs on a second core meanwhile. Bad input, a
+refused approval or an interrupt before the run ends that kernel at once (:meth:`Kernel.end`). The library (:func:`runbook_lib.runner.run_procedure` without a
 kernel) boots one in :func:`started`. On the way out a kernel that ran is ended as nbclient would (interrupt,
 shutdown request, up to 5 s, SIGTERM, SIGKILL), or its process group killed when that fails or the operator
 interrupts twice.
@@ -68,6 +68,7 @@ def warm_start() -> None:
     from . import plots
 
     plots.preload()
+
 
 class KernelOutput:
     """What the kernel process writes outside the notebook (its stdout and stderr, one pipe), read on a thread: held
