@@ -165,6 +165,12 @@ PLOTS = {
 }
 
 
+def _drawn_ticklabels(axis) -> list:
+    """An axis' tick labels within its view (a locator's ticks beyond it are not drawn)."""
+    low, high = sorted(axis.get_view_interval())
+    return [t for v, t in zip(axis.get_majorticklocs(), axis.get_majorticklabels(), strict=True) if low <= v <= high]
+
+
 @pytest.mark.parametrize("kind", list(PLOTS))
 def test_a_plot_is_drawn_once_to_png_with_every_text_inside(shown, monkeypatch, kind):
     """Notebooks show a :class:`display.Plot`: a bare matplotlib Figure (no pyplot) drawn once to PNG by IPython's
@@ -184,11 +190,7 @@ def test_a_plot_is_drawn_once_to_png_with_every_text_inside(shown, monkeypatch, 
     assert len(draws) == 1
     fig = plot.figure
     ax = fig.axes[0]
-    def drawn(axis):  # the tick labels within the axis' view (a locator's ticks beyond it are not drawn)
-        low, high = sorted(axis.get_view_interval())
-        return [t for v, t in zip(axis.get_majorticklocs(), axis.get_majorticklabels(), strict=True) if low <= v <= high]
-
-    texts = [*drawn(ax.xaxis), *drawn(ax.yaxis), ax.title, ax.xaxis.label, ax.yaxis.label,
+    texts = [*_drawn_ticklabels(ax.xaxis), *_drawn_ticklabels(ax.yaxis), ax.title, ax.xaxis.label, ax.yaxis.label,
              ax.xaxis.get_offset_text(), ax.yaxis.get_offset_text()]
     legend = ax.get_legend()
     texts += legend.get_texts() if legend else []
